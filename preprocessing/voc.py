@@ -1,0 +1,35 @@
+"""Pascal VOC 2012 segmentation conventions: class names, the colour palette, the folder layout."""
+
+import numpy as np
+
+CLASS_NAMES = (
+    "background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
+    "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train", "tvmonitor",
+)
+NUM_CLASSES = len(CLASS_NAMES)
+IGNORE_LABEL = 255  # "void": object boundaries and difficult regions, never scored.
+
+# Folder layout of a VOCdevkit/VOC2012-style root.
+IMAGE_DIR = "JPEGImages"
+MASK_DIR = "SegmentationClass"
+AUG_MASK_DIR = "SegmentationClassAug"  # SBD-derived masks for the train_aug split.
+SPLIT_DIR = "ImageSets/Segmentation"
+
+
+def palette(num_colors: int = 256) -> np.ndarray:
+  """The VOC colour map (uint8, [num_colors, 3] RGB): bit-interleaved class ids; 255 is (224, 224, 192)."""
+  colors = np.zeros((num_colors, 3), dtype=np.uint8)
+  for index in range(num_colors):
+    c, r, g, b = index, 0, 0, 0
+    for shift in range(7, -1, -1):
+      r |= ((c >> 0) & 1) << shift
+      g |= ((c >> 1) & 1) << shift
+      b |= ((c >> 2) & 1) << shift
+      c >>= 3
+    colors[index] = (r, g, b)
+  return colors
+
+
+def colorize(class_ids: np.ndarray) -> np.ndarray:
+  """Class-id mask [H, W] -> RGB picture [H, W, 3] in the VOC colours."""
+  return palette()[np.asarray(class_ids, dtype=np.uint8)]

@@ -1,0 +1,28 @@
+"""DeepLabV3+ / MobileNetV2 semantic segmentation: VOC -> TFRecords -> training -> export."""
+
+import setuptools
+
+setuptools.setup(
+    name="segmentation-pipeline",
+    version="0.1.0",
+    description="DeepLabV3+ on MobileNetV2 for Pascal VOC: Beam conversion, tf.distribute training, export.",
+    python_requires=">=3.10,<3.13",
+    packages=setuptools.find_packages(include=["preprocessing*", "trainer*", "configs*", "launch*"]),
+    install_requires=[
+        # These ranges resolve together (TF 2.21 / Keras 3.15 / Beam 2.77 / protobuf 6 / numpy 2.4).
+        "tensorflow>=2.21,<2.22",
+        "apache-beam[gcp]>=2.77,<3",
+        "numpy>=2.0,<2.5",
+        "opencv-python-headless>=4.10",
+        "absl-py>=2.1",
+        "tensorboard>=2.21,<2.22",
+        "gcsfs>=2025.1",
+        "ml-collections>=1.0,<2",
+        # Pillow reads palette PNG indices (OpenCV converts palettes to colour); SciPy reads SBD .mat labels.
+        "pillow>=10",
+        "scipy>=1.11",
+    ],
+    extras_require={
+        "test": ["pytest>=8", "pytest-timeout>=2.3"],
+    },
+)
