@@ -1,0 +1,242 @@
+r"""Converts VOC-format segmentation data into verified, sharded DeepLab TFRecords with Apache Beam.
+
+  python -m preprocessing.make_tfrecords --voc_root=data/VOC2012 --output_dir=data/tfrecords \
+      [--splits=train,val] [--num_shards=N] [--max_rejected_fraction=0.01] [--download] [--with_sbd] \
+      [any Beam pipeline option: --runner=DataflowRunner --project=.. --region=.. --temp_location=gs://.. \
+       --setup_file=./setup.py, --direct_running_mode=.., ...]
+
+Writes, per split, into output_dir: {split}-00000-of-000NN.tfrecord shards, {split}-rejected.jsonl (one line per
+rejected id, with a reason code) and {split}-summary.json. Bad pairs never stop the job; after the pipeline, the
+records in the written shards are counted against what was sent to the writer. Progress ("train: 1200/2913
+pairs (450 pairs/s)") is logged every few seconds; Beam counters and a summary per split are printed at the end.
+Without --runner, Beam's DirectRunner runs it here (with internet it first tries Beam's Prism runner, which it
+downloads once; offline it falls back to its in-process runner at once).
+
+A voc_root without JPEGImages/ is downloaded into (VOC2012 trainval, md5-verified, resumable).
+
+Exit codes: 0 done; 1 setup problem (no such split list, download failed); 2 bad flags;
+3 more rejected pairs than --max_rejected_fraction of a split (everything good is still written);
+4 the shards hold a different number of records than were written. Each failure ends with one line on stderr.
+"""
+
+import logging
+import sys
+
+import preprocessing  # noqa: F401  (quiet TensorFlow/Beam import first)
+import apache_beam as beam
+import tensorflow as tf
+from absl import app
+from absl import flags
+from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.options.pipeline_options import StandardOptions
+
+from preprocessing import download
+from preprocessing import pairs
+from preprocessing import pipeline
+from preprocessing import split_outputs
+from preprocessing import voc
+
+EXIT_SETUP, EXIT_USAGE, EXIT_TOO_MANY_REJECTED, EXIT_VERIFICATION = 1, 2, 3, 4
+
+# The job's flags live in their own FlagValues, appended to absl's global one (the command line and --help see
+# them): `run` parses only these, so another module's required flags (imported in the same process, as in a test
+# session) do not break it.
+JOB_FLAGS = flags.FlagValues()
+_OURS = {"flag_values": JOB_FLAGS}
+flags.DEFINE_string("voc_root", None, "VOC2012 folder (JPEGImages/, SegmentationClass/, ImageSets/); local or gs://.",
+                    **_OURS)
+flags.DEFINE_string("output_dir", None, "Where the TFRecords, rejected.jsonl and summary.json go; local or gs://.",
+                    **_OURS)
+flags.DEFINE_list("splits", ["train", "val"], "Lists under ImageSets/Segmentation to convert (e.g. train_aug).",
+                  **_OURS)
+flags.DEFINE_integer("num_shards", None, "Shards per split; default ceil(ids / 1000), ~100 MB each.", lower_bound=1,
+                     **_OURS)
+flags.DEFINE_float("max_rejected_fraction", 0.01, "Exit non-zero (after writing) when more than this fraction "
+                   "of a split's listed ids is rejected.", lower_bound=0.0, upper_bound=1.0, **_OURS)
+flags.DEFINE_integer("num_classes", voc.NUM_CLASSES, "Labels must be 0..num_classes-1 or 255.", lower_bound=1,
+                     upper_bound=255, **_OURS)
+flags.DEFINE_bool("download", False, "Download (or re-extract from a kept archive) VOC2012 into voc_root even "
+                  "when it has data; without it, only a voc_root with no JPEGImages/ is downloaded into.", **_OURS)
+flags.DEFINE_bool("with_sbd", False, "Add SBD's SegmentationClassAug masks and the train_aug list (downloads).",
+                  **_OURS)
+flags.DEFINE_string("download_dir", None, "Where downloaded archives are kept; default downloads/ beside voc_root.",
+                    **_OURS)
+flags.DEFINE_string("voc_url", download.VOC_URL, "VOC2012 trainval tar (a mirror may be given).", **_OURS)
+flags.DEFINE_string("voc_md5", download.VOC_MD5, "md5 of the VOC tar.", **_OURS)
+flags.DEFINE_string("sbd_url", download.SBD_URL, "SBD benchmark.tgz (a mirror may be given).", **_OURS)
+flags.DEFINE_string("sbd_md5", download.SBD_MD5, "md5 of the SBD archive.", **_OURS)
+flags.FLAGS.append_flag_values(JOB_FLAGS)
+for _name in JOB_FLAGS:
+  flags.declare_key_flag(_name)  # listed by --helpshort, as this module's own flags
+del _name
+FLAGS = JOB_FLAGS
+
+_log = logging.getLogger(__name__)
+
+
+class JobFailed(Exception):
+  """A failure that ends the job with `exit_code` and the one-line message."""
+
+  def __init__(self, message: str, exit_code: int = EXIT_SETUP):
+    super().__init__(message)
+    self.exit_code = exit_code
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+  """app.run's flags parser: parses our flags and absl's, returns [argv[0]] + everything else (Beam's options)."""
+  try:
+    rest = flags.FLAGS(argv, known_only=True)
+  except flags.Error as e:
+    sys.stderr.write(f"make_tfrecords: error: {e} (see --helpfull)\n")
+    sys.exit(EXIT_USAGE)
+  JOB_FLAGS.mark_as_parsed()  # same Flag objects, parsed through the global FlagValues
+  return rest
+
+
+def run(argv: list[str]) -> dict[str, split_outputs.SplitSummary]:
+  """In-process entry point (tests, benchmarks): argv as on the command line, argv[0] included.
+
+  Raises JobFailed (after writing all it could) or app.UsageError instead of exiting.
+  """
+  FLAGS.unparse_flags()  # flags from an earlier call in this process must not leak into this one
+  try:
+    beam_argv = FLAGS(list(argv), known_only=True)
+  except flags.Error as e:
+    raise app.UsageError(str(e), exitcode=EXIT_USAGE) from None
+  return convert(beam_argv[1:])
+
+
+def convert(beam_args: list[str]) -> dict[str, split_outputs.SplitSummary]:
+  """The job, from parsed FLAGS and the remaining (Beam) args."""
+  if not FLAGS.voc_root or not FLAGS.output_dir:
+    raise app.UsageError("--voc_root and --output_dir are required", exitcode=EXIT_USAGE)
+  splits = list(dict.fromkeys(s.strip() for s in FLAGS.splits if s.strip()))
+  if not splits:
+    raise app.UsageError("--splits is empty", exitcode=EXIT_USAGE)
+  options = _pipeline_options(beam_args)
+
+  voc_root = _voc_root_ready()
+  plans = [_plan(voc_root, split) for split in splits]
+  output_dir = FLAGS.output_dir
+  tf.io.gfile.makedirs(output_dir)
+
+  _log.info("converting %s from %s into %s", ", ".join(f"{p.split} ({len(p.ids)} ids, {p.num_shards} shard(s))"
+                                                       for p in plans), voc_root, output_dir)
+  p = beam.Pipeline(options=options)
+  pipeline.build(p, plans, voc_root=voc_root, output_dir=output_dir, num_classes=FLAGS.num_classes)
+  result = p.run()
+  state = result.wait_until_finish()
+  if state != beam.runners.runner.PipelineState.DONE:
+    raise JobFailed(f"the Beam pipeline ended in state {state}")
+
+  summaries = {plan.split: _verify(plan, result, output_dir) for plan in plans}
+  _report(summaries, result, output_dir)
+
+  failures = [f"{s.split}: verification failed: {'; '.join(s.problems)}" for s in summaries.values()
+              if not s.verified]
+  if failures:
+    raise JobFailed(" | ".join(failures) + f" (see {split_outputs.summary_path(output_dir, '<split>')})",
+                    EXIT_VERIFICATION)
+  too_many = [s for s in summaries.values() if s.rejected_fraction > FLAGS.max_rejected_fraction]
+  if too_many:
+    detail = "; ".join(f"{s.split}: {s.rejected}/{s.listed} rejected ({s.rejected_fraction:.1%})" for s in too_many)
+    raise JobFailed(f"too many rejected pairs, above --max_rejected_fraction={FLAGS.max_rejected_fraction:g}: "
+                    f"{detail}; the good pairs are written, reasons in {output_dir}/<split>-rejected.jsonl",
+                    EXIT_TOO_MANY_REJECTED)
+  return summaries
+
+
+def _pipeline_options(beam_args: list[str]) -> PipelineOptions:
+  """Beam's options from the args our flags did not take; a misspelt flag is refused, not silently dropped."""
+  options = PipelineOptions(beam_args)
+  unknown_names = {name.split("=", 1)[0] for name in set(options.get_all_options(retain_unknown_options=True))
+                   - set(options.get_all_options())}
+  unknown = [arg for arg in beam_args if arg.startswith("-") and arg.lstrip("-").split("=", 1)[0] in unknown_names]
+  if unknown:
+    raise app.UsageError(f"unknown flag(s) {' '.join(unknown)}: neither a flag of this job nor a Beam pipeline "
+                         f"option", exitcode=EXIT_USAGE)
+  if options.view_as(StandardOptions).runner is None:
+    options.view_as(StandardOptions).runner = "DirectRunner"  # Beam's default, said aloud: no warning line
+  return options
+
+
+def _voc_root_ready() -> str:
+  """voc_root, after downloading VOC2012 into it when it has none (or --download), and SBD with --with_sbd."""
+  voc_root = FLAGS.voc_root
+  has_images = tf.io.gfile.isdir(tf.io.gfile.join(voc_root, voc.IMAGE_DIR))
+  has_aug = tf.io.gfile.exists(pairs.split_list_path(voc_root, "train_aug")) and \
+      tf.io.gfile.isdir(tf.io.gfile.join(voc_root, voc.AUG_MASK_DIR))
+  if has_images and not FLAGS.download and not (FLAGS.with_sbd and not has_aug):
+    return voc_root
+  if not has_images:
+    _log.info("%s has no %s/ folder: fetching VOC2012 from %s", voc_root, voc.IMAGE_DIR, FLAGS.voc_url)
+  try:
+    return download.ensure_voc(voc_root, download_dir=FLAGS.download_dir, force=FLAGS.download,
+                               url=FLAGS.voc_url, md5=FLAGS.voc_md5, with_sbd=FLAGS.with_sbd,
+                               sbd_url=FLAGS.sbd_url, sbd_md5=FLAGS.sbd_md5)
+  except download.DownloadError as e:
+    raise JobFailed(f"download failed: {e} (or point --voc_root at a VOC2012 folder, the one holding "
+                    f"{voc.IMAGE_DIR}/)") from None
+
+
+def _plan(voc_root: str, split: str) -> pipeline.SplitPlan:
+  if not tf.io.gfile.exists(pairs.split_list_path(voc_root, split)):
+    available = pairs.available_splits(voc_root)
+    hint = " (train_aug comes with --with_sbd)" if split == "train_aug" else ""
+    raise JobFailed(f"no list for split {split!r}: {pairs.split_list_path(voc_root, split)} does not exist{hint}; "
+                    f"available splits: {', '.join(available) or 'none'}")
+  ids, repeats = pairs.partition_repeats(pairs.read_split_ids(voc_root, split))
+  num_shards = FLAGS.num_shards or split_outputs.default_num_shards(len(ids))
+  return pipeline.SplitPlan(split=split, ids=tuple(ids), repeats=tuple(repeats), num_shards=num_shards)
+
+
+def _verify(plan: pipeline.SplitPlan, result, output_dir: str) -> split_outputs.SplitSummary:
+  counts = pipeline.counters(result, plan.split)  # empty on a runner without metrics: derived from the input
+  summary = split_outputs.verify_and_summarise(
+      output_dir=output_dir, split=plan.split, num_shards=plan.num_shards, listed=plan.listed,
+      distinct=len(plan.ids), read=counts.get(pipeline.READ), expected_written=counts.get(pipeline.WRITTEN),
+      expected_rejected=counts.get(pipeline.REJECTED))
+  if summary.verified:
+    for stale in split_outputs.stale_shards(output_dir, plan.split, plan.num_shards):
+      _log.info("deleting %s, a shard of an earlier run with another shard count", stale)
+      tf.io.gfile.remove(stale)
+  return summary
+
+
+def _report(summaries: dict[str, split_outputs.SplitSummary], result, output_dir: str) -> None:
+  for split in summaries:
+    counts = pipeline.counters(result, split)
+    print(f"Beam counters {pipeline.metrics_namespace(split)}: "
+          + ", ".join(f"{name}={value}" for name, value in sorted(counts.items())))
+  for s in summaries.values():
+    reasons = ", ".join(f"{reason} {n}" for reason, n in s.rejected_by_reason.items())
+    print(f"{s.split}: {s.listed} listed, {s.written} written in {s.num_shards} shard(s)"
+          f"{'' if s.verified else ' (VERIFICATION FAILED)'}, {s.rejected} rejected"
+          f"{f' ({reasons})' if reasons else ''}")
+  print(f"outputs in {output_dir}: <split>-?????-of-?????{split_outputs.SHARD_SUFFIX}, <split>-rejected.jsonl, "
+        f"<split>-summary.json")
+
+
+def quiet_beam_logging() -> None:
+  """Beam's INFO chatter (runner choice, Prism download attempt, stages) would bury our progress lines."""
+  logging.getLogger("apache_beam").setLevel(logging.WARNING)
+  # Its "Deleting N existing files" warning is the planned overwrite of a re-run's same-named outputs.
+  logging.getLogger("apache_beam.io.filebasedsink").setLevel(logging.ERROR)
+
+
+def main(argv: list[str]) -> int:
+  quiet_beam_logging()
+  try:
+    convert(argv[1:])
+  except JobFailed as e:
+    sys.stdout.flush()
+    sys.stderr.write(f"make_tfrecords: error: {e}\n")
+    return e.exit_code
+  except app.UsageError as e:
+    sys.stderr.write(f"make_tfrecords: error: {e} (see --helpfull)\n")
+    return EXIT_USAGE
+  return 0
+
+
+if __name__ == "__main__":
+  app.run(main, flags_parser=parse_flags)

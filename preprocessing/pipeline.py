@@ -1,0 +1,151 @@
+"""The Beam pipeline of the conversion: per split, ids -> ConvertPairs -> TFRecord shards + rejected.jsonl.
+
+All splits go into one pipeline (one start-up). The DoFn is a thin shell around `pairs.convert`; it counts
+read / written / rejected-by-reason with Beam Metrics and logs a progress line every few seconds.
+"""
+
+import dataclasses
+import json
+import logging
+import threading
+import time
+import uuid
+
+import apache_beam as beam
+from apache_beam.metrics.metric import MetricsFilter
+
+from preprocessing import pairs
+from preprocessing import split_outputs
+
+_log = logging.getLogger(__name__)
+
+PROGRESS_INTERVAL_S = 5.0
+READ, WRITTEN, REJECTED = "read", "written", "rejected"
+
+
+def metrics_namespace(split: str) -> str:
+  return f"make_tfrecords/{split}"
+
+
+def rejected_counter_name(reason: str) -> str:
+  return f"{REJECTED}.{reason}"
+
+
+@dataclasses.dataclass(frozen=True)
+class SplitPlan:
+  """One split's work, decided before the pipeline starts (from its ImageSets list)."""
+  split: str
+  ids: tuple[str, ...]  # distinct ids, list order
+  repeats: tuple[str, ...]  # later occurrences of listed-twice ids: rejected as duplicate_id
+  num_shards: int
+
+  @property
+  def listed(self) -> int:
+    return len(self.ids) + len(self.repeats)
+
+
+class _Progress:
+  """Pairs done per split in this process (shared by the DoFn instances of its threads), logged every few s."""
+
+  _lock = threading.Lock()
+  _by_run_and_split: dict[tuple[str, str], "_Progress"] = {}
+
+  def __init__(self, split: str, total: int):
+    self.split, self.total = split, total
+    self.done, self.start = 0, time.monotonic()
+    self.last_log = self.start
+
+  @classmethod
+  def for_split(cls, run_id: str, split: str, total: int) -> "_Progress":
+    with cls._lock:
+      key = (run_id, split)
+      if key not in cls._by_run_and_split:
+        cls._by_run_and_split[key] = cls(split, total)
+      return cls._by_run_and_split[key]
+
+  def tick(self) -> None:
+    with self._lock:
+      self.done += 1
+      now = time.monotonic()
+      if now - self.last_log < PROGRESS_INTERVAL_S and self.done != self.total:
+        return
+      self.last_log = now
+      done, elapsed = self.done, now - self.start
+    # On a multi-worker runner each worker reports its own share; the total is the split's.
+    _log.info("%s: %d/%d pairs (%.0f pairs/s)", self.split, done, self.total, done / max(elapsed, 1e-9))
+
+
+class ConvertPairs(beam.DoFn):
+  """id -> serialized tf.train.Example (main output) or a rejected.jsonl dict (output 'rejected')."""
+
+  REJECTED_TAG = "rejected"
+
+  def __init__(self, voc_root: str, split: str, num_classes: int, total: int):
+    super().__init__()
+    self.voc_root, self.split, self.num_classes, self.total = voc_root, split, num_classes, total
+    self.run_id = uuid.uuid4().hex  # made once, when the pipeline is built: shared by all copies of this DoFn
+    namespace = metrics_namespace(split)
+    self._read = beam.metrics.Metrics.counter(namespace, READ)
+    self._written = beam.metrics.Metrics.counter(namespace, WRITTEN)
+    self._rejected = beam.metrics.Metrics.counter(namespace, REJECTED)
+
+  def setup(self):
+    self._progress = _Progress.for_split(self.run_id, self.split, self.total)
+
+  def process(self, image_id: str):
+    self._read.inc()
+    result = pairs.convert(self.voc_root, image_id, self.num_classes)
+    self._progress.tick()
+    if isinstance(result, pairs.Rejection):
+      self._rejected.inc()
+      beam.metrics.Metrics.counter(metrics_namespace(self.split), rejected_counter_name(result.reason)).inc()
+      yield beam.pvalue.TaggedOutput(self.REJECTED_TAG, json.dumps(result.to_json_dict(self.split)))
+    else:
+      self._written.inc()
+      yield result
+
+
+def _reject_repeat(image_id: str, split: str) -> str:
+  namespace = metrics_namespace(split)
+  beam.metrics.Metrics.counter(namespace, REJECTED).inc()
+  beam.metrics.Metrics.counter(namespace, rejected_counter_name(pairs.DUPLICATE_ID)).inc()
+  return json.dumps(pairs.duplicate_rejection(image_id).to_json_dict(split))
+
+
+def add_split(p: beam.Pipeline, plan: SplitPlan, *, voc_root: str, output_dir: str, num_classes: int) -> None:
+  """Adds one split's branch: convert every id, write the records and the rejections."""
+  split = plan.split
+  converted = (
+      p
+      | f"{split}/ListIds" >> beam.Create(plan.ids)  # reshuffles: a distributed runner fans the ids out
+      | f"{split}/Convert" >> beam.ParDo(ConvertPairs(voc_root, split, num_classes, len(plan.ids))).with_outputs(
+          ConvertPairs.REJECTED_TAG, main="records"))
+  _ = converted.records | f"{split}/WriteRecords" >> beam.io.WriteToTFRecord(
+      split_outputs.shard_prefix(output_dir, split), file_name_suffix=split_outputs.SHARD_SUFFIX,
+      num_shards=plan.num_shards, shard_name_template=split_outputs.SHARD_NAME_TEMPLATE)
+  repeats = (
+      p
+      | f"{split}/ListRepeats" >> beam.Create(plan.repeats)
+      | f"{split}/RejectRepeats" >> beam.Map(_reject_repeat, split))
+  _ = (
+      (converted[ConvertPairs.REJECTED_TAG], repeats)
+      | f"{split}/AllRejected" >> beam.Flatten()
+      | f"{split}/WriteRejected" >> beam.io.WriteToText(
+          split_outputs.rejected_prefix(output_dir, split), file_name_suffix=split_outputs.REJECTED_SUFFIX,
+          num_shards=1, shard_name_template=""))
+
+
+def build(p: beam.Pipeline, plans: list[SplitPlan], *, voc_root: str, output_dir: str, num_classes: int) -> None:
+  for plan in plans:
+    add_split(p, plan, voc_root=voc_root, output_dir=output_dir, num_classes=num_classes)
+
+
+def counters(result: beam.runners.runner.PipelineResult, split: str) -> dict[str, int]:
+  """The split's counters by name (committed values where the runner has them, else attempted)."""
+  found = result.metrics().query(MetricsFilter().with_namespace(metrics_namespace(split)))["counters"]
+  values: dict[str, int] = {}
+  for metric in found:
+    value = metric.committed if metric.committed is not None else metric.attempted
+    name = metric.key.metric.name
+    values[name] = values.get(name, 0) + int(value or 0)  # summed over steps (rejected comes from two)
+  return values

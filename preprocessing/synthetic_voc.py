@@ -1,0 +1,135 @@
+r"""A small generated dataset in VOC2012 layout, for the demo and tests when real VOC is not at hand.
+
+  python -m preprocessing.synthetic_voc --root=/tmp/synthetic_voc [--num_train=24 --num_val=8 --seed=0]
+
+Each image is a noisy background with 1-3 filled shapes (rectangles, ellipses, triangles); each shape has a
+class 1..20 and is painted near that class's VOC colour, so a model can learn the mapping. Masks are palette
+PNGs in the VOC palette, with a 255 (void) band along object edges as in the real masks. Writes
+JPEGImages/*.jpg, SegmentationClass/*.png and ImageSets/Segmentation/{train,val,trainval}.txt; optionally
+train_aug.txt whose extra ids have masks only in SegmentationClassAug/ (grayscale, as SBD's converted masks).
+"""
+
+import io
+
+import cv2
+import numpy as np
+import tensorflow as tf
+from PIL import Image
+
+from preprocessing import voc
+
+JPEG_QUALITY = 90
+
+
+def make_pair(rng: np.random.Generator, height: int, width: int,
+              num_classes: int = voc.NUM_CLASSES) -> tuple[np.ndarray, np.ndarray]:
+  """(RGB image uint8 [H, W, 3], class ids uint8 [H, W] with 255 edges) of one generated scene."""
+  coarse = rng.normal(110.0, 30.0, size=(max(2, height // 16), max(2, width // 16), 3)).astype(np.float32)
+  image = cv2.resize(coarse, (width, height), interpolation=cv2.INTER_CUBIC)
+  image += rng.normal(0.0, 6.0, size=image.shape).astype(np.float32)
+  class_ids = np.zeros((height, width), np.uint8)
+  colours = voc.palette()
+  for _ in range(int(rng.integers(1, 4))):
+    class_id = int(rng.integers(1, num_classes))
+    shape = _random_shape(rng, height, width)
+    tint = colours[class_id].astype(np.float32) * 0.85 + 20.0
+    image[shape] = tint + rng.normal(0.0, 8.0, size=(int(shape.sum()), 3)).astype(np.float32)
+    class_ids[shape] = class_id
+    edge = cv2.morphologyEx(shape.astype(np.uint8), cv2.MORPH_GRADIENT, np.ones((3, 3), np.uint8)).astype(bool)
+    class_ids[edge] = voc.IGNORE_LABEL
+  return np.clip(image, 0, 255).astype(np.uint8), class_ids
+
+
+def _random_shape(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
+  canvas = np.zeros((height, width), np.uint8)
+  cy, cx = int(rng.integers(height // 5, height - height // 5)), int(rng.integers(width // 5, width - width // 5))
+  ry, rx = int(rng.integers(height // 8, height // 3)), int(rng.integers(width // 8, width // 3))
+  kind = int(rng.integers(3))
+  if kind == 0:
+    cv2.rectangle(canvas, (cx - rx, cy - ry), (cx + rx, cy + ry), 1, thickness=-1)
+  elif kind == 1:
+    cv2.ellipse(canvas, (cx, cy), (rx, ry), float(rng.uniform(0, 180)), 0, 360, 1, thickness=-1)
+  else:
+    points = np.array([(cx, cy - ry), (cx - rx, cy + ry), (cx + rx, cy + ry)], np.int32)
+    cv2.fillPoly(canvas, [points], 1)
+  return canvas.astype(bool)
+
+
+def encode_jpeg(rgb: np.ndarray, quality: int = JPEG_QUALITY) -> bytes:
+  ok, data = cv2.imencode(".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, quality])
+  if not ok:
+    raise RuntimeError("OpenCV could not JPEG-encode an image")
+  return data.tobytes()
+
+
+def encode_palette_png(class_ids: np.ndarray) -> bytes:
+  """Mode-P PNG in the VOC palette, as the official SegmentationClass masks are stored."""
+  image = Image.fromarray(np.asarray(class_ids, np.uint8))  # mode L; putpalette makes it P, same indices
+  image.putpalette(voc.palette().ravel().tolist())
+  buffer = io.BytesIO()
+  image.save(buffer, format="PNG")
+  return buffer.getvalue()
+
+
+def encode_grayscale_png(class_ids: np.ndarray) -> bytes:
+  buffer = io.BytesIO()
+  Image.fromarray(np.asarray(class_ids, np.uint8)).save(buffer, format="PNG")  # 2-D uint8 -> mode L
+  return buffer.getvalue()
+
+
+def write_dataset(root: str, *, num_train: int = 24, num_val: int = 8, num_aug_only: int = 0, height: int = 96,
+                  width: int = 128, seed: int = 0) -> dict[str, list[str]]:
+  """Writes the dataset under root (local or gs://); returns {split: ids} of the lists written.
+
+  num_aug_only > 0 also writes train_aug.txt = train + that many ids whose masks are only in
+  SegmentationClassAug/ (with no official mask, as most of SBD's).
+  """
+  rng = np.random.default_rng(seed)
+  for folder in (voc.IMAGE_DIR, voc.MASK_DIR, voc.SPLIT_DIR) + ((voc.AUG_MASK_DIR,) if num_aug_only else ()):
+    tf.io.gfile.makedirs(tf.io.gfile.join(root, folder))
+  ids = [f"synthetic_{index:06d}" for index in range(num_train + num_val + num_aug_only)]
+  for index, image_id in enumerate(ids):
+    image, class_ids = make_pair(rng, height, width)
+    _write(tf.io.gfile.join(root, voc.IMAGE_DIR, f"{image_id}.jpg"), encode_jpeg(image))
+    if index < num_train + num_val:
+      _write(tf.io.gfile.join(root, voc.MASK_DIR, f"{image_id}.png"), encode_palette_png(class_ids))
+    else:
+      _write(tf.io.gfile.join(root, voc.AUG_MASK_DIR, f"{image_id}.png"), encode_grayscale_png(class_ids))
+  splits = {"train": ids[:num_train], "val": ids[num_train:num_train + num_val]}
+  splits["trainval"] = splits["train"] + splits["val"]
+  if num_aug_only:
+    splits["train_aug"] = splits["train"] + ids[num_train + num_val:]
+  for split, split_ids in splits.items():
+    write_split_list(root, split, split_ids)
+  return splits
+
+
+def write_split_list(root: str, split: str, ids: list[str]) -> None:
+  _write(tf.io.gfile.join(root, voc.SPLIT_DIR, f"{split}.txt"), "".join(f"{i}\n" for i in ids).encode())
+
+
+def _write(path: str, data: bytes) -> None:
+  with tf.io.gfile.GFile(path, "wb") as f:
+    f.write(data)
+
+
+def main(argv: list[str]) -> None:
+  del argv
+  splits = write_dataset(FLAGS.root, num_train=FLAGS.num_train, num_val=FLAGS.num_val,
+                         num_aug_only=FLAGS.num_aug_only, height=FLAGS.height, width=FLAGS.width, seed=FLAGS.seed)
+  print(f"{FLAGS.root}: " + ", ".join(f"{split} {len(ids)}" for split, ids in splits.items()))
+
+
+if __name__ == "__main__":
+  from absl import app
+  from absl import flags
+
+  FLAGS = flags.FLAGS
+  flags.DEFINE_string("root", None, "Folder to write (VOC2012 layout).", required=True)
+  flags.DEFINE_integer("num_train", 24, "Ids in train.txt.")
+  flags.DEFINE_integer("num_val", 8, "Ids in val.txt.")
+  flags.DEFINE_integer("num_aug_only", 0, "Extra train_aug ids with SegmentationClassAug masks only.")
+  flags.DEFINE_integer("height", 96, "Image height.")
+  flags.DEFINE_integer("width", 128, "Image width.")
+  flags.DEFINE_integer("seed", 0, "Random seed.")
+  app.run(main)
