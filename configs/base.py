@@ -1,0 +1,61 @@
+"""Every field a run can set, with defaults; the other configs start from here and change what differs.
+
+Not meant to be run by itself (it trains nothing sensible without a data set); see the recipes beside it.
+"""
+
+import ml_collections
+
+
+def get_config() -> ml_collections.ConfigDict:
+  config = ml_collections.ConfigDict()
+  config.seed = 0
+  config.train_split = "train"
+  config.eval_split = "val"
+
+  config.model = ml_collections.ConfigDict()
+  config.model.num_classes = 21
+  config.model.output_stride = 16
+  config.model.alpha = 1.0
+  config.model.aspp_rates = (6, 12, 18)
+  config.model.separable = True
+  # "imagenet" (Keras's download), a path to a no-top MobileNetV2 .weights.h5 file, or "" for random init.
+  config.model.backbone_weights = "imagenet"
+  config.model.freeze_backbone_bn = True
+  config.model.bn_momentum = 0.9
+
+  config.input = ml_collections.ConfigDict()
+  config.input.crop_size = 513
+  config.input.min_scale = 0.5
+  config.input.max_scale = 2.0
+  config.input.flip = True
+  config.input.photometric = False
+  config.input.shuffle_buffer = 512
+  config.input.eval_pad_to = 512  # VOC images are at most 500x500; padding is labelled 255, never scored.
+
+  config.batch_size = 16  # Global: split evenly over the replicas.
+  config.eval_batch_size = 8
+
+  config.optimizer = ml_collections.ConfigDict()
+  config.optimizer.name = "sgd"  # sgd (with momentum) | adam
+  config.optimizer.learning_rate = 0.007
+  config.optimizer.momentum = 0.9
+  config.optimizer.weight_decay = 4e-5  # Decoupled; biases and batch-norm parameters are excluded.
+  config.optimizer.schedule = "poly"  # poly | cosine | constant
+  config.optimizer.power = 0.9
+  config.optimizer.warmup_steps = 0
+
+  config.loss = ml_collections.ConfigDict()
+  config.loss.class_weights = ()  # Empty: all 1. Else num_classes weights.
+  config.loss.top_k_percent_pixels = 1.0  # < 1.0: hard-pixel mining, the loss of the hardest fraction only.
+
+  config.train = ml_collections.ConfigDict()
+  config.train.epochs = 10  # Passes over the training split...
+  config.train.steps = 0  # ...unless steps > 0, which fixes the total number of optimizer steps.
+  # Steps between checkpoints, validation and epoch-level summaries (a Keras "epoch"); 0 = one data epoch.
+  # A killed run resumes from the last of these boundaries with the same total number of steps.
+  config.train.steps_per_loop = 0
+  config.train.eval_every_loops = 1
+  config.train.early_stopping_patience = 0  # In evaluations without a better val mIoU; 0 = off.
+  config.train.num_triptychs = 4  # Validation pictures (image / truth / prediction) in TensorBoard.
+  config.train.eval_steps = 0  # 0 = the whole eval split.
+  return config

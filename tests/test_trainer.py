@@ -1,0 +1,181 @@
+"""The trainer as users run it: every CPU-capable strategy, mixed precision, resume after SIGKILL, errors."""
+
+import json
+import os
+import pathlib
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from configs import smoke
+from preprocessing import make_tfrecords
+from preprocessing import schema
+from preprocessing import synthetic_voc
+from preprocessing import voc
+from trainer import distribute
+from trainer import train
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def records(tmp_path_factory) -> str:
+  """Generated VOC-format pairs converted by the real Beam job: 16 train, 8 val, 96x128."""
+  root = tmp_path_factory.mktemp("voc")
+  out = tmp_path_factory.mktemp("records")
+  synthetic_voc.write_dataset(str(root), num_train=16, num_val=8, height=96, width=128)
+  make_tfrecords.run(["make_tfrecords", f"--voc_root={root}", f"--output_dir={out}"])
+  return str(out)
+
+
+def tiny_config(**train_fields):
+  config = smoke.get_config()
+  config.model.alpha = 0.35
+  config.input.crop_size = 64
+  config.input.eval_pad_to = 128
+  config.batch_size = 4
+  config.eval_batch_size = 4
+  config.train.num_triptychs = 1
+  config.train.update(train_fields)
+  return config
+
+
+def trainer_command(data_dir, model_dir, *flags):
+  return [sys.executable, "-m", "trainer.main", "--config=configs/smoke.py", f"--data_dir={data_dir}",
+          f"--model_dir={model_dir}", "--config.model.alpha=0.35", "--config.input.crop_size=64",
+          "--config.input.eval_pad_to=128", "--config.train.num_triptychs=1", *flags]
+
+
+def run_trainer(data_dir, model_dir, *flags, env=None, timeout=300) -> subprocess.CompletedProcess:
+  return subprocess.run(trainer_command(data_dir, model_dir, *flags), cwd=REPO_ROOT, capture_output=True,
+                        text=True, timeout=timeout, env=env)
+
+
+@pytest.mark.parametrize("strategy_name", ["default", "one_device"])
+def test_training_in_process_writes_checkpoints_summaries_and_metrics(records, tmp_path, strategy_name):
+  config = tiny_config(epochs=2)
+  report = train.train_and_evaluate(config, data_dir=records, model_dir=str(tmp_path),
+                                    strategy=distribute.create_strategy(strategy_name))
+  assert report["steps"] == 2 * 4  # 16 examples / batch 4, two epochs
+  written = json.loads((tmp_path / "metrics.json").read_text())
+  assert 0.0 <= written["miou"] <= 1.0 and written["valid_pixels"] == _valid_pixels(records, "val")
+  assert set(written["per_class_iou"]) == set(voc.CLASS_NAMES)
+  assert (tmp_path / "checkpoints" / "best.weights.h5").exists()
+  assert list((tmp_path / "train").glob("events.out.tfevents.*"))
+  tags = _summary_tags(tmp_path / "validation")
+  assert {"confusion_matrix", "triptych/0", "epoch_miou"} <= tags
+  assert any(tag.startswith("per_class_iou/") for tag in tags)
+  assert {"epoch_images_per_second", "epoch_learning_rate", "epoch_loss"} <= _summary_tags(tmp_path / "train")
+
+
+def _valid_pixels(data_dir: str, split: str) -> int:
+  """Non-void pixels of a split, read straight from its records: what every metric must count."""
+  total = 0
+  for serialized in tf.data.TFRecordDataset(tf.io.gfile.glob(f"{data_dir}/{split}-*.tfrecord")):
+    mask = tf.io.decode_png(schema.parse_example(serialized)[schema.MASK_ENCODED]).numpy()
+    total += int((mask != voc.IGNORE_LABEL).sum())
+  return total
+
+
+def _summary_tags(log_dir: pathlib.Path) -> set[str]:
+  tags = set()
+  for path in log_dir.glob("events.out.tfevents.*"):
+    for event in tf.compat.v1.train.summary_iterator(str(path)):
+      tags.update(value.tag for value in event.summary.value)
+  return tags
+
+
+def test_mirrored_over_two_cpu_devices(records, tmp_path):
+  result = run_trainer(records, tmp_path, "--strategy=mirrored", "--num_cpu_devices=2",
+                       "--config.train.epochs=1")
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert "mirrored with 2 replicas" in result.stderr
+  assert json.loads((tmp_path / "metrics.json").read_text())["steps"] == 4
+
+
+@pytest.mark.parametrize("policy", ["mixed_float16", "mixed_bfloat16"])
+def test_mixed_precision_trains_with_finite_loss(records, tmp_path, policy):
+  result = run_trainer(records, tmp_path, f"--mixed_precision={policy}", "--config.train.epochs=1")
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert f"policy {policy}" in result.stderr
+  losses = [float(line.split("loss: ")[1].split()[0]) for line in result.stdout.splitlines() if " loss: " in line]
+  assert losses and all(np.isfinite(losses))
+
+
+def _free_port() -> int:
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+def test_multi_worker_mirrored_with_two_local_workers(records, tmp_path):
+  cluster = {"worker": [f"127.0.0.1:{_free_port()}", f"127.0.0.1:{_free_port()}"]}
+  workers, logs = [], []
+  for index in range(2):
+    env = dict(os.environ, TF_CONFIG=json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}}))
+    logs.append(tmp_path / f"worker_{index}.log")  # Files, not pipes: a full pipe would stall a worker.
+    with open(logs[-1], "w") as log:
+      workers.append(subprocess.Popen(
+          trainer_command(records, tmp_path / "model", "--strategy=multi_worker_mirrored",
+                          "--config.train.epochs=1"),
+          cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT))
+  for worker in workers:
+    worker.wait(timeout=300)
+  outputs = [log.read_text() for log in logs]
+  for worker, output in zip(workers, outputs):
+    assert worker.returncode == 0, output[-3000:]
+  assert "multi_worker_mirrored with 2 replicas" in outputs[0]
+  assert json.loads((tmp_path / "model" / "metrics.json").read_text())["steps"] == 4  # 16 examples, batch 4
+  assert sorted(p.name for p in (tmp_path / "model" / "resume").iterdir()) == ["worker_0", "worker_1"]
+
+
+def test_a_run_killed_mid_training_resumes_and_ends_with_the_planned_steps(records, tmp_path):
+  flags = ("--config.train.steps=60", "--config.train.steps_per_loop=5", "--config.train.eval_steps=1")
+  process = subprocess.Popen(trainer_command(records, tmp_path, *flags), cwd=REPO_ROOT,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  deadline = time.time() + 240
+  index = tmp_path / "resume" / "chief" / "checkpoint"
+  while time.time() < deadline and process.poll() is None:
+    if index.exists() and "ckpt-3" in index.read_text():
+      break
+    time.sleep(0.05)
+  assert process.poll() is None, "training ended before it could be killed"
+  process.send_signal(signal.SIGKILL)
+  process.wait()
+  assert not (tmp_path / "metrics.json").exists()
+
+  result = run_trainer(records, tmp_path, *flags)
+  assert result.returncode == 0, result.stderr[-3000:]
+  resumed = [line for line in result.stderr.splitlines() if "resuming after loop" in line]
+  assert resumed, result.stderr[-2000:]
+  loop = int(resumed[0].split("resuming after loop ")[1].split()[0])
+  assert 3 <= loop < 12
+  assert f"(step {loop * 5})" in resumed[0]  # the optimizer's step count came back with the weights
+  assert json.loads((tmp_path / "metrics.json").read_text())["steps"] == 60
+
+
+@pytest.mark.parametrize("flag, message", [
+    ("--config.train.no_such_field=1", "no_such_field"),
+    ("--strategy=warp_drive", "warp_drive"),
+    ("--config.batch_size=3 --strategy=mirrored --num_cpu_devices=2", "does not split evenly"),
+    ("--config.optimizer.name=adagrad", "unknown optimizer.name"),
+])
+def test_bad_flags_and_config_fields_are_one_line_errors_with_exit_code_2(records, tmp_path, flag, message):
+  result = run_trainer(records, tmp_path, *flag.split())
+  assert result.returncode == 2
+  last = result.stderr.strip().splitlines()[-1]
+  assert message in last and "Traceback" not in result.stderr, result.stderr[-2000:]
+
+
+def test_a_data_dir_without_shards_is_a_one_line_error(tmp_path):
+  result = run_trainer(tmp_path, tmp_path / "model")
+  assert result.returncode == 2
+  assert "no shards for split 'train'" in result.stderr.strip().splitlines()[-1]
+  assert "Traceback" not in result.stderr

@@ -1,0 +1,82 @@
+"""tf.distribute strategies by name, and the small facts the trainer needs about them."""
+
+import os
+
+import tensorflow as tf
+
+STRATEGIES = ("default", "one_device", "mirrored", "multi_worker_mirrored", "tpu")
+
+
+class StrategyError(RuntimeError):
+  """A strategy that cannot be set up here, with a message a user can act on."""
+
+
+def split_cpu(num_devices: int) -> None:
+  """Presents the host CPU as `num_devices` logical devices (to run `mirrored` on a machine without GPUs).
+
+  Must run before TensorFlow initialises its devices, i.e. before any op runs.
+  """
+  cpu = tf.config.list_physical_devices("CPU")[0]
+  tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * num_devices)
+
+
+def create_strategy(name: str, *, tpu: str = "") -> tf.distribute.Strategy:
+  if name == "default":
+    return tf.distribute.get_strategy()
+  if name == "one_device":
+    gpus = tf.config.list_logical_devices("GPU")
+    return tf.distribute.OneDeviceStrategy(gpus[0].name if gpus else "/cpu:0")
+  if name == "mirrored":
+    # All GPUs; without GPUs, all logical CPUs (one unless split_cpu was called).
+    devices = [d.name for d in tf.config.list_logical_devices("GPU")] or \
+        [d.name for d in tf.config.list_logical_devices("CPU")]
+    return tf.distribute.MirroredStrategy(devices)
+  if name == "multi_worker_mirrored":
+    if "TF_CONFIG" not in os.environ:
+      raise StrategyError("multi_worker_mirrored needs the cluster in TF_CONFIG "
+                          "(see launch/ for how to start workers)")
+    return tf.distribute.MultiWorkerMirroredStrategy()
+  if name == "tpu":
+    try:
+      resolver = tf.distribute.cluster_resolver.TPUClusterResolver(tpu=tpu or None)
+      tf.config.experimental_connect_to_cluster(resolver)
+      tf.tpu.experimental.initialize_tpu_system(resolver)
+    except (ValueError, RuntimeError, tf.errors.OpError) as error:
+      raise StrategyError(f"no TPU found for --tpu={tpu or '(default)'}: {str(error).splitlines()[0]}") from None
+    return tf.distribute.TPUStrategy(resolver)
+  raise StrategyError(f"unknown strategy {name!r}: use one of {', '.join(STRATEGIES)}")
+
+
+def is_chief(strategy: tf.distribute.Strategy) -> bool:
+  """Whether this process writes checkpoints and summaries (worker 0, or the only process)."""
+  resolver = getattr(strategy, "cluster_resolver", None)
+  if resolver is None or not resolver.task_type:
+    return True
+  return resolver.task_type == "chief" or (resolver.task_type == "worker" and resolver.task_id == 0 and
+                                           "chief" not in resolver.cluster_spec().as_dict())
+
+
+def task_name(strategy: tf.distribute.Strategy) -> str:
+  """A name unique to this process in the cluster ("worker_1"), for files each worker writes itself."""
+  resolver = getattr(strategy, "cluster_resolver", None)
+  if resolver is None or not resolver.task_type:
+    return "chief"
+  return f"{resolver.task_type}_{resolver.task_id}"
+
+
+def patch_keras_multi_worker_reduction() -> None:
+  """Keras 3.15 reduces step outputs across workers with strategy.reduce("MEAN", v, axis=0), which fails on
+  the scalar losses and metrics a train step returns; reduce them with axis=None (the same mean) instead."""
+  from keras.src.backend.tensorflow import trainer as keras_tf_trainer  # pylint: disable=g-import-not-at-top
+
+  original = keras_tf_trainer.reduce_per_replica
+  if getattr(original, "patched_for_multi_worker", False):
+    return
+
+  def reduce_per_replica(values, strategy, reduction):
+    if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy) and reduction in ("auto", "mean"):
+      return tf.nest.map_structure(lambda v: strategy.reduce("MEAN", v, axis=None), values)
+    return original(values, strategy, reduction)
+
+  reduce_per_replica.patched_for_multi_worker = True
+  keras_tf_trainer.reduce_per_replica = reduce_per_replica

@@ -1,0 +1,97 @@
+"""Trains and evaluates DeepLabV3+ / MobileNetV2: `python -m trainer.main --config=configs/NAME.py ...`.
+
+  python -m trainer.main --config=configs/smoke.py --data_dir=DATA --model_dir=runs/smoke
+  python -m trainer.main --config=configs/deeplab_voc.py --config.batch_size=32 --strategy=mirrored \
+      --mixed_precision=mixed_float16 --data_dir=gs://BUCKET/voc --model_dir=gs://BUCKET/runs/1
+
+Any config field can be set with --config.FIELD=VALUE. A problem with the flags, the config or the data is
+reported in one line with exit code 2.
+"""
+
+import json
+import os
+import sys
+
+from absl import app
+from absl import flags
+from absl import logging
+import keras
+from ml_collections import config_flags
+
+from trainer import distribute
+from trainer import train
+
+try:  # ml_collections loads the config and applies --config.FIELD overrides here, at definition.
+  _CONFIG = config_flags.DEFINE_config_file("config", "configs/smoke.py", "Config file (a get_config() module).",
+                                            lock_config=True)
+except (AttributeError, KeyError) as _error:
+  sys.stderr.write(f"error: the config has no field {str(_error).strip(chr(34))} (configs/base.py lists them all)\n")
+  sys.exit(2)
+except (TypeError, ValueError, OSError) as _error:
+  sys.stderr.write(f"error: bad --config or --config.FIELD override: {_error}\n")
+  sys.exit(2)
+_DATA_DIR = flags.DEFINE_string("data_dir", None, "Folder (or gs:// path) with the {split}-*.tfrecord shards.",
+                                required=True)
+_MODEL_DIR = flags.DEFINE_string("model_dir", None, "Where checkpoints, TensorBoard logs and metrics.json go.",
+                                 required=True)
+_STRATEGY = flags.DEFINE_enum("strategy", "default", distribute.STRATEGIES, "tf.distribute strategy.")
+_TPU = flags.DEFINE_string("tpu", "", "TPU name or 'local' (with --strategy=tpu).")
+_MIXED_PRECISION = flags.DEFINE_enum("mixed_precision", "float32", ["float32", "mixed_float16", "mixed_bfloat16"],
+                                     "Keras dtype policy: mixed_float16 on GPUs, mixed_bfloat16 on TPUs.")
+_MODE = flags.DEFINE_enum("mode", "train_and_eval", ["train", "eval", "train_and_eval"],
+                          "train_and_eval trains, then evaluates the best checkpoint; eval only evaluates.")
+_NUM_CPU_DEVICES = flags.DEFINE_integer("num_cpu_devices", 0, "Split the CPU into N logical devices "
+                                        "(so that --strategy=mirrored has N replicas without GPUs).")
+
+
+def _parse_flags(argv):
+  """absl's parser, but a bad flag or config field is one line on stderr and exit code 2."""
+  try:
+    return flags.FLAGS(argv)
+  except flags.Error as error:
+    message = str(error).strip().splitlines()
+    _exit_with(message[-1] if message else str(error))
+  except (AttributeError, KeyError) as error:  # ml_collections, for a --config.FIELD that does not exist.
+    _exit_with(f"the config has no field {str(error).strip(chr(34))} (configs/base.py lists them all)")
+  except (TypeError, ValueError) as error:
+    _exit_with(f"bad --config override: {error}")
+
+
+def _exit_with(message: str) -> None:
+  sys.stderr.write(f"error: {message}\n")
+  sys.exit(2)
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  try:
+    config = _CONFIG.value
+    config.keys()  # A --config file that failed to load only says so when first used.
+  except OSError as error:
+    _exit_with(f"--config={flags.FLAGS['config'].config_filename}: {' '.join(str(error).split())}")
+  # TF's checkpointing logs a timing line through absl at every save; it would interleave with the epoch lines.
+  logging.get_absl_logger().addFilter(lambda record: "Sharding callback duration" not in record.getMessage())
+  if _NUM_CPU_DEVICES.value > 1:
+    distribute.split_cpu(_NUM_CPU_DEVICES.value)
+  keras.mixed_precision.set_global_policy(_MIXED_PRECISION.value)
+  try:
+    strategy = distribute.create_strategy(_STRATEGY.value, tpu=_TPU.value)
+    logging.info("strategy %s with %d replicas, policy %s", _STRATEGY.value, strategy.num_replicas_in_sync,
+                 _MIXED_PRECISION.value)
+    if _MODE.value == "eval":
+      report = train.evaluate_checkpoint(config, data_dir=_DATA_DIR.value, model_dir=_MODEL_DIR.value,
+                                         strategy=strategy)
+    else:
+      report = train.train_and_evaluate(config, data_dir=_DATA_DIR.value, model_dir=_MODEL_DIR.value,
+                                        strategy=strategy, evaluate_at_end=_MODE.value == "train_and_eval")
+  except (distribute.StrategyError, train.DataError, train.ConfigError, FloatingPointError) as error:
+    _exit_with(str(error))
+  if report:
+    print(json.dumps({k: report[k] for k in ("miou", "pixel_accuracy") if k in report}))
+    print(f"TensorBoard: tensorboard --logdir={_MODEL_DIR.value}")
+
+
+if __name__ == "__main__":
+  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+  app.run(main, flags_parser=_parse_flags)

@@ -1,0 +1,53 @@
+"""Validation metrics over the confusion matrix of valid pixels (label 255 ignored)."""
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from preprocessing import voc
+
+
+class MeanIoU(keras.metrics.MeanIoU):
+  """Keras's MeanIoU on logits, ignoring the void label, that also reports per-class IoU and accuracy."""
+
+  def __init__(self, num_classes: int = voc.NUM_CLASSES, name: str = "miou", **kwargs):
+    kwargs.setdefault("ignore_class", voc.IGNORE_LABEL)
+    kwargs.setdefault("sparse_y_pred", False)
+    super().__init__(num_classes=num_classes, name=name, **kwargs)
+
+  def confusion_matrix(self) -> np.ndarray:
+    """[true class, predicted class] pixel counts accumulated so far (summed over replicas)."""
+    return np.asarray(keras.ops.convert_to_numpy(self.total_cm), dtype=np.int64)
+
+
+class PixelAccuracy(keras.metrics.Mean):
+  """Fraction of valid pixels whose arg-max class is right."""
+
+  def __init__(self, name: str = "pixel_accuracy", ignore_label: int = voc.IGNORE_LABEL, **kwargs):
+    super().__init__(name=name, **kwargs)
+    self.ignore_label = ignore_label
+
+  def update_state(self, y_true, y_pred, sample_weight=None):
+    labels = tf.cast(tf.reshape(y_true, [-1]), tf.int32)
+    predicted = tf.reshape(tf.argmax(y_pred, axis=-1, output_type=tf.int32), [-1])
+    valid = tf.cast(tf.not_equal(labels, self.ignore_label), self.dtype)
+    correct = tf.cast(tf.equal(labels, predicted), self.dtype) * valid
+    return super().update_state(correct, sample_weight=valid)
+
+
+def summarize_confusion(confusion: np.ndarray, class_names=voc.CLASS_NAMES) -> dict:
+  """mIoU, pixel accuracy and per-class IoU from a confusion matrix; classes never seen nor predicted are
+  left out of the mean (as Keras's MeanIoU does) and reported as None."""
+  confusion = np.asarray(confusion, dtype=np.float64)
+  true_positives = np.diag(confusion)
+  union = confusion.sum(0) + confusion.sum(1) - true_positives
+  present = union > 0
+  iou = np.where(present, true_positives / np.maximum(union, 1), np.nan)
+  total = confusion.sum()
+  names = list(class_names) if len(class_names) == len(confusion) else [str(i) for i in range(len(confusion))]
+  return {
+      "miou": float(np.nanmean(iou)) if present.any() else 0.0,
+      "pixel_accuracy": float(true_positives.sum() / total) if total else 0.0,
+      "per_class_iou": {name: (None if np.isnan(v) else float(v)) for name, v in zip(names, iou)},
+      "valid_pixels": int(total),
+  }

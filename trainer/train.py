@@ -1,0 +1,245 @@
+"""Training and evaluation of one config under one tf.distribute strategy, with Keras's fit loop.
+
+A Keras "epoch" here is a *loop* of `steps_per_loop` optimizer steps (one pass over the data by default):
+validation, checkpoints and epoch-level summaries happen at loop ends, and a restarted run resumes there.
+"""
+
+import dataclasses
+import json
+import math
+import os
+import warnings
+
+from absl import logging
+import keras
+import ml_collections
+import numpy as np
+import tensorflow as tf
+
+from trainer import callbacks as callbacks_lib
+from trainer import distribute
+from trainer import input_pipeline
+from trainer import losses
+from trainer import metrics as metrics_lib
+from trainer import model as model_lib
+from trainer import optimizers
+
+# Keras says this at the end of every pass over a finite, distributed validation set, where it is expected.
+warnings.filterwarnings("ignore", message="Your input ran out of data")
+
+BEST_WEIGHTS = "checkpoints/best.weights.h5"
+FINAL_WEIGHTS = "checkpoints/final.weights.h5"
+
+
+class DataError(ValueError):
+  """The data directory does not hold what the config asks for."""
+
+
+class ConfigError(ValueError):
+  """A config value that cannot work (reported to the user in one line)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+  """How many steps, loops and images a run makes; derived once from the config and the data."""
+  num_train_examples: int
+  global_batch_size: int
+  steps_per_loop: int
+  num_loops: int
+
+  @property
+  def total_steps(self) -> int:
+    return self.steps_per_loop * self.num_loops
+
+
+def split_files(data_dir: str, split: str) -> str:
+  """The glob of a split's shards; raises DataError naming what is there when nothing matches."""
+  pattern = os.path.join(data_dir, f"{split}-*.tfrecord")
+  if not tf.io.gfile.glob(pattern):
+    found = sorted({os.path.basename(p).split("-")[0] for p in tf.io.gfile.glob(os.path.join(data_dir, "*.tfrecord"))})
+    hint = f"splits found: {', '.join(found)}" if found else "no .tfrecord files at all"
+    raise DataError(f"no shards for split {split!r} in {data_dir} ({hint}); "
+                    f"make them with python -m preprocessing.make_tfrecords")
+  return pattern
+
+
+def count_examples(data_dir: str, split: str) -> int:
+  """From the conversion's summary when there is one, else by reading the shards once."""
+  summary = os.path.join(data_dir, f"{split}-summary.json")
+  if tf.io.gfile.exists(summary):
+    with tf.io.gfile.GFile(summary) as f:
+      written = json.load(f).get("written")
+    if written:
+      return int(written)
+  files = tf.io.gfile.glob(os.path.join(data_dir, f"{split}-*.tfrecord"))
+  return int(tf.data.TFRecordDataset(files).reduce(np.int64(0), lambda n, _: n + 1))
+
+
+def make_plan(config: ml_collections.ConfigDict, num_train_examples: int, num_replicas: int) -> Plan:
+  if config.batch_size % num_replicas:
+    raise ConfigError(f"batch_size {config.batch_size} (global) does not split evenly over "
+                      f"{num_replicas} replicas")
+  steps_per_epoch = max(1, math.ceil(num_train_examples / config.batch_size))
+  total = config.train.steps or config.train.epochs * steps_per_epoch
+  steps_per_loop = min(config.train.steps_per_loop or steps_per_epoch, total)
+  return Plan(num_train_examples, config.batch_size, steps_per_loop, math.ceil(total / steps_per_loop))
+
+
+def create_model(config: ml_collections.ConfigDict) -> keras.Model:
+  m = config.model
+  return model_lib.build_deeplabv3plus(
+      num_classes=m.num_classes, output_stride=m.output_stride, alpha=m.alpha, aspp_rates=tuple(m.aspp_rates),
+      separable=m.separable, backbone_weights=m.backbone_weights or None, freeze_backbone_bn=m.freeze_backbone_bn,
+      bn_momentum=m.bn_momentum)
+
+
+def compile_model(model: keras.Model, config: ml_collections.ConfigDict, total_steps: int) -> metrics_lib.MeanIoU:
+  """Compiles in place; returns the mIoU metric, whose confusion matrix the reports read."""
+  try:
+    optimizer = optimizers.create_optimizer(config.optimizer, total_steps)
+    loss = losses.SegmentationLoss(config.model.num_classes, class_weights=tuple(config.loss.class_weights),
+                                   top_k_percent_pixels=config.loss.top_k_percent_pixels)
+  except ValueError as error:
+    raise ConfigError(str(error)) from None
+  miou = metrics_lib.MeanIoU(config.model.num_classes)
+  model.compile(optimizer=optimizer, loss=loss, metrics=[miou, metrics_lib.PixelAccuracy()])
+  return miou
+
+
+def _prepare_for_multi_worker(model: keras.Model, strategy, config) -> None:
+  """Work-arounds for Keras 3.15's fit() under MultiWorkerMirroredStrategy, whose cross-worker reductions fail
+  on (image, label) pairs and on scalar logs:
+
+  - it builds the metrics, loss and optimizer by all-reducing a first batch; building them here from shapes
+    alone is equivalent, and that step is then skipped;
+  - it all-reduces each step's scalar logs with axis=0; distribute.patch_keras_multi_worker_reduction() makes
+    that a plain cross-worker mean.
+  """
+  distribute.patch_keras_multi_worker_reduction()
+  batch = config.batch_size // strategy.num_replicas_in_sync
+  crop = config.input.crop_size
+  with strategy.scope():
+    model._symbolic_build(data_batch=(tf.zeros([batch, crop, crop, 3]), tf.zeros([batch, crop, crop], tf.int32)))
+  model._maybe_symbolic_build = lambda iterator=None, data_batch=None: None
+
+
+def _eval_dataset(strategy, config, files):
+  per_replica = _per_replica_eval_batch(config, strategy)
+  return strategy.distribute_datasets_from_function(
+      lambda context: input_pipeline.eval_dataset(
+          files, batch_size=per_replica, pad_to=config.input.eval_pad_to, input_context=context))
+
+
+def _per_replica_eval_batch(config, strategy) -> int:
+  return max(1, config.eval_batch_size // strategy.num_replicas_in_sync)
+
+
+def _validation_samples(files: str, count: int) -> list:
+  samples = []
+  for image, label, _ in input_pipeline.eval_dataset(files, batch_size=1, with_metadata=True).take(count):
+    samples.append((image[0].numpy().astype(np.uint8), label[0].numpy().astype(np.uint8)))
+  return samples
+
+
+def evaluate(model: keras.Model, miou: metrics_lib.MeanIoU, config: ml_collections.ConfigDict, strategy,
+             data_dir: str) -> dict:
+  """Validation figures over the whole eval split (padding never scored)."""
+  dataset = _eval_dataset(strategy, config, split_files(data_dir, config.eval_split))
+  model.evaluate(dataset, steps=config.train.eval_steps or None, verbose=0)
+  return metrics_lib.summarize_confusion(miou.confusion_matrix())
+
+
+def evaluate_checkpoint(config: ml_collections.ConfigDict, *, data_dir: str, model_dir: str,
+                        strategy: tf.distribute.Strategy) -> dict:
+  """Evaluates the best (else the final) weights of a finished run and rewrites its metrics.json."""
+  weights = next((os.path.join(model_dir, name) for name in (BEST_WEIGHTS, FINAL_WEIGHTS)
+                  if tf.io.gfile.exists(os.path.join(model_dir, name))), None)
+  if weights is None:
+    raise DataError(f"no trained weights in {model_dir} (looked for {BEST_WEIGHTS} and {FINAL_WEIGHTS})")
+  with strategy.scope():
+    model = create_model(config)
+    miou = compile_model(model, config, total_steps=1)
+  model.load_weights(weights)
+  report = evaluate(model, miou, config, strategy, data_dir)
+  report.update(weights=weights, split=config.eval_split)
+  if distribute.is_chief(strategy):
+    _write_json(os.path.join(model_dir, "metrics.json"), report)
+  return report
+
+
+def _write_json(path: str, value) -> None:
+  with tf.io.gfile.GFile(path, "w") as f:
+    json.dump(value, f, indent=2)
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, *, data_dir: str, model_dir: str,
+                       strategy: tf.distribute.Strategy, evaluate_at_end: bool = True) -> dict:
+  chief = distribute.is_chief(strategy)
+  keras.utils.set_random_seed(config.seed)  # Same initial weights on every worker, and run to run.
+  train_files = split_files(data_dir, config.train_split)
+  eval_files = split_files(data_dir, config.eval_split)
+  plan = make_plan(config, count_examples(data_dir, config.train_split), strategy.num_replicas_in_sync)
+  logging.info("plan: %d training examples, global batch %d over %d replicas, %d loops x %d steps = %d steps",
+               plan.num_train_examples, plan.global_batch_size, strategy.num_replicas_in_sync, plan.num_loops,
+               plan.steps_per_loop, plan.total_steps)
+  if chief:
+    tf.io.gfile.makedirs(os.path.join(model_dir, "checkpoints"))
+    with tf.io.gfile.GFile(os.path.join(model_dir, "config.json"), "w") as f:
+      f.write(config.to_json_best_effort(indent=2))  # What predict/export rebuild the model from.
+
+  per_replica_batch = config.batch_size // strategy.num_replicas_in_sync
+  with strategy.scope():
+    model = create_model(config)
+    miou = compile_model(model, config, plan.total_steps)
+  train_data = strategy.distribute_datasets_from_function(
+      lambda context: input_pipeline.train_dataset(
+          train_files, batch_size=per_replica_batch, crop_size=config.input.crop_size,
+          min_scale=config.input.min_scale, max_scale=config.input.max_scale, flip=config.input.flip,
+          photometric=config.input.photometric, shuffle_buffer=config.input.shuffle_buffer, seed=config.seed,
+          input_context=context))
+
+  if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+    _prepare_for_multi_worker(model, strategy, config)
+
+  # Every worker keeps its own resume checkpoint (identical weights); only the chief writes what users read.
+  resume = callbacks_lib.ResumeFromCheckpoint(os.path.join(model_dir, "resume", distribute.task_name(strategy)))
+  resume.set_model(model)
+  completed_loops = resume.restore()
+  if completed_loops:
+    logging.info("resuming after loop %d of %d (step %d)", completed_loops, plan.num_loops,
+                 int(model.optimizer.iterations.numpy()))
+  pictures = callbacks_lib.ValidationPictures(
+      model_dir, miou, _validation_samples(eval_files, config.train.num_triptychs) if chief else [], write=chief)
+  callbacks = [callbacks_lib.TrainingStats(config.batch_size, plan.steps_per_loop), pictures,
+               keras.callbacks.TerminateOnNaN()]
+  if chief:
+    callbacks += [keras.callbacks.TensorBoard(model_dir, write_graph=False, profile_batch=0),
+                  callbacks_lib.BestCheckpoint(os.path.join(model_dir, BEST_WEIGHTS))]
+  if config.train.early_stopping_patience:
+    callbacks.append(keras.callbacks.EarlyStopping(monitor="val_miou", mode="max",
+                                                   patience=config.train.early_stopping_patience))
+  callbacks.append(resume)  # Last: a loop is committed only after everything else has seen it.
+
+  history = model.fit(
+      train_data, epochs=plan.num_loops, initial_epoch=completed_loops, steps_per_epoch=plan.steps_per_loop,
+      validation_data=_eval_dataset(strategy, config, eval_files),
+      validation_steps=config.train.eval_steps or None, validation_freq=config.train.eval_every_loops,
+      callbacks=callbacks, shuffle=False, verbose=2 if chief else 0)
+  losses_seen = history.history.get("loss", [])
+  if losses_seen and not np.isfinite(losses_seen[-1]):
+    raise FloatingPointError(f"training stopped: the loss became {losses_seen[-1]} "
+                             f"at step {int(model.optimizer.iterations.numpy())}")
+
+  steps = int(model.optimizer.iterations.numpy())
+  if chief:
+    model.save_weights(os.path.join(model_dir, FINAL_WEIGHTS))
+  if not evaluate_at_end:
+    return {"steps": steps}
+  best = os.path.join(model_dir, BEST_WEIGHTS)
+  weights = best if tf.io.gfile.exists(best) else os.path.join(model_dir, FINAL_WEIGHTS)
+  model.load_weights(weights)
+  report = evaluate(model, miou, config, strategy, data_dir)
+  report.update(steps=steps, weights=weights, split=config.eval_split)
+  if chief:
+    _write_json(os.path.join(model_dir, "metrics.json"), report)
+  return report
