@@ -1,0 +1,117 @@
+"""DeepLabV3+ (Chen et al. 2018) on a MobileNetV2 encoder, as a Keras 3 functional model.
+
+image [B, H, W, 3] in [0, 255] -> x/127.5 - 1 -> MobileNetV2 (atrous past `output_stride`, see mobilenet_v2.py)
+  -> ASPP: image pooling + 1x1 + one 3x3 branch per atrous rate (none: DeepLab's lean "mobile" head), 256 ch
+  -> decoder: upsample to stride 4, concat with the stride-4 features projected to 48 ch, two 3x3 convs (256)
+  -> 1x1 logits (float32) -> bilinear resize to the input's size: logits [B, H, W, num_classes].
+Resizes follow the input's dynamic shape, so any H, W works (odd ones, non-multiples of the output stride).
+"""
+
+import keras
+import tensorflow as tf
+
+from trainer import mobilenet_v2
+
+ASPP_FILTERS = 256
+LOW_LEVEL_FILTERS = 48
+DECODER_FILTERS = 256
+ASPP_DROPOUT = 0.1  # DeepLab's keep_prob 0.9 after the ASPP projection.
+
+
+@keras.saving.register_keras_serializable(package="trainer")
+class ResizeLike(keras.layers.Layer):
+  """Bilinearly resizes `inputs[0]` to the spatial size of `inputs[1]` (a size only known at run time)."""
+
+  def call(self, inputs):
+    images, reference = inputs
+    resized = tf.image.resize(images, tf.shape(reference)[1:3], method="bilinear")
+    return tf.cast(resized, images.dtype)  # tf.image.resize computes bilinear in float32.
+
+  def compute_output_shape(self, input_shapes):
+    images, reference = input_shapes
+    return (images[0], reference[1], reference[2], images[3])
+
+
+def _conv_bn_relu(x, filters: int, name: str, bn_momentum: float, kernel_size: int = 1, rate: int = 1,
+                  separable: bool = False):
+  """kxk conv (or depthwise kxk + BN + ReLU + pointwise, DeepLab's split_separable_conv2d) + BN + ReLU."""
+  def bn_relu(x, suffix):
+    x = mobilenet_v2.FusedBatchNormalization(epsilon=mobilenet_v2.BN_EPSILON, momentum=bn_momentum,
+                                             name=f"{name}{suffix}_bn")(x)
+    return keras.layers.ReLU(name=f"{name}{suffix}_relu")(x)
+
+  if separable and kernel_size > 1:
+    x = keras.layers.DepthwiseConv2D(kernel_size, dilation_rate=rate, padding="same", use_bias=False,
+                                     name=f"{name}_depthwise")(x)
+    x = bn_relu(x, "_depthwise")
+    x = keras.layers.Conv2D(filters, 1, use_bias=False, name=f"{name}_pointwise")(x)
+    return bn_relu(x, "_pointwise")
+  x = keras.layers.Conv2D(filters, kernel_size, dilation_rate=rate, padding="same", use_bias=False,
+                          name=f"{name}_conv")(x)
+  return bn_relu(x, "")
+
+
+def _aspp(features, rates: tuple[int, ...], separable: bool, bn_momentum: float):
+  pooled = keras.layers.GlobalAveragePooling2D(keepdims=True, name="aspp_pooling")(features)
+  pooled = _conv_bn_relu(pooled, ASPP_FILTERS, "aspp_pooling", bn_momentum)
+  branches = [ResizeLike(name="aspp_pooling_resize")([pooled, features]),
+              _conv_bn_relu(features, ASPP_FILTERS, "aspp0", bn_momentum)]
+  for index, rate in enumerate(rates, start=1):
+    branches.append(_conv_bn_relu(features, ASPP_FILTERS, f"aspp{index}", bn_momentum, kernel_size=3, rate=rate,
+                                  separable=separable))
+  x = keras.layers.Concatenate(name="aspp_concat")(branches)
+  x = _conv_bn_relu(x, ASPP_FILTERS, "aspp_projection", bn_momentum)
+  return keras.layers.Dropout(ASPP_DROPOUT, name="aspp_dropout")(x)
+
+
+def _decoder(aspp_output, low_level, separable: bool, bn_momentum: float):
+  low_level = _conv_bn_relu(low_level, LOW_LEVEL_FILTERS, "decoder_low_level", bn_momentum)
+  x = ResizeLike(name="decoder_upsample")([aspp_output, low_level])
+  x = keras.layers.Concatenate(name="decoder_concat")([x, low_level])
+  for index in range(2):
+    x = _conv_bn_relu(x, DECODER_FILTERS, f"decoder_conv{index}", bn_momentum, kernel_size=3, separable=separable)
+  return x
+
+
+def build_deeplabv3plus(*, num_classes: int = 21, input_shape=(None, None, 3), output_stride: int = 16,
+                        alpha: float = 1.0, aspp_rates: tuple[int, ...] = (6, 12, 18), separable: bool = True,
+                        backbone_weights: str | None = None, freeze_backbone_bn: bool = True,
+                        bn_momentum: float = 0.9, name: str = "deeplabv3plus") -> keras.Model:
+  """DeepLabV3+ / MobileNetV2: raw RGB pixels [0, 255] in, float32 logits at the input resolution out.
+
+  output_stride: 16 or 8 (32: plain MobileNetV2, no atrous convs). aspp_rates: DeepLab uses (6, 12, 18) at
+  OS 16, (12, 24, 36) at OS 8, () for the lean mobile head. separable: depthwise-separable 3x3 convs in ASPP
+  and decoder. backbone_weights: None, a no-top MobileNetV2 .weights.h5 of the same alpha, or "imagenet"
+  (Keras's download). freeze_backbone_bn: encoder BN layers non-trainable, i.e. always in inference mode
+  (the shared ImageNet weights have folded BN; small batches would destroy it). bn_momentum applies to every
+  BN layer (0.9: Keras's 0.99 leaves moving averages far behind in short runs, see NOTES.md).
+  """
+  inputs = keras.Input(shape=input_shape, name="image")
+  x = keras.layers.Rescaling(1 / 127.5, offset=-1.0, name="rescale_to_unit")(inputs)
+  features, backbone_layers = mobilenet_v2.mobilenet_v2_features(x, alpha=alpha, output_stride=output_stride,
+                                                                 bn_momentum=bn_momentum)
+  x = _aspp(features["high_level"], tuple(aspp_rates), separable, bn_momentum)
+  x = _decoder(x, features["low_level"], separable, bn_momentum)
+  x = keras.layers.Conv2D(num_classes, 1, dtype="float32", name="logits")(x)
+  logits = ResizeLike(dtype="float32", name="logits_upsample")([x, inputs])
+  model = keras.Model(inputs, logits, name=name)
+
+  if backbone_weights is not None:
+    mobilenet_v2.copy_imagenet_weights(backbone_layers, backbone_weights, alpha)
+  if freeze_backbone_bn:
+    for layer in backbone_layers:
+      if isinstance(layer, keras.layers.BatchNormalization):
+        layer.trainable = False
+  return model
+
+
+def count_flops(model: keras.Model, height: int, width: int) -> int:
+  """Forward FLOPs (multiply and add counted separately) of one height x width image, by TF's profiler."""
+  from tensorflow.python.framework import convert_to_constants  # No public API freezes a concrete function.
+
+  forward = tf.function(lambda images: model(images, training=False))
+  concrete = forward.get_concrete_function(tf.TensorSpec([1, height, width, 3], tf.float32))
+  graph = convert_to_constants.convert_variables_to_constants_v2(concrete).graph
+  builder = tf.compat.v1.profiler.ProfileOptionBuilder
+  options = builder(builder.float_operation()).with_empty_output().build()
+  return tf.compat.v1.profiler.profile(graph=graph, cmd="op", options=options).total_float_ops
