@@ -145,8 +145,8 @@ def evaluate(model: keras.Model, miou: metrics_lib.MeanIoU, config: ml_collectio
              data_dir: str) -> dict:
   """Validation figures over the whole eval split (padding never scored)."""
   dataset = _eval_dataset(strategy, config, split_files(data_dir, config.eval_split))
-  model.evaluate(dataset, steps=config.train.eval_steps or None, verbose=0)
-  return metrics_lib.summarize_confusion(miou.confusion_matrix())
+  results = model.evaluate(dataset, steps=config.train.eval_steps or None, verbose=0, return_dict=True)
+  return {"loss": float(results["loss"]), **metrics_lib.summarize_confusion(miou.confusion_matrix())}
 
 
 def evaluate_checkpoint(config: ml_collections.ConfigDict, *, data_dir: str, model_dir: str,
