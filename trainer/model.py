@@ -107,11 +107,14 @@ def build_deeplabv3plus(*, num_classes: int = 21, input_shape=(None, None, 3), o
 
 def count_flops(model: keras.Model, height: int, width: int) -> int:
   """Forward FLOPs (multiply and add counted separately) of one height x width image, by TF's profiler."""
-  from tensorflow.python.framework import convert_to_constants  # No public API freezes a concrete function.
+  # No public API freezes a concrete function; the profiler warns that it uses a deprecated TF1 helper.
+  from tensorflow.python.framework import convert_to_constants
+  from tensorflow.python.util import deprecation
 
   forward = tf.function(lambda images: model(images, training=False))
   concrete = forward.get_concrete_function(tf.TensorSpec([1, height, width, 3], tf.float32))
   graph = convert_to_constants.convert_variables_to_constants_v2(concrete).graph
   builder = tf.compat.v1.profiler.ProfileOptionBuilder
   options = builder(builder.float_operation()).with_empty_output().build()
-  return tf.compat.v1.profiler.profile(graph=graph, cmd="op", options=options).total_float_ops
+  with deprecation.silence():
+    return tf.compat.v1.profiler.profile(graph=graph, cmd="op", options=options).total_float_ops
