@@ -74,6 +74,11 @@ def test_training_in_process_writes_checkpoints_summaries_and_metrics(records, t
   assert any(tag.startswith("per_class_iou/") for tag in tags)
   assert {"epoch_images_per_second", "epoch_learning_rate", "epoch_loss"} <= _summary_tags(tmp_path / "train")
 
+  # --mode=eval on the finished run scores the same weights the same way.
+  again = train.evaluate_checkpoint(config, data_dir=records, model_dir=str(tmp_path),
+                                    strategy=distribute.create_strategy(strategy_name))
+  assert again["miou"] == pytest.approx(written["miou"]) and again["weights"] == written["weights"]
+
 
 def _valid_pixels(data_dir: str, split: str) -> int:
   """Non-void pixels of a split, read straight from its records: what every metric must count."""
