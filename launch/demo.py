@@ -1,7 +1,7 @@
 """The whole journey on this machine, offline, in a few minutes: `make demo` (or python -m launch.demo).
 
 Generates a small VOC-format data set (shapes painted in the VOC colours), converts it with the Beam job,
-trains the smoke config on it and evaluates it, printing each command as a user would type it.
+trains the smoke config on it and evaluates it at native size, printing each command as a user would type it.
 With --voc_root=PATH (a VOC2012 folder, or an empty one to download into) it runs on real VOC instead.
 """
 
@@ -42,10 +42,12 @@ def main(argv):
   _run(python, "-m", "preprocessing.make_tfrecords", f"--voc_root={voc_root}", f"--output_dir={records}")
   _run(python, "-m", "trainer.main", f"--config={_CONFIG.value}", f"--data_dir={records}",
        f"--model_dir={model_dir}", f"--config.train.epochs={_EPOCHS.value}")
+  _run(python, "-m", "trainer.evaluate", f"--model_dir={model_dir}", f"--data_dir={records}", "--flip")
   print(f"""
 Done. Look at:
   {records}/*-summary.json            what the conversion wrote and rejected
-  {model_dir}/metrics.json      validation mIoU, pixel accuracy, per-class IoU
+  {model_dir}/metrics.json      validation mIoU, pixel accuracy, per-class IoU (during training)
+  {model_dir}/eval_val.json     the same at native size with mirrored inference; eval_val_confusion.png
   tensorboard --logdir={model_dir}
                                  losses, mIoU, learning rate, images/s, validation triptychs, confusion matrix""")
 

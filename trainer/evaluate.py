@@ -1,0 +1,118 @@
+"""Scores a trained run at each image's native size, optionally over several scales and mirrored.
+
+  python -m trainer.evaluate --model_dir=runs/smoke --data_dir=data/tfrecords [--split=val] \
+      [--scales=0.5,0.75,1.0,1.25,1.5,1.75] [--flip]
+
+Rebuilds the model from the run's config.json, loads its best (else final) weights, and averages the class
+probabilities of every scale (and mirror) at the image's own size, so padding is never scored. Prints the
+per-class IoU table and writes eval_<split>.json and eval_<split>_confusion.png into model_dir.
+"""
+
+import json
+import os
+import sys
+import time
+
+from absl import app
+from absl import flags
+import cv2
+import ml_collections
+import numpy as np
+import tensorflow as tf
+
+from trainer import input_pipeline
+from trainer import metrics as metrics_lib
+from trainer import train
+from trainer import visualize
+
+_MODEL_DIR = flags.DEFINE_string("model_dir", None, "A training run's folder (config.json, checkpoints/).",
+                                 required=True)
+_DATA_DIR = flags.DEFINE_string("data_dir", None, "Folder with the {split}-*.tfrecord shards.", required=True)
+_SPLIT = flags.DEFINE_string("split", "val", "Split to score.")
+_SCALES = flags.DEFINE_list("scales", ["1.0"], "Input scales whose probabilities are averaged.")
+_FLIP = flags.DEFINE_bool("flip", False, "Also average the mirrored image's probabilities.")
+_WEIGHTS = flags.DEFINE_string("weights", None, "A .weights.h5 file; default the run's best, else its final.")
+
+
+def load_run(model_dir: str, weights: str | None = None):
+  """(config, model with the run's weights, weights path) of a finished training run."""
+  config_path = os.path.join(model_dir, "config.json")
+  if not tf.io.gfile.exists(config_path):
+    raise train.DataError(f"{model_dir} has no config.json: is it a training run's --model_dir?")
+  with tf.io.gfile.GFile(config_path) as f:
+    config = ml_collections.ConfigDict(json.load(f))
+  config.model.backbone_weights = ""  # The run's own weights replace them.
+  candidates = [weights] if weights else [os.path.join(model_dir, p) for p in (train.BEST_WEIGHTS,
+                                                                               train.FINAL_WEIGHTS)]
+  found = next((p for p in candidates if tf.io.gfile.exists(p)), None)
+  if found is None:
+    raise train.DataError(f"no weights found (looked for {', '.join(candidates)})")
+  model = train.create_model(config)
+  model.load_weights(found)
+  return config, model, found
+
+
+def make_predictor(model, scales: list[float], flip: bool):
+  """image [H, W, 3] float -> class probabilities [H, W, C], averaged over scales (and mirrors)."""
+  @tf.function(reduce_retracing=True)
+  def predict(image):
+    size = tf.shape(image)[:2]
+    total = 0.0
+    for scale in scales:
+      scaled_size = tf.maximum(tf.cast(tf.round(tf.cast(size, tf.float32) * scale), tf.int32), 1)
+      batch = tf.image.resize(image[tf.newaxis], scaled_size, method="bilinear")
+      if flip:
+        batch = tf.concat([batch, tf.reverse(batch, [2])], axis=0)
+      probabilities = tf.nn.softmax(tf.cast(model(batch, training=False), tf.float32))
+      if flip:
+        probabilities = probabilities[:1] + tf.reverse(probabilities[1:], [2])
+      total += tf.image.resize(probabilities, size, method="bilinear")[0]
+    return total
+  return predict
+
+
+def evaluate(model, data_dir: str, split: str, num_classes: int, scales: list[float], flip: bool) -> np.ndarray:
+  """The [truth, prediction] confusion matrix of a split's valid pixels (255 ignored)."""
+  predict = make_predictor(model, scales, flip)
+  confusion = np.zeros((num_classes, num_classes), np.int64)
+  start = last = time.perf_counter()
+  count = 0
+  for image, label in input_pipeline.eval_dataset(train.split_files(data_dir, split), batch_size=1):
+    predicted = np.argmax(predict(image[0]).numpy(), axis=-1)
+    truth = label[0].numpy()
+    valid = truth != 255
+    confusion += np.bincount(truth[valid] * num_classes + predicted[valid],
+                             minlength=num_classes * num_classes).reshape(num_classes, num_classes)
+    count += 1
+    if time.perf_counter() - last > 5:
+      last = time.perf_counter()
+      print(f"{split}: {count} images ({count / (last - start):.1f}/s)", file=sys.stderr, flush=True)
+  return confusion
+
+
+def main(argv):
+  del argv
+  try:
+    config, model, weights = load_run(_MODEL_DIR.value, _WEIGHTS.value)
+    scales = [float(s) for s in _SCALES.value]
+    confusion = evaluate(model, _DATA_DIR.value, _SPLIT.value, config.model.num_classes, scales, _FLIP.value)
+  except (train.DataError, ValueError) as error:
+    sys.stderr.write(f"error: {error}\n")
+    sys.exit(2)
+  report = metrics_lib.summarize_confusion(confusion)
+  report.update(split=_SPLIT.value, scales=scales, flip=_FLIP.value, weights=weights)
+  print(f"{'class':<14}IoU")
+  for name, value in report["per_class_iou"].items():
+    print(f"{name:<14}{'-' if value is None else f'{value:.4f}'}")
+  print(f"{'mean IoU':<14}{report['miou']:.4f}\n{'pixel acc.':<14}{report['pixel_accuracy']:.4f}")
+  stem = os.path.join(_MODEL_DIR.value, f"eval_{_SPLIT.value}")
+  with tf.io.gfile.GFile(stem + ".json", "w") as f:
+    json.dump(report, f, indent=2)
+  _, png = cv2.imencode(".png", visualize.confusion_matrix_picture(confusion)[..., ::-1])
+  with tf.io.gfile.GFile(stem + "_confusion.png", "wb") as f:
+    f.write(png.tobytes())
+  print(f"wrote {stem}.json and {stem}_confusion.png")
+
+
+if __name__ == "__main__":
+  app.run(main)
