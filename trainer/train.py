@@ -123,6 +123,12 @@ def _prepare_for_multi_worker(model: keras.Model, strategy, config) -> None:
   model._maybe_symbolic_build = lambda iterator=None, data_batch=None: None
 
 
+def _wait_for_all_workers(strategy) -> None:
+  """A barrier: a one-number all-reduce that returns only when every worker has reached it."""
+  if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+    strategy.reduce("SUM", strategy.run(lambda: tf.constant(1.0)), axis=None)
+
+
 def _eval_dataset(strategy, config, files):
   per_replica = _per_replica_eval_batch(config, strategy)
   return strategy.distribute_datasets_from_function(
@@ -233,6 +239,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, *, data_dir: str, mode
   steps = int(model.optimizer.iterations.numpy())
   if chief:
     model.save_weights(os.path.join(model_dir, FINAL_WEIGHTS))
+  _wait_for_all_workers(strategy)  # The others read the checkpoints the chief has just written.
   if not evaluate_at_end:
     return {"steps": steps}
   best = os.path.join(model_dir, BEST_WEIGHTS)
