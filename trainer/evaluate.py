@@ -42,11 +42,10 @@ def load_run(model_dir: str, weights: str | None = None):
   with tf.io.gfile.GFile(config_path) as f:
     config = ml_collections.ConfigDict(json.load(f))
   config.model.backbone_weights = ""  # The run's own weights replace them.
-  candidates = [weights] if weights else [os.path.join(model_dir, p) for p in (train.BEST_WEIGHTS,
-                                                                               train.FINAL_WEIGHTS)]
-  found = next((p for p in candidates if tf.io.gfile.exists(p)), None)
+  found = (weights if tf.io.gfile.exists(weights) else None) if weights else train.trained_weights(model_dir)
   if found is None:
-    raise train.DataError(f"no weights found (looked for {', '.join(candidates)})")
+    wanted = weights or f"{model_dir}/{train.BEST_WEIGHTS} or {train.FINAL_WEIGHTS}"
+    raise train.DataError(f"no weights found (looked for {wanted})")
   model = train.create_model(config)
   model.load_weights(found)
   return config, model, found

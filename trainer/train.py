@@ -155,11 +155,16 @@ def evaluate(model: keras.Model, miou: metrics_lib.MeanIoU, config: ml_collectio
   return {"loss": float(results["loss"]), **metrics_lib.summarize_confusion(miou.confusion_matrix())}
 
 
+def trained_weights(model_dir: str) -> str | None:
+  """A run's best-validation weights, else its final ones; None before any training finished."""
+  return next((path for path in (os.path.join(model_dir, BEST_WEIGHTS), os.path.join(model_dir, FINAL_WEIGHTS))
+               if tf.io.gfile.exists(path)), None)
+
+
 def evaluate_checkpoint(config: ml_collections.ConfigDict, *, data_dir: str, model_dir: str,
                         strategy: tf.distribute.Strategy) -> dict:
   """Evaluates the best (else the final) weights of a finished run and rewrites its metrics.json."""
-  weights = next((os.path.join(model_dir, name) for name in (BEST_WEIGHTS, FINAL_WEIGHTS)
-                  if tf.io.gfile.exists(os.path.join(model_dir, name))), None)
+  weights = trained_weights(model_dir)
   if weights is None:
     raise DataError(f"no trained weights in {model_dir} (looked for {BEST_WEIGHTS} and {FINAL_WEIGHTS})")
   with strategy.scope():
@@ -242,8 +247,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, *, data_dir: str, mode
   _wait_for_all_workers(strategy)  # The others read the checkpoints the chief has just written.
   if not evaluate_at_end:
     return {"steps": steps}
-  best = os.path.join(model_dir, BEST_WEIGHTS)
-  weights = best if tf.io.gfile.exists(best) else os.path.join(model_dir, FINAL_WEIGHTS)
+  weights = trained_weights(model_dir)
   model.load_weights(weights)
   report = evaluate(model, miou, config, strategy, data_dir)
   report.update(steps=steps, weights=weights, split=config.eval_split)
