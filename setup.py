@@ -21,6 +21,7 @@ setuptools.setup(
         # Pillow reads palette PNG indices (OpenCV converts palettes to colour); SciPy reads SBD .mat labels.
         "pillow>=10",
         "scipy>=1.11",
+        "pyyaml>=6",  # launch/ writes Vertex AI job specs and Kubernetes manifests.
     ],
     extras_require={
         "test": ["pytest>=8", "pytest-timeout>=2.3"],
