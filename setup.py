@@ -24,6 +24,7 @@ setuptools.setup(
         "pyyaml>=6",  # launch/ writes Vertex AI job specs and Kubernetes manifests.
     ],
     extras_require={
-        "test": ["pytest>=8", "pytest-timeout>=2.3"],
+        # gcp-storage-emulator: a local Cloud Storage for the gs:// tests (tests/gcs_emulator.py).
+        "test": ["pytest>=8", "pytest-timeout>=2.3", "gcp-storage-emulator>=2026.7", "cryptography>=42"],
     },
 )

@@ -12,7 +12,8 @@ pairs (450 pairs/s)") is logged every few seconds; Beam counters and a summary p
 Without --runner, Beam's DirectRunner runs it here (with internet it first tries Beam's Prism runner, which it
 downloads once; offline it falls back to its in-process runner at once).
 
-A voc_root without JPEGImages/ is downloaded into (VOC2012 trainval, md5-verified, resumable).
+A voc_root without JPEGImages/ is downloaded into (VOC2012 trainval, md5-verified, resumable); that needs a local
+voc_root: download locally, copy the folder to the bucket, then pass its gs:// path. Every other path may be gs://.
 
 Exit codes: 0 done; 1 setup problem (no such split list, download failed); 2 bad flags;
 3 more rejected pairs than --max_rejected_fraction of a split (everything good is still written);

@@ -29,16 +29,18 @@ class ResumeFromCheckpoint(keras.callbacks.Callback):
     self._manager = None
     self._loop = None
 
-  def restore(self) -> int:
-    """Restores the latest checkpoint if any; returns the number of loops already done. Call before fit."""
+  def restore(self, from_directory: str | None = None) -> int:
+    """Restores the latest checkpoint (of `from_directory` when given, else of its own directory) if any; returns
+    the number of loops already done. Call before fit."""
     with self.model.distribute_strategy.scope():
       self._loop = tf.Variable(0, dtype=tf.int64, trainable=False, name="completed_loops")
       if not self.model.optimizer.built:  # Its slots must exist to be restored into.
         self.model.optimizer.build(self.model.trainable_variables)
     checkpoint = tf.train.Checkpoint(model=self.model, optimizer=self.model.optimizer, completed_loops=self._loop)
     self._manager = tf.train.CheckpointManager(checkpoint, self.directory, max_to_keep=self.max_to_keep)
-    if self._manager.latest_checkpoint:
-      checkpoint.restore(self._manager.latest_checkpoint).assert_existing_objects_matched()
+    latest = tf.train.latest_checkpoint(from_directory) if from_directory else self._manager.latest_checkpoint
+    if latest:
+      checkpoint.restore(latest).assert_existing_objects_matched()
     return int(self._loop.numpy())
 
   def on_epoch_end(self, epoch, logs=None):

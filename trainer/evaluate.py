@@ -25,9 +25,9 @@ from trainer import metrics as metrics_lib
 from trainer import train
 from trainer import visualize
 
-_MODEL_DIR = flags.DEFINE_string("model_dir", None, "A training run's folder (config.json, checkpoints/).",
-                                 required=True)
-_DATA_DIR = flags.DEFINE_string("data_dir", None, "Folder with the {split}-*.tfrecord shards.", required=True)
+_MODEL_DIR = flags.DEFINE_string("model_dir", None, "A training run's folder (config.json, checkpoints/); local "
+                                 "or gs://.")
+_DATA_DIR = flags.DEFINE_string("data_dir", None, "Folder with the {split}-*.tfrecord shards; local or gs://.")
 _SPLIT = flags.DEFINE_string("split", "val", "Split to score.")
 _SCALES = flags.DEFINE_list("scales", ["1.0"], "Input scales whose probabilities are averaged.")
 _FLIP = flags.DEFINE_bool("flip", False, "Also average the mirrored image's probabilities.")
@@ -114,4 +114,6 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  # Required only when this runs as a program: trainer.predict and trainer.export import it for its functions.
+  flags.mark_flags_as_required(["model_dir", "data_dir"])
   app.run(main)

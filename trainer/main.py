@@ -32,8 +32,8 @@ except (TypeError, ValueError, OSError) as _error:
   sys.exit(2)
 _DATA_DIR = flags.DEFINE_string("data_dir", None, "Folder (or gs:// path) with the {split}-*.tfrecord shards.",
                                 required=True)
-_MODEL_DIR = flags.DEFINE_string("model_dir", None, "Where checkpoints, TensorBoard logs and metrics.json go.",
-                                 required=True)
+_MODEL_DIR = flags.DEFINE_string("model_dir", None, "Where checkpoints, TensorBoard logs and metrics.json go; "
+                                 "local or gs://.", required=True)
 _STRATEGY = flags.DEFINE_enum("strategy", "default", distribute.STRATEGIES, "tf.distribute strategy.")
 _TPU = flags.DEFINE_string("tpu", "", "TPU name or 'local' (with --strategy=tpu).")
 _MIXED_PRECISION = flags.DEFINE_enum("mixed_precision", "float32", ["float32", "mixed_float16", "mixed_bfloat16"],

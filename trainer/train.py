@@ -212,10 +212,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, *, data_dir: str, mode
   if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
     _prepare_for_multi_worker(model, strategy, config)
 
-  # Every worker keeps its own resume checkpoint (identical weights); only the chief writes what users read.
-  resume = callbacks_lib.ResumeFromCheckpoint(os.path.join(model_dir, "resume", distribute.task_name(strategy)))
+  # Every worker keeps its own resume checkpoint (identical weights); only the chief writes what users read. All
+  # restore the chief's, so that they resume at the same loop even when a failure struck between two saves.
+  resume_dir = os.path.join(model_dir, "resume")
+  resume = callbacks_lib.ResumeFromCheckpoint(os.path.join(resume_dir, distribute.task_name(strategy)))
   resume.set_model(model)
-  completed_loops = resume.restore()
+  completed_loops = resume.restore(from_directory=os.path.join(resume_dir, distribute.chief_task_name(strategy)))
   if completed_loops:
     logging.info("resuming after loop %d of %d (step %d)", completed_loops, plan.num_loops,
                  int(model.optimizer.iterations.numpy()))

@@ -37,19 +37,31 @@ def triptych(image: np.ndarray, truth: np.ndarray | None, prediction: np.ndarray
 
 def overlay(image: np.ndarray, prediction: np.ndarray, alpha: float = 0.5,
             class_names: Sequence[str] = voc.CLASS_NAMES) -> np.ndarray:
-  """The prediction blended over the photo, background left clear, with a legend of the classes present."""
+  """The prediction blended over the photo, background left clear, with a legend of the classes present.
+
+  The legend sits on a darkened box (readable over any photo) and wraps into more columns when the classes do
+  not fit in the image's height.
+  """
   image = np.asarray(image, np.uint8)
   colours = voc.colorize(prediction)
   foreground = (prediction != 0)[..., None]
   blended = np.where(foreground, (image * (1 - alpha) + colours * alpha).astype(np.uint8), image)
   present = [int(c) for c in np.unique(prediction) if c != 0 and c < len(class_names)]
-  for row, class_id in enumerate(present):
-    y = 8 + 18 * row
+  if not present:
+    return blended
+  row_height, margin = 18, 4
+  rows = max(1, min(len(present), (blended.shape[0] - 2 * margin) // row_height))
+  column_width = 26 + max(cv2.getTextSize(class_names[c], _FONT, 0.45, 1)[0][0] for c in present)
+  columns = -(-len(present) // rows)
+  bottom = min(blended.shape[0], margin * 2 + row_height * min(rows, len(present)))
+  right = min(blended.shape[1], margin * 2 + column_width * columns)
+  blended[:bottom, :right] = (blended[:bottom, :right] * 0.45).astype(np.uint8)
+  for index, class_id in enumerate(present):
+    x, y = margin + 2 + column_width * (index // rows), margin + row_height * (index % rows)
     colour = tuple(int(v) for v in voc.palette()[class_id])
-    cv2.rectangle(blended, (6, y), (20, y + 14), colour, -1)
-    cv2.rectangle(blended, (6, y), (20, y + 14), (255, 255, 255), 1)
-    cv2.putText(blended, class_names[class_id], (25, y + 12), _FONT, 0.45, (0, 0, 0), 3, cv2.LINE_AA)
-    cv2.putText(blended, class_names[class_id], (25, y + 12), _FONT, 0.45, (255, 255, 255), 1, cv2.LINE_AA)
+    cv2.rectangle(blended, (x, y + 2), (x + 14, y + 16), colour, -1)
+    cv2.rectangle(blended, (x, y + 2), (x + 14, y + 16), (255, 255, 255), 1)
+    cv2.putText(blended, class_names[class_id], (x + 19, y + 14), _FONT, 0.45, (255, 255, 255), 1, cv2.LINE_AA)
   return blended
 
 

@@ -1,0 +1,145 @@
+"""Our TFLite exports (float32, int8) against Google's published DeepLabV3-MNv2 VOC model: CPU latency and mIoU.
+
+  .venv/bin/python benchmarks/export_vs_reference.py --model_dir=runs/voc_sample     # data/voc_sample's val split
+  .venv/bin/python benchmarks/export_vs_reference.py --model_dir=runs/x --exports_dir=exports/x --num_images=50
+
+Contenders, all 1x513x513x3 in, class ids out, on the TFLite interpreter (LiteRT's when ai-edge-litert is
+installed, else tf.lite's) with --num_threads (2) threads:
+  ours float32  `trainer.export.convert_tflite(model)`: float32 raw pixels in;
+  ours int8     the same, full-integer, calibrated on the first --num_calibration training images; uint8 in;
+  reference     ../shared/models/deeplabv3_mnv2_pascal_quant.tflite (DeepLabV3, MobileNetV2 1.0, VOC train_aug +
+                COCO; uint8 raw pixels in).
+The TFLite files come from --exports_dir (what `python -m trainer.export --tflite --int8` wrote) when given, else
+are converted here. mIoU: the first --num_images (0: all) val images, each padded bottom/right to 513 (the
+reference with 128 as ../shared/NOTES.md does, ours with the mean pixel through `trainer.export.tflite_predict`),
+the prediction cropped back, 255 ignored. Latency: median of `invoke()` alone, batch 1, on one padded val image;
+the contenders take turns each round (--rounds), so that other load on the machine slows all alike.
+
+Seen (2-core dev machine shared with a training run and other jobs, so latencies are inflated; runs/voc_sample
+MID-TRAINING, its best weights at loop 4, val mIoU 0.27; exports from `trainer.export --num_calibration=50`;
+--num_images=40 --rounds=10): ours float32 8.6 MB 125 ms mIoU 0.212, ours int8 2.7 MB 54 ms 0.218, reference
+2.1 MB 79 ms 0.648. Re-measure on the finished run.
+"""
+
+import json
+import pathlib
+import statistics
+import sys
+import time
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+
+import trainer  # noqa: F401,E402  (imports TensorFlow quietly)
+
+from absl import app, flags  # noqa: E402
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+from trainer import evaluate  # noqa: E402
+from trainer import export  # noqa: E402
+from trainer import input_pipeline  # noqa: E402
+from trainer import metrics as metrics_lib  # noqa: E402
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
+REFERENCE = REPO_ROOT.parent / "shared" / "models" / "deeplabv3_mnv2_pascal_quant.tflite"
+REFERENCE_PAD = 128
+
+FLAGS = flags.FLAGS
+flags.declare_key_flag("model_dir")  # trainer.evaluate's: a training run's folder.
+flags.declare_key_flag("num_calibration")  # trainer.export's: int8 calibration images (when converting here).
+flags.DEFINE_string("records_dir", str(REPO_ROOT / "data" / "voc_sample"),
+                    "Folder with the run's train-*/val-*.tfrecord shards.")
+flags.DEFINE_string("exports_dir", None, "Where trainer.export wrote model_float32.tflite and model_int8.tflite; "
+                                         "default: convert here.")
+flags.DEFINE_integer("num_images", 0, "Val images scored (0: all).")
+flags.DEFINE_integer("num_threads", 2, "Interpreter threads.")
+flags.DEFINE_integer("rounds", 20, "Latency rounds (each contender invoked once per round, in turns).")
+flags.DEFINE_string("json_out", None, "Also write the figures here as JSON.")
+
+
+def reference_predict(interpreter, image: np.ndarray) -> np.ndarray:
+  """Class ids [h, w] from Google's model: uint8 raw pixels padded with 128 to its 513x513, output cropped."""
+  [input_details] = interpreter.get_input_details()
+  size = int(input_details["shape"][1])
+  height, width = image.shape[:2]
+  padded = np.full((1, size, size, 3), REFERENCE_PAD, np.uint8)
+  padded[0, :height, :width] = image
+  interpreter.set_tensor(input_details["index"], padded)
+  interpreter.invoke()
+  return interpreter.get_tensor(interpreter.get_output_details()[0]["index"])[0, :height, :width]
+
+
+def our_tflite_models(model_dir: str) -> dict[str, bytes]:
+  if FLAGS.exports_dir:
+    return {name: tf.io.gfile.GFile(f"{FLAGS.exports_dir}/{file}", "rb").read()
+            for name, file in (("ours float32", export.FLOAT32_TFLITE), ("ours int8", export.INT8_TFLITE))}
+  _, model, weights = evaluate.load_run(model_dir)
+  print(f"converting {weights} to TFLite float32 and int8 ({FLAGS.num_calibration} calibration images) ...",
+        file=sys.stderr, flush=True)
+  calibration = export.calibration_images(f"{FLAGS.records_dir}/train-*.tfrecord", FLAGS.num_calibration)
+  return {"ours float32": export.convert_tflite(model), "ours int8": export.convert_tflite(model, calibration)}
+
+
+def score(predictors: dict, file_pattern: str, num_images: int, num_classes: int = 21) -> dict[str, dict]:
+  confusions = {name: np.zeros((num_classes, num_classes), np.int64) for name in predictors}
+  count = 0
+  for image, label in input_pipeline.eval_dataset(file_pattern, batch_size=1).take(num_images or -1):
+    image = image[0].numpy().astype(np.uint8)
+    truth = label[0].numpy()
+    valid = truth != input_pipeline.IGNORE_LABEL
+    for name, predict in predictors.items():
+      predicted = predict(image).astype(np.int64)
+      confusions[name] += np.bincount(truth[valid] * num_classes + predicted[valid],
+                                      minlength=num_classes * num_classes).reshape(num_classes, num_classes)
+    count += 1
+    if count % 20 == 0:
+      print(f"scored {count} images", file=sys.stderr, flush=True)
+  return {name: {**metrics_lib.summarize_confusion(confusion), "images": count}
+          for name, confusion in confusions.items()}
+
+
+def latencies(interpreters: dict, image: np.ndarray, rounds: int) -> dict[str, float]:
+  """Median ms of invoke() alone, the input set once (a padded real image), the contenders in turns."""
+  for name, interpreter in interpreters.items():
+    [input_details] = interpreter.get_input_details()
+    padded = np.full(input_details["shape"], REFERENCE_PAD, np.uint8)
+    padded[0, :image.shape[0], :image.shape[1]] = image
+    interpreter.set_tensor(input_details["index"], padded.astype(input_details["dtype"]))
+    interpreter.invoke()  # Warm-up: XNNPACK packs its weights on the first run.
+  times = {name: [] for name in interpreters}
+  for _ in range(rounds):
+    for name, interpreter in interpreters.items():
+      start = time.perf_counter()
+      interpreter.invoke()
+      times[name].append(1000 * (time.perf_counter() - start))
+  return {name: statistics.median(values) for name, values in times.items()}
+
+
+def main(argv):
+  del argv
+  val = f"{FLAGS.records_dir}/val-*.tfrecord"
+  contents = {**our_tflite_models(FLAGS.model_dir), "reference": REFERENCE.read_bytes()}
+  interpreters = {name: export.make_interpreter(content, FLAGS.num_threads) for name, content in contents.items()}
+  predictors = {name: (lambda image, i=interpreter: export.tflite_predict(i, image))
+                for name, interpreter in interpreters.items() if name != "reference"}
+  predictors["reference"] = lambda image: reference_predict(interpreters["reference"], image)
+  scores = score(predictors, val, FLAGS.num_images)
+  first_image = next(iter(input_pipeline.eval_dataset(val, batch_size=1)))[0][0].numpy().astype(np.uint8)
+  medians = latencies(interpreters, first_image, FLAGS.rounds)
+
+  print(f"{'model':<14}{'MB':>7}{'ms (median)':>13}{'mIoU':>8}{'pixel acc.':>12}")
+  figures = {}
+  for name in contents:
+    figures[name] = {"bytes": len(contents[name]), "latency_ms": medians[name], "miou": scores[name]["miou"],
+                     "pixel_accuracy": scores[name]["pixel_accuracy"], "images": scores[name]["images"]}
+    print(f"{name:<14}{len(contents[name]) / 2**20:>7.2f}{medians[name]:>13.1f}{scores[name]['miou']:>8.4f}"
+          f"{scores[name]['pixel_accuracy']:>12.4f}")
+  print(f"({scores['reference']['images']} val images of {val}; {FLAGS.num_threads} interpreter threads, "
+        f"{FLAGS.rounds} rounds)")
+  if FLAGS.json_out:
+    pathlib.Path(FLAGS.json_out).write_text(json.dumps({"model_dir": FLAGS.model_dir, "figures": figures}, indent=2))
+
+
+if __name__ == "__main__":
+  flags.mark_flag_as_required("model_dir")
+  app.run(main)

@@ -1,0 +1,164 @@
+"""trainer.export: the SavedModel's serving signature, the TFLite float32/int8 models and the command's check.
+
+One tiny run (alpha 0.35, lean head, random init) is exported once by the command, on a few real VOC pairs
+(calibration: 3 training images; check: 2 val images); the tests inspect what it wrote.
+"""
+
+import io
+import json
+import subprocess
+import sys
+
+import keras
+import numpy as np
+from PIL import Image
+import pytest
+import tensorflow as tf
+
+from configs import smoke
+from preprocessing import pairs
+from preprocessing import voc
+from trainer import evaluate
+from trainer import export
+from trainer import input_pipeline
+from trainer import train
+from tests.conftest import REPO_ROOT
+
+TRAIN_IDS = 3
+VAL_IDS = 2
+
+
+def _split_ids(voc_sample, split: str, count: int) -> list[str]:
+  return (voc_sample / voc.SPLIT_DIR / f"{split}.txt").read_text().split()[:count]
+
+
+@pytest.fixture(scope="module")
+def records(voc_sample, tmp_path_factory):
+  """A few real VOC pairs as {split}-*.tfrecord shards, converted as the Beam job converts them."""
+  output = tmp_path_factory.mktemp("records")
+  for split, count in (("train", TRAIN_IDS), ("val", VAL_IDS)):
+    with tf.io.TFRecordWriter(str(output / f"{split}-00000-of-00001.tfrecord")) as writer:
+      for image_id in _split_ids(voc_sample, split, count):
+        writer.write(pairs.convert_or_raise(str(voc_sample), image_id))
+  return output
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+  """A run folder as training leaves it (config.json, final weights), without the training."""
+  model_dir = tmp_path_factory.mktemp("run")
+  config = smoke.get_config()
+  keras.utils.set_random_seed(0)
+  model = train.create_model(config)
+  (model_dir / "checkpoints").mkdir()
+  model.save_weights(str(model_dir / train.FINAL_WEIGHTS))
+  (model_dir / "config.json").write_text(config.to_json_best_effort(indent=2))
+  return model_dir
+
+
+@pytest.fixture(scope="module")
+def exported(tiny_run, records, tmp_path_factory):
+  output_dir = tmp_path_factory.mktemp("export")
+  result = subprocess.run(
+      [sys.executable, "-m", "trainer.export", f"--model_dir={tiny_run}", f"--output_dir={output_dir}", "--tflite",
+       "--int8", f"--calibration_data={records}/train-*.tfrecord", f"--num_calibration={TRAIN_IDS}",
+       f"--data_dir={records}", "--num_check_images=0"],
+      cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
+  assert result.returncode == 0, result.stderr[-3000:]
+  return output_dir, result
+
+
+@pytest.fixture(scope="module")
+def keras_model(tiny_run):
+  return evaluate.load_run(str(tiny_run))[1]
+
+
+def _keras_classes(model, image: np.ndarray) -> np.ndarray:
+  return np.argmax(model.predict(image[np.newaxis].astype(np.float32), verbose=0)[0], axis=-1).astype(np.uint8)
+
+
+def test_saved_model_answers_a_jpeg_and_a_png_of_other_sizes_with_the_keras_masks(exported, keras_model,
+                                                                                   voc_sample):
+  output_dir, _ = exported
+  jpeg_path = voc_sample / voc.IMAGE_DIR / f"{_split_ids(voc_sample, 'val', 1)[0]}.jpg"
+  jpeg = jpeg_path.read_bytes()
+  jpeg_image = np.asarray(Image.open(jpeg_path).convert("RGB"))  # libjpeg ISLOW, as the pipeline decodes
+  png_image = np.asarray(Image.open(voc_sample / voc.IMAGE_DIR / f"{_split_ids(voc_sample, 'train', 1)[0]}.jpg")
+                         .convert("RGB"))[:201, :157]
+  buffer = io.BytesIO()
+  Image.fromarray(png_image).save(buffer, format="PNG")
+
+  serve = tf.saved_model.load(str(output_dir / export.SAVED_MODEL_DIR)).signatures["serving_default"]
+  out = serve(image_bytes=tf.constant([jpeg, buffer.getvalue()]))
+  masks, heights, widths = out["masks"].numpy(), out["heights"].numpy(), out["widths"].numpy()
+
+  assert masks.dtype == np.uint8 and heights.dtype == np.int32 and widths.dtype == np.int32
+  assert list(heights) == [jpeg_image.shape[0], 201] and list(widths) == [jpeg_image.shape[1], 157]
+  assert masks.shape == (2, max(heights), max(widths))
+  for mask, image, height, width in zip(masks, (jpeg_image, png_image), heights, widths):
+    expected = _keras_classes(keras_model, image)
+    assert len(np.unique(expected)) > 1  # A mask that could tell a wrong model from a right one.
+    np.testing.assert_array_equal(mask[:height, :width], expected)
+    assert (mask[height:] == 255).all() and (mask[:, width:] == 255).all()
+
+
+def _all_tensor_dtypes(interpreter) -> set:
+  return {np.dtype(t["dtype"]) for t in interpreter.get_tensor_details()}
+
+
+@pytest.mark.parametrize("name, input_dtype", [(export.FLOAT32_TFLITE, np.float32), (export.INT8_TFLITE, np.uint8)])
+def test_tflite_models_run_in_the_interpreter_on_a_513_input_and_give_class_ids(exported, keras_model, voc_sample,
+                                                                                  name, input_dtype):
+  output_dir, _ = exported
+  interpreter = export.make_interpreter(str(output_dir / name), num_threads=2)
+  [input_details], [output_details] = interpreter.get_input_details(), interpreter.get_output_details()
+  assert list(input_details["shape"]) == [1, 513, 513, 3] and input_details["dtype"] == input_dtype
+  assert list(output_details["shape"]) == [1, 513, 513] and output_details["dtype"] == np.uint8
+
+  image = np.asarray(Image.open(voc_sample / voc.IMAGE_DIR / f"{_split_ids(voc_sample, 'val', 1)[0]}.jpg")
+                     .convert("RGB"))
+  classes = export.tflite_predict(interpreter, image)
+  assert classes.shape == image.shape[:2] and classes.max() < 21
+  padded = np.full((513, 513, 3), input_pipeline.MEAN_PIXEL, np.float32)
+  padded[:image.shape[0], :image.shape[1]] = image
+  keras_classes = _keras_classes(keras_model, padded)[:image.shape[0], :image.shape[1]]
+  agreement = (classes == keras_classes).mean()
+  if input_dtype == np.float32:
+    assert agreement > 0.999  # The conversion itself changes nothing but float rounding.
+  else:
+    scale, zero_point = input_details["quantization"]
+    assert scale > 0 and 0 <= zero_point <= 255
+    assert np.dtype(np.float32) not in _all_tensor_dtypes(interpreter)  # Full-integer: no float tensor inside.
+    assert np.dtype(np.int8) in _all_tensor_dtypes(interpreter)
+
+
+def test_command_checks_every_export_on_the_same_images_and_writes_the_report(exported):
+  output_dir, result = exported
+  report = json.loads((output_dir / export.REPORT).read_text())
+  assert report["images"] == VAL_IDS and report["scored_pixels"] > 0
+  exports = report["exports"]
+  assert list(exports) == ["keras", "saved_model", "keras_513", "tflite_float32", "tflite_int8"]
+  for row in exports.values():
+    assert 0.0 <= row["miou"] <= 1.0 and 0.0 <= row["pixel_accuracy"] <= 1.0
+  assert exports["saved_model"]["agreement_with_keras"] == 1.0
+  assert exports["saved_model"]["miou"] == exports["keras"]["miou"]
+  assert exports["tflite_float32"]["agreement_with_keras_513"] > 0.999
+  assert report["int8_drop_points"] == pytest.approx(
+      100 * (exports["tflite_float32"]["miou"] - exports["tflite_int8"]["miou"]))
+  assert report["tflite"]["tflite_int8"]["bytes"] > 0
+  for name in exports:
+    assert name in result.stdout
+  assert "calibration:" in result.stderr or "calibrating" in result.stderr
+
+
+@pytest.mark.parametrize("arguments, message", [
+    (["--model_dir={tmp}"], "has no config.json"),
+    (["--model_dir={run}", "--int8"], "--int8 needs --calibration_data"),
+    (["--model_dir={run}", "--int8", "--calibration_data={tmp}/train-*.tfrecord"], "--calibration_data: no file"),
+])
+def test_mistakes_are_one_line_errors(tiny_run, tmp_path, arguments, message):
+  arguments = [a.format(tmp=tmp_path, run=tiny_run) for a in arguments]
+  result = subprocess.run([sys.executable, "-m", "trainer.export", f"--output_dir={tmp_path}/out", *arguments],
+                          cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+  assert result.returncode == 2, result.stderr[-2000:]
+  assert message in result.stderr.strip().splitlines()[-1]

@@ -1,0 +1,203 @@
+"""trainer.predict: masks, overlays and triptychs of real photos, bad files skipped, Keras and SavedModel agree."""
+
+import io
+import shutil
+import subprocess
+import sys
+
+import cv2
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from PIL import Image
+
+from configs import smoke
+from preprocessing import voc
+from trainer import evaluate
+from trainer import predict
+from trainer import train
+from tests.conftest import REPO_ROOT
+
+NUM_REAL = 3  # VOC ids with a ground-truth mask; one more photo is stored as a PNG under an id VOC lacks
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory, voc_sample):
+  """A run folder as training leaves it (config.json + final weights) of an untrained smoke-size model, its last
+  layer scaled so that the logits spread like a trained model's (an untrained net's are ~1e-7, below float32
+  softmax resolution): many classes per photo with clear margins, so a mask off by a decode or resize shows."""
+  model_dir = tmp_path_factory.mktemp("run")
+  config = smoke.get_config()
+  keras.utils.set_random_seed(3)
+  model = train.create_model(config)
+  photo = cv2.imread(str(voc_sample / voc.IMAGE_DIR / "2007_000032.jpg"))[..., ::-1]
+  spread = float(np.std(model(photo[np.newaxis].astype(np.float32), training=False)))
+  logits = model.get_layer("logits")
+  logits.set_weights([weight / spread for weight in logits.get_weights()])
+  (model_dir / "checkpoints").mkdir()
+  model.save_weights(str(model_dir / train.FINAL_WEIGHTS))
+  (model_dir / "config.json").write_text(config.to_json_best_effort(indent=2))
+  return str(model_dir)
+
+
+@pytest.fixture(scope="module")
+def photos(voc_sample, tmp_path_factory):
+  """A folder of real VOC photos (JPEGs with masks, one PNG without) among a truncated JPEG, a text file and an
+  empty file."""
+  folder = tmp_path_factory.mktemp("photos")
+  ids = (voc_sample / voc.SPLIT_DIR / "val.txt").read_text().split()[:NUM_REAL + 1]
+  for image_id in ids[:NUM_REAL]:
+    shutil.copy(voc_sample / voc.IMAGE_DIR / f"{image_id}.jpg", folder)
+  cv2.imwrite(str(folder / "no_mask_photo.png"), cv2.imread(str(voc_sample / voc.IMAGE_DIR / f"{ids[-1]}.jpg")))
+  jpeg = (voc_sample / voc.IMAGE_DIR / f"{ids[0]}.jpg").read_bytes()
+  (folder / "truncated.jpg").write_bytes(jpeg[:len(jpeg) // 2])
+  (folder / "notes.txt").write_text("not a picture\n")
+  (folder / "empty.jpg").write_bytes(b"")
+  return folder, ids[:NUM_REAL] + ["no_mask_photo"]
+
+
+def _run(*args, timeout=300):
+  return subprocess.run([sys.executable, "-m", "trainer.predict", *args], cwd=REPO_ROOT, capture_output=True,
+                        text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def keras_outputs(tiny_run, photos, voc_sample, tmp_path_factory):
+  folder, _ = photos
+  output_dir = tmp_path_factory.mktemp("predictions")
+  result = _run(f"--model_dir={tiny_run}", f"--input={folder}", f"--output_dir={output_dir}",
+                "--format=mask,overlay,triptych", f"--voc_root={voc_sample}")
+  return result, output_dir
+
+
+def _read_palette_png(path):
+  with Image.open(path) as picture:
+    return picture.mode, np.asarray(picture.getpalette(), np.uint8).reshape(-1, 3), np.asarray(picture)
+
+
+def test_folder_writes_the_readable_photos_and_names_each_bad_file_with_its_reason(keras_outputs, photos):
+  result, output_dir = keras_outputs
+  _, ids = photos
+  assert result.returncode == 0, result.stderr[-3000:]
+  stderr = result.stderr
+  assert "skipped" in stderr and "truncated.jpg: corrupt JPEG" in stderr
+  assert "notes.txt: not a JPEG or PNG image" in stderr
+  assert "empty.jpg: empty file" in stderr
+  summary = result.stdout.strip().splitlines()[-1]
+  assert summary.startswith(f"wrote {len(ids)} image(s)") and f"to {output_dir}" in summary
+  assert "skipped 3" in summary and "truncated.jpg" in summary
+  assert f"{len(ids) + 3}/{len(ids) + 3}" in result.stdout  # the progress bar reached the end
+  expected = {f"{i}{suffix}" for i in ids for suffix in (".png", "_overlay.jpg", "_triptych.png")}
+  assert {p.name for p in output_dir.iterdir()} == expected
+
+
+def _logits(model, image):
+  return model(image[np.newaxis].astype(np.float32), training=False)[0].numpy()
+
+
+def _assert_is_argmax(mask, logits, tie=1e-4):
+  """mask == argmax(logits) wherever the top two classes are not tied (within `tie`; < 0.1% of pixels)."""
+  top_two = np.sort(logits, axis=-1)[..., -2:]
+  clear = top_two[..., 1] - top_two[..., 0] > tie
+  assert clear.mean() > 0.999
+  np.testing.assert_array_equal(mask[clear], np.argmax(logits, axis=-1)[clear])
+
+
+def _photo(folder, image_id):
+  return cv2.imread(str(next(folder.glob(f"{image_id}.*"))))[..., ::-1]  # OpenCV decodes as the pipeline does
+
+
+def test_masks_are_voc_palette_pngs_of_the_models_argmax_at_each_photos_size(keras_outputs, photos, tiny_run):
+  _, output_dir = keras_outputs
+  folder, ids = photos
+  _, model, _ = evaluate.load_run(tiny_run)
+  sizes = set()
+  for image_id in ids:
+    image = _photo(folder, image_id)
+    mode, palette, mask = _read_palette_png(output_dir / f"{image_id}.png")
+    assert mode == "P"
+    np.testing.assert_array_equal(palette, voc.palette())
+    assert mask.shape == image.shape[:2]
+    _assert_is_argmax(mask, _logits(model, image))
+    assert len(np.unique(mask)) > 3  # A constant mask would make the comparison weak.
+    sizes.add(mask.shape)
+  assert len(sizes) > 1
+
+
+def test_flip_averages_the_mirrored_probabilities(photos, tiny_run):
+  folder, ids = photos
+  _, model, _ = evaluate.load_run(tiny_run)
+  image = _photo(folder, ids[0])
+  mask = predict.keras_segmenter(model, [1.0], flip=True)(b"", image)
+  probabilities = tf.nn.softmax(_logits(model, image)) + tf.nn.softmax(_logits(model, image[:, ::-1]))[:, ::-1]
+  _assert_is_argmax(mask, np.log(probabilities.numpy()))
+  assert (mask != predict.keras_segmenter(model)(b"", image)).mean() > 0.01  # the mirror did change something
+
+
+def test_overlay_and_triptych_sizes_and_the_ground_truth_panel(keras_outputs, photos, voc_sample):
+  _, output_dir = keras_outputs
+  folder, ids = photos
+  for image_id in ids:
+    height, width = _photo(folder, image_id).shape[:2]
+    overlay = cv2.imread(str(output_dir / f"{image_id}_overlay.jpg"))
+    assert overlay.shape == (height, width, 3)
+    triptych = cv2.imread(str(output_dir / f"{image_id}_triptych.png"))[..., ::-1]
+    mask_path = voc_sample / voc.MASK_DIR / f"{image_id}.png"
+    if mask_path.exists():
+      assert triptych.shape == (height + 24, 3 * width + 8, 3)  # titled panels, 4-pixel gaps
+      _, _, truth = _read_palette_png(mask_path)
+      np.testing.assert_array_equal(triptych[24:, width + 4:2 * width + 4], voc.colorize(truth))
+      _, _, mask = _read_palette_png(output_dir / f"{image_id}.png")
+      np.testing.assert_array_equal(triptych[24:, 2 * width + 8:], voc.colorize(mask))
+    else:
+      assert triptych.shape == (height + 24, 2 * width + 4, 3)
+  assert sum((voc_sample / voc.MASK_DIR / f"{i}.png").exists() for i in ids) == NUM_REAL
+
+
+def test_decode_failures_are_named_in_process_and_png_equals_its_jpeg_source(photos, tmp_path):
+  folder, ids = photos
+  with pytest.raises(predict.UnreadableImage, match="corrupt JPEG"):
+    predict.read_image(str(folder / "truncated.jpg"))
+  with pytest.raises(predict.UnreadableImage, match="cannot read"):
+    predict.read_image(str(tmp_path / "missing.jpg"))
+  _, decoded = predict.read_image(str(folder / f"{ids[0]}.jpg"))
+  np.testing.assert_array_equal(decoded, cv2.imread(str(folder / f"{ids[0]}.jpg"))[..., ::-1])
+  buffer = io.BytesIO()
+  Image.fromarray(decoded).save(buffer, format="PNG")
+  np.testing.assert_array_equal(predict.decode_image(buffer.getvalue()), decoded)
+
+
+def test_nothing_readable_or_nothing_matched_is_a_one_line_error(tiny_run, photos, tmp_path):
+  folder, _ = photos
+  result = _run(f"--model_dir={tiny_run}", f"--input={folder}/*.txt", f"--output_dir={tmp_path}/out")
+  assert result.returncode == 1
+  assert "notes.txt: not a JPEG or PNG image" in result.stderr
+  assert result.stderr.strip().splitlines()[-1] == (
+      "error: none of the 1 input file(s) could be read (reasons above); nothing written")
+  result = _run(f"--model_dir={tiny_run}", f"--input={folder}/*.gif", f"--output_dir={tmp_path}/out")
+  assert result.returncode == 2
+  assert result.stderr.strip().splitlines()[-1] == f"error: no file matches --input={folder}/*.gif"
+  result = _run(f"--saved_model={tmp_path}", "--flip", f"--input={folder}", f"--output_dir={tmp_path}/out")
+  assert result.returncode == 2
+  assert result.stderr.strip().splitlines()[-1].startswith("error: --scales, --flip and --weights need --model_dir")
+
+
+def test_saved_model_answers_with_the_same_masks_as_the_keras_model(keras_outputs, photos, tiny_run, tmp_path):
+  from trainer import export  # Written beside this module (the export contract in the project notes).
+
+  _, keras_dir = keras_outputs
+  folder, ids = photos
+  _, model, _ = evaluate.load_run(tiny_run)
+  export.export_saved_model(model, str(tmp_path / "saved_model"))
+  result = _run(f"--saved_model={tmp_path / 'saved_model'}", f"--input={folder}/*", f"--output_dir={tmp_path}/out")
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert f"wrote {len(ids)} image(s)" in result.stdout
+  for image_id in ids:
+    _, palette, mask = _read_palette_png(tmp_path / "out" / f"{image_id}.png")
+    np.testing.assert_array_equal(palette, voc.palette())
+    _, _, keras_mask = _read_palette_png(keras_dir / f"{image_id}.png")
+    assert mask.shape == keras_mask.shape
+    logits = _logits(model, _photo(folder, image_id))
+    _assert_is_argmax(mask, logits)
+    _assert_is_argmax(keras_mask, logits)

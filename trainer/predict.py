@@ -1,0 +1,280 @@
+r"""Segments photos with a trained run (or its exported SavedModel) and writes masks, overlays and triptychs.
+
+  python -m trainer.predict --model_dir=runs/smoke --input='photos/*.jpg' --output_dir=predictions \
+      [--format=mask,overlay,triptych] [--voc_root=data/VOC2012] [--scales=0.75,1.0,1.25] [--flip] [--weights=F]
+  python -m trainer.predict --saved_model=runs/smoke/export --input=photos/ --output_dir=predictions
+
+--input is one image, a folder (its files, not recursive) or a glob; paths may be gs://. Per image id (the
+file name without its extension) it writes:
+  mask      <id>.png           palette PNG in the VOC colours whose pixel values are the class ids, image-sized
+  overlay   <id>_overlay.jpg   the prediction blended over the photo, with a legend of the classes present
+  triptych  <id>_triptych.png  photo | ground truth (when --voc_root has a mask for the id) | prediction
+Images are decoded as the training pipeline decodes them (JPEG with the accurate integer IDCT, as OpenCV does;
+PNG). Files that cannot be read are named on stderr with the reason and skipped. Exit code 0 when anything was
+written, 1 when no input could be, 2 for a bad command line, run or model.
+"""
+
+import io
+import os
+import sys
+from collections.abc import Callable, Sequence
+
+from absl import app
+from absl import flags
+import cv2
+import keras
+import numpy as np
+from PIL import Image
+import tensorflow as tf
+
+from preprocessing import pairs
+from preprocessing import voc
+from trainer import evaluate
+from trainer import input_pipeline
+from trainer import train
+from trainer import visualize
+
+FORMATS = ("mask", "overlay", "triptych")
+OVERLAY_JPEG_QUALITY = 90
+
+FLAGS = flags.FLAGS
+
+
+def define_flags() -> None:
+  """This program's flags, defined only when it runs: importing this module (tests, notebooks, trainer.export
+  beside it) must not claim flag names such as --output_dir that another program defines too."""
+  for name in ("model_dir", "scales", "flip", "weights"):
+    flags.declare_key_flag(name)  # trainer.evaluate's flags (same meaning), listed in this program's --help
+  flags.DEFINE_string("saved_model", None, "A SavedModel written by trainer.export, instead of --model_dir "
+                                           "(then no --scales, --flip or --weights).")
+  flags.DEFINE_string("input", None, "An image, a folder of images or a glob (local or gs://).")
+  flags.DEFINE_string("output_dir", None, "Where the pictures go (created).")
+  flags.DEFINE_list("format", ["mask"], f"What to write per image, any of {','.join(FORMATS)}.")
+  flags.DEFINE_string("voc_root", None, "A VOC folder whose SegmentationClass/<id>.png masks give the triptychs "
+                                        "their ground-truth panel.")
+  flags.register_validator("format", lambda formats: bool(formats) and set(formats) <= set(FORMATS),
+                           f"--format takes a comma-separated subset of {','.join(FORMATS)}")
+  flags.mark_flags_as_required(["input", "output_dir"])
+  flags.mark_flags_as_mutual_exclusive(["model_dir", "saved_model"], required=True)
+
+
+# encoded image bytes, the same image decoded (uint8 [H, W, 3] RGB) -> class ids uint8 [H, W]
+Segmenter = Callable[[bytes, np.ndarray], np.ndarray]
+
+
+class UnreadableImage(Exception):
+  """An input that is skipped; the message says why."""
+
+
+# ---------------------------------------------------------------------------------------------------- inputs
+
+def list_inputs(pattern: str) -> list[str]:
+  """The files an --input names: the file itself, a folder's files (hidden ones left out), or a glob's matches."""
+  if tf.io.gfile.isdir(pattern):
+    names = [name for name in tf.io.gfile.listdir(pattern) if not name.startswith(".")]
+    paths = [tf.io.gfile.join(pattern, name) for name in names]
+  elif any(c in pattern for c in "*?["):
+    paths = tf.io.gfile.glob(pattern)
+  else:
+    paths = [pattern] if tf.io.gfile.exists(pattern) else []
+  return sorted(path for path in paths if not _is_folder(path))
+
+
+def _is_folder(path: str) -> bool:
+  # Object stores list folders with a trailing "/"; asking each object would cost a request per file.
+  return path.endswith("/") or ("://" not in path and tf.io.gfile.isdir(path))
+
+
+def image_id(path: str) -> str:
+  """'photos/2007_000032.jpg' -> '2007_000032': the name the outputs (and a VOC ground-truth mask) share."""
+  return os.path.splitext(path.rstrip("/").rsplit("/", 1)[-1])[0]
+
+
+def decode_image(data: bytes) -> np.ndarray:
+  """uint8 [H, W, 3] RGB of JPEG or PNG bytes, decoded as the training pipeline does; UnreadableImage if not."""
+  if not data:
+    raise UnreadableImage("empty file")
+  if data.startswith(b"\xff\xd8\xff"):
+    kind, decode = "JPEG", lambda: tf.io.decode_jpeg(data, channels=3, dct_method=input_pipeline.JPEG_DCT_METHOD)
+  elif data.startswith(b"\x89PNG\r\n\x1a\n"):
+    kind, decode = "PNG", lambda: tf.io.decode_png(data, channels=3)
+  else:
+    raise UnreadableImage(f"not a JPEG or PNG image ({len(data)} bytes starting {data[:8]!r})")
+  try:
+    return decode().numpy()
+  except (tf.errors.InvalidArgumentError, tf.errors.DataLossError) as error:
+    raise UnreadableImage(f"corrupt {kind}: {_op_error_text(error)}") from None
+
+
+def read_image(path: str) -> tuple[bytes, np.ndarray]:
+  """(the file's bytes, its decoded pixels); UnreadableImage when it cannot be read or decoded."""
+  try:
+    with tf.io.gfile.GFile(path, "rb") as f:
+      data = f.read()
+  except tf.errors.OpError as error:
+    raise UnreadableImage(f"cannot read: {_op_error_text(error)}") from None
+  return data, decode_image(data)
+
+
+def read_truth(voc_root: str, name: str, size: tuple[int, int]) -> np.ndarray | None:
+  """The VOC mask's class ids for an id (Pillow's palette indices), or None when there is none that fits."""
+  for mask_dir in pairs.MASK_DIRS:
+    path = tf.io.gfile.join(voc_root, mask_dir, name + pairs.MASK_EXTENSION)
+    if tf.io.gfile.exists(path):
+      break
+  else:
+    return None
+  try:
+    with tf.io.gfile.GFile(path, "rb") as f:
+      truth = pairs.mask_class_ids(f.read(), num_classes=256)
+  except (pairs.PairError, tf.errors.OpError) as error:
+    _warn(f"{path}: ground truth left out ({error})")
+    return None
+  if truth.shape != size:
+    _warn(f"{path}: ground truth left out (it is {truth.shape[0]}x{truth.shape[1]}, the image {size[0]}x{size[1]})")
+    return None
+  return truth
+
+
+# ---------------------------------------------------------------------------------------------------- models
+
+def keras_segmenter(model: keras.Model, scales: Sequence[float] = (1.0,), flip: bool = False) -> Segmenter:
+  """Argmax of the run's class probabilities at the image's own size (averaged over scales and mirrors)."""
+  predict = evaluate.make_predictor(model, list(scales), flip)
+
+  def segment(data: bytes, image: np.ndarray) -> np.ndarray:
+    del data
+    return np.argmax(predict(tf.cast(image, tf.float32)).numpy(), axis=-1).astype(np.uint8)
+  return segment
+
+
+def saved_model_segmenter(export_dir: str) -> Segmenter:
+  """The exported model's `serving_default`, one image per request (so no other image's padding is involved)."""
+  serve = tf.saved_model.load(export_dir).signatures["serving_default"]
+
+  def segment(data: bytes, image: np.ndarray) -> np.ndarray:
+    result = serve(image_bytes=tf.constant([data]))
+    height, width = int(result["heights"][0]), int(result["widths"][0])
+    if (height, width) != image.shape[:2]:
+      raise RuntimeError(f"the SavedModel saw a {height}x{width} image, we decoded {image.shape[0]}x{image.shape[1]}")
+    return result["masks"][0, :height, :width].numpy()
+  return segment
+
+
+def class_names_for(num_classes: int) -> tuple[str, ...]:
+  return voc.CLASS_NAMES if num_classes == voc.NUM_CLASSES else tuple(str(i) for i in range(num_classes))
+
+
+# ---------------------------------------------------------------------------------------------------- outputs
+
+def mask_png(class_ids: np.ndarray) -> bytes:
+  """Palette PNG: pixel values are the class ids, the palette VOC's colours (as VOC's own masks are stored)."""
+  picture = Image.fromarray(np.ascontiguousarray(class_ids, dtype=np.uint8))
+  picture.putpalette(voc.palette().tobytes())
+  buffer = io.BytesIO()
+  picture.save(buffer, format="PNG")
+  return buffer.getvalue()
+
+
+def _encode(rgb: np.ndarray, extension: str, params: Sequence[int] = ()) -> bytes:
+  ok, encoded = cv2.imencode(extension, np.ascontiguousarray(rgb[..., ::-1]), list(params))
+  if not ok:
+    raise RuntimeError(f"OpenCV could not encode a {rgb.shape} picture as {extension}")
+  return encoded.tobytes()
+
+
+def outputs_of(name: str, image: np.ndarray, class_ids: np.ndarray, formats: Sequence[str],
+               truth: np.ndarray | None = None,
+               class_names: Sequence[str] = voc.CLASS_NAMES) -> dict[str, bytes]:
+  """{file name: encoded bytes} of the pictures asked for."""
+  files = {}
+  if "mask" in formats:
+    files[f"{name}.png"] = mask_png(class_ids)
+  if "overlay" in formats:
+    files[f"{name}_overlay.jpg"] = _encode(visualize.overlay(image, class_ids, class_names=class_names),
+                                                ".jpg", [cv2.IMWRITE_JPEG_QUALITY, OVERLAY_JPEG_QUALITY])
+  if "triptych" in formats:
+    files[f"{name}_triptych.png"] = _encode(
+        visualize.triptych(image, truth, class_ids, titles=(name, "ground truth", "prediction")), ".png")
+  return files
+
+
+def predict_files(paths: Sequence[str], segment: Segmenter, output_dir: str, formats: Sequence[str] = ("mask",),
+                  voc_root: str | None = None, class_names: Sequence[str] = voc.CLASS_NAMES,
+                  progress: bool = True) -> tuple[list[str], list[tuple[str, str]]]:
+  """Writes each readable image's pictures; returns (ids written, [(path, why skipped)]), naming skips on stderr."""
+  tf.io.gfile.makedirs(output_dir)
+  bar = keras.utils.Progbar(len(paths), unit_name="image") if progress and len(paths) > 1 else None
+  written, skipped, seen = [], [], {}
+  for count, path in enumerate(paths, start=1):
+    name = image_id(path)
+    try:
+      if name in seen:
+        raise UnreadableImage(f"same id as {seen[name]}: its outputs would be overwritten")
+      data, image = read_image(path)
+      try:
+        class_ids = segment(data, image)
+      except tf.errors.OpError as error:  # e.g. out of memory on a huge image: the others may still fit
+        raise UnreadableImage(f"prediction failed: {_op_error_text(error)}") from None
+    except UnreadableImage as reason:
+      skipped.append((path, str(reason)))
+      _warn(f"skipped {path}: {reason}")
+    else:
+      seen[name] = path
+      truth = read_truth(voc_root, name, image.shape[:2]) if voc_root and "triptych" in formats else None
+      for file_name, encoded in outputs_of(name, image, class_ids, formats, truth, class_names).items():
+        with tf.io.gfile.GFile(tf.io.gfile.join(output_dir, file_name), "wb") as f:
+          f.write(encoded)
+      written.append(name)
+    if bar is not None:
+      bar.update(count)
+  return written, skipped
+
+
+# ------------------------------------------------------------------------------------------------- helpers
+
+def _op_error_text(error: tf.errors.OpError) -> str:
+  """The op's message without TF's '{{function_node ...}}' prefix and trailing '[Op:...]'."""
+  text = error.message.split("}}", 1)[-1] if error.message.startswith("{{") else error.message
+  return " ".join(text.split("[Op:", 1)[0].split())
+
+
+def _warn(message: str) -> None:
+  sys.stdout.flush()  # the progress bar's line first
+  sys.stderr.write(f"\n{message}\n" if sys.stdout.isatty() else f"{message}\n")
+  sys.stderr.flush()
+
+
+def _fail(message: str, code: int):
+  sys.stdout.flush()
+  sys.stderr.write(f"error: {message}\n")
+  sys.exit(code)
+
+
+def main(argv):
+  del argv
+  paths = list_inputs(FLAGS.input)
+  if not paths:
+    _fail(f"no file matches --input={FLAGS.input}", 2)
+  try:
+    if FLAGS.saved_model:
+      if any(FLAGS[name].present for name in ("scales", "flip", "weights")):
+        raise ValueError("--scales, --flip and --weights need --model_dir (a SavedModel predicts at one scale)")
+      segment, class_names = saved_model_segmenter(FLAGS.saved_model), voc.CLASS_NAMES
+    else:
+      config, model, _ = evaluate.load_run(FLAGS.model_dir, FLAGS.weights)
+      segment = keras_segmenter(model, [float(s) for s in FLAGS.scales], FLAGS.flip)
+      class_names = class_names_for(config.model.num_classes)
+  except (train.DataError, ValueError, OSError, tf.errors.OpError) as error:
+    _fail(str(error).splitlines()[0] if str(error) else type(error).__name__, 2)
+  written, skipped = predict_files(paths, segment, FLAGS.output_dir, FLAGS.format, FLAGS.voc_root, class_names)
+  if not written:
+    _fail(f"none of the {len(paths)} input file(s) could be read (reasons above); nothing written", 1)
+  names = [path.rsplit("/", 1)[-1] for path, _ in skipped]
+  print(f"wrote {len(written)} image(s) ({','.join(FLAGS.format)}) to {FLAGS.output_dir}; skipped {len(skipped)}"
+        + (f": {', '.join(names[:10])}" + (", ..." if len(names) > 10 else "") if names else ""))
+
+
+if __name__ == "__main__":
+  define_flags()
+  app.run(main)
