@@ -1,12 +1,17 @@
 """The whole journey on this machine, offline, in a few minutes: `make demo` (or python -m launch.demo).
 
 Generates a small VOC-format data set (shapes painted in the VOC colours), converts it with the Beam job,
-trains the smoke config on it and evaluates it at native size, printing each command as a user would type it.
-With --voc_root=PATH (a VOC2012 folder, or an empty one to download into) it runs on real VOC instead.
+trains the smoke config on it, evaluates it at native size and draws triptychs (photo / ground truth /
+prediction) of a few validation photos, printing each command as a user would type it.
+With --voc_root=PATH (a VOC2012 folder, or an empty one to download into) it runs on real VOC instead:
+
+  python -m launch.demo --voc_root=data/VOC2012 --workdir=voc_demo --config=configs/voc_sample_finetune.py \
+      --epochs=2
 """
 
 import os
 import shlex
+import shutil
 import subprocess
 import sys
 import time
@@ -14,11 +19,14 @@ import time
 from absl import app
 from absl import flags
 
+from preprocessing import voc
+
 _WORKDIR = flags.DEFINE_string("workdir", "demo_output", "Where everything goes (data, records, runs).")
 _VOC_ROOT = flags.DEFINE_string("voc_root", None, "A real VOC2012 folder (downloaded when empty) instead of "
                                 "the generated sample.")
 _CONFIG = flags.DEFINE_string("config", "configs/smoke.py", "Training config.")
 _EPOCHS = flags.DEFINE_integer("epochs", 6, "Training epochs for the demo run.")
+_NUM_PHOTOS = flags.DEFINE_integer("num_photos", 8, "Validation photos to draw predictions for.")
 
 
 def _run(*command: str) -> None:
@@ -27,6 +35,16 @@ def _run(*command: str) -> None:
   start = time.perf_counter()
   subprocess.run(command, check=True)
   print(f"({time.perf_counter() - start:.0f} s)", flush=True)
+
+
+def _copy_val_photos(voc_root: str, folder: str, count: int) -> str:
+  """The first `count` validation photos, in a folder of their own (what trainer.predict takes)."""
+  with open(os.path.join(voc_root, voc.SPLIT_DIR, "val.txt")) as f:
+    ids = [line.strip() for line in f if line.strip()][:count]
+  os.makedirs(folder, exist_ok=True)
+  for image_id in ids:
+    shutil.copy(os.path.join(voc_root, voc.IMAGE_DIR, f"{image_id}.jpg"), folder)
+  return folder
 
 
 def main(argv):
@@ -43,11 +61,16 @@ def main(argv):
   _run(python, "-m", "trainer.main", f"--config={_CONFIG.value}", f"--data_dir={records}",
        f"--model_dir={model_dir}", f"--config.train.epochs={_EPOCHS.value}")
   _run(python, "-m", "trainer.evaluate", f"--model_dir={model_dir}", f"--data_dir={records}", "--flip")
+  photos = _copy_val_photos(voc_root, os.path.join(workdir, "photos"), _NUM_PHOTOS.value)
+  predictions = os.path.join(workdir, "predictions")
+  _run(python, "-m", "trainer.predict", f"--model_dir={model_dir}", f"--input={photos}",
+       f"--output_dir={predictions}", "--format=mask,overlay,triptych", f"--voc_root={voc_root}")
   print(f"""
 Done. Look at:
   {records}/*-summary.json            what the conversion wrote and rejected
   {model_dir}/metrics.json      validation mIoU, pixel accuracy, per-class IoU (during training)
   {model_dir}/eval_val.json     the same at native size with mirrored inference; eval_val_confusion.png
+  {predictions}/*_triptych.png  photo | ground truth | prediction; *_overlay.jpg; *.png class-id masks
   tensorboard --logdir={model_dir}
                                  losses, mIoU, learning rate, images/s, validation triptychs, confusion matrix""")
 

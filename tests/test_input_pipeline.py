@@ -12,7 +12,7 @@ import pytest
 import tensorflow as tf
 
 from preprocessing import schema, voc
-from trainer import input_pipeline
+from trainer import input_pipeline, losses, metrics, model
 
 
 def _ids(voc_dir: pathlib.Path, split: str) -> list[str]:
@@ -164,12 +164,27 @@ def test_eval_at_natural_size_needs_batch_size_1(shards):
 # --- training --------------------------------------------------------------------------------------------------
 
 
-def test_train_batches_have_fixed_shapes_dtypes_and_pixel_range(shards):
+def test_train_batches_have_fixed_shapes_uint8_and_pixel_range(shards):
   images, labels = _first_batch(shards["train"], batch_size=4, seed=1)
-  assert images.shape == (4, 513, 513, 3) and images.dtype == np.float32
-  assert labels.shape == (4, 513, 513) and labels.dtype == np.int32
-  assert images.min() >= 0.0 and images.max() <= 255.0 and images.max() > 1.0  # Raw pixels, not normalised.
+  assert images.shape == (4, 513, 513, 3) and images.dtype == np.uint8
+  assert labels.shape == (4, 513, 513) and labels.dtype == np.uint8
+  assert images.max() > 1  # Raw pixels, not normalised.
   assert set(np.unique(labels)) <= set(range(voc.NUM_CLASSES)) | {255}
+
+
+def test_uint8_train_batches_feed_the_model_loss_and_metrics_like_float32_int32(shards):
+  """The model casts its input, the loss and metrics their labels: uint8 batches need no cast in the pipeline."""
+  images, labels = _first_batch(shards["train"], batch_size=2, crop_size=65, seed=4)
+  net = model.build_deeplabv3plus(alpha=0.35, aspp_rates=())
+  logits = net(images, training=False).numpy()
+  np.testing.assert_array_equal(logits, net(images.astype(np.float32), training=False).numpy())
+  loss = losses.SegmentationLoss(voc.NUM_CLASSES)
+  assert float(loss(labels, logits)) == pytest.approx(float(loss(labels.astype(np.int32), logits)))
+  for metric in (metrics.MeanIoU, metrics.PixelAccuracy):
+    with_uint8, with_int32 = metric(), metric()
+    with_uint8.update_state(labels, logits)
+    with_int32.update_state(labels.astype(np.int32), logits)
+    assert float(with_uint8.result()) == pytest.approx(float(with_int32.result()))
 
 
 def test_train_labels_are_resized_nearest_neighbour_only(voc_sample, tmp_path):
@@ -207,7 +222,9 @@ def test_train_scale_2_without_flip_is_a_crop_of_the_2x_upscaled_image(voc_sampl
     top, left = _offset_of(image, upscaled, range(0, height - 511, 2), range(0, width - 511, 2))
     offsets.add((top, left))
     # Bilinear taps beyond the source window are clamped to its edge: compare all but the crop's edge pixels.
-    np.testing.assert_allclose(image[1:-1, 1:-1], upscaled[top + 1:top + 511, left + 1:left + 511], atol=1e-3)
+    # uint8 output: rounded to the nearest level (truncation would be off by up to 1).
+    np.testing.assert_allclose(image[1:-1, 1:-1], upscaled[top + 1:top + 511, left + 1:left + 511],
+                               atol=0.5 + 1e-3)
     np.testing.assert_array_equal(label, upscaled_mask[top:top + 512, left:left + 512])
   assert len(offsets) > 1  # The crop really moves.
 
@@ -218,13 +235,13 @@ def test_train_scale_half_pads_with_mean_pixel_and_ignore_label(voc_sample, tmp_
   path = _one_record_file(tmp_path, voc_sample, image_id, image_format=image_format)
   source, mask = _source_rgb(voc_sample, image_id), _source_mask(voc_sample, image_id)
   height, width = mask.shape[0] // 2, mask.shape[1] // 2
-  expected_image = np.full((513, 513, 3), 127.5, np.float32)
+  expected_image = np.full((513, 513, 3), input_pipeline.TRAIN_PAD_PIXEL, np.float32)
   expected_image[:height, :width] = tf.image.resize(source.astype(np.float32), (height, width)).numpy()
   expected_label = np.full((513, 513), 255, np.int32)
   expected_label[:height, :width] = tf.image.resize(mask[..., None], (height, width), method="nearest")[..., 0]
   images, labels = _first_batch(path, batch_size=2, min_scale=0.5, max_scale=0.5, flip=False, seed=0)
   for image, label in zip(images, labels):
-    np.testing.assert_allclose(image, expected_image, atol=1e-3)
+    np.testing.assert_allclose(image, expected_image, atol=0.5 + 1e-3)
     np.testing.assert_array_equal(label, expected_label)
 
 
@@ -238,7 +255,9 @@ def test_train_flips_half_of_the_crops_padding_and_all(voc_sample, tmp_path):
   for image, label in zip(images, labels):
     flipped = not np.array_equal(label, unflipped_label[0])
     np.testing.assert_array_equal(label, unflipped_label[0][:, ::-1] if flipped else unflipped_label[0])
-    np.testing.assert_allclose(image, unflipped_image[0][:, ::-1] if flipped else unflipped_image[0], atol=1e-3)
+    # Flipped crops are resized from the flipped window: equal before rounding, so within 1 level after.
+    expected = unflipped_image[0][:, ::-1] if flipped else unflipped_image[0]
+    np.testing.assert_allclose(image.astype(np.int16), expected, atol=1)
     flips.append(flipped)
   assert 0 < sum(flips) < len(flips)
 
@@ -253,9 +272,8 @@ def test_photometric_jitter_changes_colours_not_padding(voc_sample, tmp_path):
   height, width = (n // 2 for n in _source_mask(voc_sample, image_id).shape)
   padding = np.ones((4, 513, 513), bool)
   padding[:, :height, :width] = False
-  assert np.all(jittered[padding] == 127.5)
-  assert jittered.min() >= 0 and jittered.max() <= 255
-  assert np.abs(jittered - plain)[~padding].mean() > 1.0
+  assert np.all(jittered[padding] == input_pipeline.TRAIN_PAD_PIXEL)
+  assert np.abs(jittered.astype(np.int16) - plain)[~padding].mean() > 1.0
 
 
 def test_deterministic_with_seed_repeats_batches_exactly(shards):
