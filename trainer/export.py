@@ -1,4 +1,4 @@
-"""Exports a trained run for serving: a SavedModel that takes encoded images, and TFLite float32 / int8 models.
+r"""Exports a trained run for serving: a SavedModel that takes encoded images, and TFLite float32 / int8 models.
 
   python -m trainer.export --model_dir=runs/x --output_dir=exports/x [--tflite] \
       [--int8 --calibration_data='data/tfrecords/train-*.tfrecord'] [--data_dir=data/tfrecords | --check_data=GLOB]

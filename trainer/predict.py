@@ -2,7 +2,7 @@ r"""Segments photos with a trained run (or its exported SavedModel) and writes m
 
   python -m trainer.predict --model_dir=runs/smoke --input='photos/*.jpg' --output_dir=predictions \
       [--format=mask,overlay,triptych] [--voc_root=data/VOC2012] [--scales=0.75,1.0,1.25] [--flip] [--weights=F]
-  python -m trainer.predict --saved_model=runs/smoke/export --input=photos/ --output_dir=predictions
+  python -m trainer.predict --saved_model=exports/smoke/saved_model --input=photos/ --output_dir=predictions
 
 --input is one image, a folder (its files, not recursive) or a glob; paths may be gs://. Per image id (the
 file name without its extension) it writes:
