@@ -1,5 +1,6 @@
 """The loss and the metrics against hand computations: void pixels never count, weights and mining do."""
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -77,6 +78,21 @@ def test_miou_and_pixel_accuracy_ignore_void_and_match_a_hand_count():
   assert report["pixel_accuracy"] == pytest.approx(5 / 6)
   assert report["per_class_iou"] == pytest.approx({"a": 2 / 3, "b": 0.5, "c": 1.0})
   assert report["valid_pixels"] == 6
+
+
+def test_miou_matches_keras_on_random_batches_with_void_pixels():
+  rng = np.random.default_rng(0)
+  labels = rng.integers(0, 21, size=(4, 33, 47)).astype(np.uint8)
+  labels[rng.random(labels.shape) < 0.2] = 255
+  logits = rng.normal(size=(4, 33, 47, 21)).astype(np.float32)
+  ours = metrics.MeanIoU(num_classes=21)
+  reference = keras.metrics.MeanIoU(num_classes=21, ignore_class=255, sparse_y_pred=False)
+  for half in (slice(0, 2), slice(2, 4)):  # Accumulates over updates.
+    ours.update_state(labels[half], logits[half])
+    reference.update_state(labels[half], logits[half])
+  np.testing.assert_array_equal(ours.confusion_matrix(), keras.ops.convert_to_numpy(reference.total_cm))
+  assert ours.confusion_matrix().sum() == int((labels != 255).sum())
+  assert float(ours.result()) == pytest.approx(float(reference.result()), rel=1e-6)
 
 
 def test_classes_absent_from_truth_and_prediction_are_left_out_of_the_mean():
