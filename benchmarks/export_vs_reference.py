@@ -15,13 +15,14 @@ reference with 128 as ../shared/NOTES.md does, ours with the mean pixel through 
 the prediction cropped back, 255 ignored. Latency: median of `invoke()` alone, batch 1, on one padded val image;
 the contenders take turns each round (--rounds), so that other load on the machine slows all alike.
 
-Seen (2-core dev machine shared with a training run and other jobs, so latencies are inflated; runs/voc_sample
-MID-TRAINING, its best weights at loop 4, val mIoU 0.27; exports from `trainer.export --num_calibration=50`;
---num_images=40 --rounds=10): ours float32 8.6 MB 125 ms mIoU 0.212, ours int8 2.7 MB 54 ms 0.218, reference
-2.1 MB 79 ms 0.648. Re-measure on the finished run.
+Seen (2-core dev machine, quiet; runs/voc_sample = configs/voc_sample_finetune.py, 468 steps on the 311 train images
+of ../shared/data/voc_sample; exports from `trainer.export --tflite --int8` with 200 calibration images; all 201 val
+images, 20 rounds): ours float32 8.6 MB 45 ms mIoU 0.385, ours int8 2.7 MB 22 ms 0.382, reference 2.1 MB 30 ms
+0.760 (trained on 10k+ VOC and COCO images).
 """
 
 import json
+import os
 import pathlib
 import statistics
 import sys
@@ -41,12 +42,13 @@ from trainer import input_pipeline  # noqa: E402
 from trainer import metrics as metrics_lib  # noqa: E402
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
-REFERENCE = REPO_ROOT.parent / "shared" / "models" / "deeplabv3_mnv2_pascal_quant.tflite"
+REFERENCE = (pathlib.Path(os.environ.get("SEG_SHARED_DIR", REPO_ROOT.parent / "shared")) / "models" /
+             "deeplabv3_mnv2_pascal_quant.tflite")
 REFERENCE_PAD = 128
 
 FLAGS = flags.FLAGS
 flags.declare_key_flag("model_dir")  # trainer.evaluate's: a training run's folder.
-flags.declare_key_flag("num_calibration")  # trainer.export's: int8 calibration images (when converting here).
+flags.DEFINE_integer("num_calibration", 200, "int8 calibration images, when converting here (no --exports_dir).")
 flags.DEFINE_string("records_dir", str(REPO_ROOT / "data" / "voc_sample"),
                     "Folder with the run's train-*/val-*.tfrecord shards.")
 flags.DEFINE_string("exports_dir", None, "Where trainer.export wrote model_float32.tflite and model_int8.tflite; "
