@@ -19,11 +19,10 @@ iterator after a warm-up (a live iterator keeps filling its autotuned buffers wh
 the figures. With other jobs on the machine, compare (a) and (b) by CPU time per image (both use both cores);
 (c) runs on one core, so (b)/(c) in rates is about twice their CPU ratio on 2 free cores.
 
-Seen with the first command on the 2-core dev machine, shared with other jobs (load ~7), images/s: (a) 767,
-(b) 384, (c) 21.5, (c') 50, (d) 114; CPU ms per image: (a) 1.35, (b) 2.67, (c) 26, (c') 17.6, (d) 9.1;
-(b)/(a) = 0.50 in rates and in CPU time (target 0.90: missed), (b)/(c) = 17.9x, (b)/(c') = 7.7x (6.6x in CPU
-time: 13x on 2 free cores), (b)/(d) = 3.4x. Before (b) emitted uint8 it spent 3.03 ms against (a)'s 1.34 in
-the same conditions (0.44).
+Seen with the first command on the quiet 2-core dev machine, images/s (median of 3 rounds): (a) 1474, (b) 751,
+(c) 44.9, (c') 64.6, (d) 229; CPU ms per image: (a) 1.33, (b) 2.59; (b)/(a) = 0.51 (target 0.90: missed),
+(b)/(c) = 16.7x, (b)/(c') = 11.6x, (b)/(d) = 3.3x. Before (b) emitted uint8 it spent 3.03 ms against (a)'s 1.34
+on a shared machine (0.44).
 Where (b)'s CPU time goes (ms per image; variants of it timed like this, 3 rounds): decoding as (a) 1.34, only
 the crop window of the JPEG + geometry +0.06, bilinear resize of the window to float32 +0.51, rounding to uint8
 +0.16, flip + pad + batch copy +0.42, labels (nearest gathers, pad) +0.12, shuffle buffer + per-element seeds
