@@ -123,6 +123,7 @@ def test_features_agree_with_keras_applications_on_a_voc_photo(imagenet_weights,
   assert _features(model, names[2:], image)[0].shape[1] == math.ceil(size / 16)
 
 
+@pytest.mark.filterwarnings("ignore:Skipping nested container")  # Keras says it per layer before we refuse.
 def test_weights_of_another_width_fail_clearly(imagenet_weights):
   with pytest.raises(ValueError, match=r"alpha=0\.35"):
     model_lib.build_deeplabv3plus(alpha=0.35, backbone_weights=str(imagenet_weights))

@@ -240,8 +240,8 @@ def _op_error_text(error: tf.errors.OpError) -> str:
 
 
 def _warn(message: str) -> None:
-  sys.stdout.flush()  # the progress bar's line first
-  sys.stderr.write(f"\n{message}\n" if sys.stdout.isatty() else f"{message}\n")
+  sys.stdout.flush()  # the progress bar's line first, then ours on a line of its own
+  sys.stderr.write(f"\n{message}\n")
   sys.stderr.flush()
 
 
