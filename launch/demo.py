@@ -65,14 +65,16 @@ def main(argv):
   predictions = os.path.join(workdir, "predictions")
   _run(python, "-m", "trainer.predict", f"--model_dir={model_dir}", f"--input={photos}",
        f"--output_dir={predictions}", "--format=mask,overlay,triptych", f"--voc_root={voc_root}")
-  print(f"""
-Done. Look at:
-  {records}/*-summary.json            what the conversion wrote and rejected
-  {model_dir}/metrics.json      validation mIoU, pixel accuracy, per-class IoU (during training)
-  {model_dir}/eval_val.json     the same at native size with mirrored inference; eval_val_confusion.png
-  {predictions}/*_triptych.png  photo | ground truth | prediction; *_overlay.jpg; *.png class-id masks
-  tensorboard --logdir={model_dir}
-                                 losses, mIoU, learning rate, images/s, validation triptychs, confusion matrix""")
+  where = [
+      (f"{records}/*-summary.json", "what the conversion wrote and rejected"),
+      (f"{model_dir}/metrics.json", "validation mIoU, pixel accuracy, per-class IoU (during training)"),
+      (f"{model_dir}/eval_val.json", "the same at native size with mirrored inference; eval_val_confusion.png"),
+      (f"{predictions}/*_triptych.png", "photo | ground truth | prediction; *_overlay.jpg; *.png class-id masks"),
+      (f"tensorboard --logdir={model_dir}", "losses, mIoU, learning rate, images/s, validation triptychs, "
+                                            "confusion matrix (then open http://localhost:6006)"),
+  ]
+  width = max(len(path) for path, _ in where)
+  print("\nDone. Look at:\n" + "\n".join(f"  {path:<{width}}  {what}" for path, what in where))
 
 
 if __name__ == "__main__":
