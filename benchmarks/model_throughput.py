@@ -16,10 +16,12 @@ the contenders, so that a busy machine slows all alike; figures are the median s
 images/s the table gives process CPU seconds per image: the work done, which other processes on the
 machine barely disturb (images/s they do), so its ratio is the steadier one on a shared machine.
 
-Seen (2-core dev CPU shared with other jobs, load average ~7, so images/s are far below the unloaded ~3.5/13.5
-and their ratios are noise; official/ours CPU s per image, train 512 b4 / train 256 b8 / infer 512 b4):
-  lean, backbone BN frozen 1.13x / 1.16x / 0.97x;  lean, all BN training 1.00x / 1.00x / 0.96x
-  aspp, backbone BN frozen 1.12x / 1.15x / 0.99x;  aspp, all BN training 1.00x / 1.01x / 0.98x
+Seen on the quiet 2-core dev CPU (the first command, ~19 min), images/s train 512 b4 / train 256 b8 / infer 512 b4:
+  lean, backbone BN frozen: ours 3.67 / 14.3 / 12.5, official 3.24 / 12.4 / 12.5 (1.13x / 1.15x / 1.00x)
+  lean, all BN training:    ours 3.04 / 11.9 / 12.7, official 2.98 / 11.7 / 12.5 (1.02x / 1.02x / 1.02x)
+  aspp, backbone BN frozen: ours 3.45 / 13.1 / 11.6, official 3.02 / 11.4 / 11.5 (1.14x / 1.15x / 1.01x)
+  aspp, all BN training:    ours 2.91 / 11.1 / 11.7, official 2.82 / 10.5 / 11.6 (1.03x / 1.05x / 1.01x)
+  (CPU-time ratios agree within 0.01.) On a shared CPU (load ~7) the CPU-time ratios were within 0.04 of these.
 With every BN training the two models run the same graph on the same oneDNN kernels (profiled: the same
 conv, depthwise, batch-norm, activation, resize and loss ops, equal in number), so parity is what to expect;
 the frozen-backbone gain is ours alone (a frozen BN's input gradient is dy * scale, not FusedBatchNormGradV3:

@@ -77,7 +77,7 @@ def _serving_fn(model: keras.Model) -> Callable:
     count = tf.shape(image_bytes)[0]
 
     def predict_one(i, masks, heights, widths):
-      image = input_pipeline._decode_image(image_bytes[i])  # The training pipeline's decoding, JPEG IDCT included.
+      image = input_pipeline.decode_image(image_bytes[i])  # The training pipeline's decoding, JPEG IDCT included.
       logits = model(tf.cast(image, tf.float32)[tf.newaxis], training=False)[0]
       mask = tf.cast(tf.argmax(logits, axis=-1), tf.uint8)
       return i + 1, masks.write(i, mask), heights.write(i, tf.shape(mask)[0]), widths.write(i, tf.shape(mask)[1])

@@ -100,7 +100,7 @@ def _decode_mask(encoded: tf.Tensor) -> tf.Tensor:
     return mask[:, :, 0]
 
 
-def _decode_image(encoded: tf.Tensor) -> tf.Tensor:
+def decode_image(encoded: tf.Tensor) -> tf.Tensor:
   """uint8 [H, W, 3] RGB from JPEG (as OpenCV decodes it) or PNG bytes; grey images come out as 3 equal channels."""
   return tf.cond(tf.io.is_jpeg(encoded),
                  lambda: tf.io.decode_jpeg(encoded, channels=3, dct_method=JPEG_DCT_METHOD),
@@ -113,7 +113,7 @@ def decode_record(serialized) -> dict:
   height/width (int32) come from the decoded image, not from the record's (optional) fields.
   """
   features = schema.parse_example(serialized)
-  image = _decode_image(features[schema.IMAGE_ENCODED])
+  image = decode_image(features[schema.IMAGE_ENCODED])
   label = _decode_mask(features[schema.MASK_ENCODED])
   shape = tf.shape(image)
   return {"image": image, "label": label, "id": _record_id(features[schema.IMAGE_FILENAME]),

@@ -95,13 +95,13 @@ def decode_image(data: bytes) -> np.ndarray:
   if not data:
     raise UnreadableImage("empty file")
   if data.startswith(b"\xff\xd8\xff"):
-    kind, decode = "JPEG", lambda: tf.io.decode_jpeg(data, channels=3, dct_method=input_pipeline.JPEG_DCT_METHOD)
+    kind = "JPEG"
   elif data.startswith(b"\x89PNG\r\n\x1a\n"):
-    kind, decode = "PNG", lambda: tf.io.decode_png(data, channels=3)
+    kind = "PNG"
   else:
     raise UnreadableImage(f"not a JPEG or PNG image ({len(data)} bytes starting {data[:8]!r})")
   try:
-    return decode().numpy()
+    return input_pipeline.decode_image(tf.constant(data)).numpy()
   except (tf.errors.InvalidArgumentError, tf.errors.DataLossError) as error:
     raise UnreadableImage(f"corrupt {kind}: {_op_error_text(error)}") from None
 
