@@ -7,6 +7,9 @@ With --voc_root=PATH (a VOC2012 folder, or an empty one to download into) it run
 
   python -m launch.demo --voc_root=data/VOC2012 --workdir=voc_demo --config=configs/voc_sample_finetune.py \
       --epochs=2
+
+Flags after `--` go to trainer.main as they are, e.g. `-- --config.model.backbone_weights=FILE.weights.h5`
+for ImageNet weights already on disk instead of Keras's download.
 """
 
 import os
@@ -48,7 +51,7 @@ def _copy_val_photos(voc_root: str, folder: str, count: int) -> str:
 
 
 def main(argv):
-  del argv
+  trainer_flags = argv[1:]  # What follows `--`: more trainer.main flags (e.g. --config.batch_size=4).
   workdir = os.path.abspath(_WORKDIR.value)
   voc_root = _VOC_ROOT.value or os.path.join(workdir, "voc_sample")
   records = os.path.join(workdir, "tfrecords")
@@ -59,7 +62,7 @@ def main(argv):
          "--height=160", "--width=200")
   _run(python, "-m", "preprocessing.make_tfrecords", f"--voc_root={voc_root}", f"--output_dir={records}")
   _run(python, "-m", "trainer.main", f"--config={_CONFIG.value}", f"--data_dir={records}",
-       f"--model_dir={model_dir}", f"--config.train.epochs={_EPOCHS.value}")
+       f"--model_dir={model_dir}", f"--config.train.epochs={_EPOCHS.value}", *trainer_flags)
   _run(python, "-m", "trainer.evaluate", f"--model_dir={model_dir}", f"--data_dir={records}", "--flip")
   photos = _copy_val_photos(voc_root, os.path.join(workdir, "photos"), _NUM_PHOTOS.value)
   predictions = os.path.join(workdir, "predictions")
