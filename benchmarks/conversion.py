@@ -30,7 +30,7 @@ import tensorflow as tf  # noqa: E402
 from preprocessing import make_tfrecords, pairs, voc  # noqa: E402
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
-DEFAULT_VOC = REPO_ROOT.parent / "shared" / "data" / "voc_sample"
+DEFAULT_VOC = pathlib.Path(os.environ.get("SEG_SHARED_DIR", REPO_ROOT.parent / "shared")) / "data" / "voc_sample"
 
 flags.DEFINE_string("voc_dir", str(DEFAULT_VOC), "VOC2012-layout folder to convert.")
 flags.DEFINE_string("split", "trainval", "The split converted (ImageSets/Segmentation/{split}.txt).")

@@ -88,11 +88,8 @@ def score(predictors: dict, file_pattern: str, num_images: int, num_classes: int
   for image, label in input_pipeline.eval_dataset(file_pattern, batch_size=1).take(num_images or -1):
     image = image[0].numpy().astype(np.uint8)
     truth = label[0].numpy()
-    valid = truth != input_pipeline.IGNORE_LABEL
     for name, predict in predictors.items():
-      predicted = predict(image).astype(np.int64)
-      confusions[name] += np.bincount(truth[valid] * num_classes + predicted[valid],
-                                      minlength=num_classes * num_classes).reshape(num_classes, num_classes)
+      confusions[name] += metrics_lib.count_confusion(truth, predict(image), num_classes)
     count += 1
     if count % 20 == 0:
       print(f"scored {count} images", file=sys.stderr, flush=True)

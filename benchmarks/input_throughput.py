@@ -60,7 +60,7 @@ from preprocessing import schema, voc  # noqa: E402
 from trainer import input_pipeline  # noqa: E402
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
-DEFAULT_VOC = REPO_ROOT.parent / "shared" / "data" / "voc_sample"
+DEFAULT_VOC = pathlib.Path(os.environ.get("SEG_SHARED_DIR", REPO_ROOT.parent / "shared")) / "data" / "voc_sample"
 
 flags.DEFINE_string("voc_dir", str(DEFAULT_VOC), "VOCdevkit-layout folder: source files for (c) and the records.")
 flags.DEFINE_string("data_dir", None, "Folder with {split}-*.tfrecord; default: built from --voc_dir in a temp dir.")

@@ -62,15 +62,6 @@ def encode_jpeg(rgb: np.ndarray, quality: int = JPEG_QUALITY) -> bytes:
   return data.tobytes()
 
 
-def encode_palette_png(class_ids: np.ndarray) -> bytes:
-  """Mode-P PNG in the VOC palette, as the official SegmentationClass masks are stored."""
-  image = Image.fromarray(np.asarray(class_ids, np.uint8))  # mode L; putpalette makes it P, same indices
-  image.putpalette(voc.palette().ravel().tolist())
-  buffer = io.BytesIO()
-  image.save(buffer, format="PNG")
-  return buffer.getvalue()
-
-
 def encode_grayscale_png(class_ids: np.ndarray) -> bytes:
   buffer = io.BytesIO()
   Image.fromarray(np.asarray(class_ids, np.uint8)).save(buffer, format="PNG")  # 2-D uint8 -> mode L
@@ -92,7 +83,7 @@ def write_dataset(root: str, *, num_train: int = 24, num_val: int = 8, num_aug_o
     image, class_ids = make_pair(rng, height, width)
     _write(tf.io.gfile.join(root, voc.IMAGE_DIR, f"{image_id}.jpg"), encode_jpeg(image))
     if index < num_train + num_val:
-      _write(tf.io.gfile.join(root, voc.MASK_DIR, f"{image_id}.png"), encode_palette_png(class_ids))
+      _write(tf.io.gfile.join(root, voc.MASK_DIR, f"{image_id}.png"), voc.encode_palette_png(class_ids))
     else:
       _write(tf.io.gfile.join(root, voc.AUG_MASK_DIR, f"{image_id}.png"), encode_grayscale_png(class_ids))
   splits = {"train": ids[:num_train], "val": ids[num_train:num_train + num_val]}

@@ -1,6 +1,9 @@
 """Pascal VOC 2012 segmentation conventions: class names, the colour palette, the folder layout."""
 
+import io
+
 import numpy as np
+from PIL import Image
 
 CLASS_NAMES = (
     "background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
@@ -33,3 +36,13 @@ def palette(num_colors: int = 256) -> np.ndarray:
 def colorize(class_ids: np.ndarray) -> np.ndarray:
   """Class-id mask [H, W] -> RGB picture [H, W, 3] in the VOC colours."""
   return palette()[np.asarray(class_ids, dtype=np.uint8)]
+
+
+def encode_palette_png(class_ids: np.ndarray) -> bytes:
+  """Mode-P PNG whose pixel values are the class ids, in the VOC palette, as the official SegmentationClass masks
+  are stored."""
+  image = Image.fromarray(np.ascontiguousarray(class_ids, np.uint8))  # mode L; putpalette makes it P, same indices
+  image.putpalette(palette().ravel().tolist())
+  buffer = io.BytesIO()
+  image.save(buffer, format="PNG")
+  return buffer.getvalue()

@@ -101,7 +101,7 @@ def test_rgb_and_rgba_masks_map_voc_colours_to_class_ids(scene):
 
 def test_palette_and_grayscale_masks_are_class_ids(scene):
   _, class_ids = scene
-  np.testing.assert_array_equal(pairs.mask_class_ids(synthetic_voc.encode_palette_png(class_ids)), class_ids)
+  np.testing.assert_array_equal(pairs.mask_class_ids(voc.encode_palette_png(class_ids)), class_ids)
   np.testing.assert_array_equal(pairs.mask_class_ids(synthetic_voc.encode_grayscale_png(class_ids)), class_ids)
 
 
@@ -116,17 +116,17 @@ def test_mask_colours_and_labels_outside_the_classes_are_rejected(scene):
   out_of_range = class_ids.copy()
   out_of_range[0, :3] = 30
   with pytest.raises(pairs.PairError) as error:
-    pairs.mask_class_ids(synthetic_voc.encode_palette_png(out_of_range))
+    pairs.mask_class_ids(voc.encode_palette_png(out_of_range))
   assert error.value.reason == pairs.LABEL_OUT_OF_RANGE and "30" in error.value.detail
   # The same ids are fine with more classes; fewer classes reject the scene's own ids (255 is always allowed).
-  pairs.mask_class_ids(synthetic_voc.encode_palette_png(out_of_range), num_classes=31)
+  pairs.mask_class_ids(voc.encode_palette_png(out_of_range), num_classes=31)
   with pytest.raises(pairs.PairError):
-    pairs.mask_class_ids(synthetic_voc.encode_palette_png(class_ids), num_classes=int(class_ids[class_ids < 255].max()))
+    pairs.mask_class_ids(voc.encode_palette_png(class_ids), num_classes=int(class_ids[class_ids < 255].max()))
 
 
 def test_bad_pairs_are_rejected_with_their_reason(tmp_path, voc_sample, scene):
   image, class_ids = scene
-  jpeg, mask = synthetic_voc.encode_jpeg(image), synthetic_voc.encode_palette_png(class_ids)
+  jpeg, mask = synthetic_voc.encode_jpeg(image), voc.encode_palette_png(class_ids)
   real_id = pairs.read_split_ids(str(voc_sample), "train")[0]
   real_jpeg = (voc_sample / voc.IMAGE_DIR / f"{real_id}.jpg").read_bytes()
   real_mask = (voc_sample / voc.MASK_DIR / f"{real_id}.png").read_bytes()
@@ -145,7 +145,7 @@ def test_bad_pairs_are_rejected_with_their_reason(tmp_path, voc_sample, scene):
       "jpeg_as_mask": (jpeg, jpeg, pairs.CORRUPT_MASK),
       "gif_image": (_pillow_bytes(image, "GIF"), mask, pairs.UNSUPPORTED_IMAGE_FORMAT),
       "bmp_image": (_pillow_bytes(image, "BMP"), mask, pairs.UNSUPPORTED_IMAGE_FORMAT),
-      "mask_too_small": (jpeg, synthetic_voc.encode_palette_png(class_ids[:-1]), pairs.SIZE_MISMATCH),
+      "mask_too_small": (jpeg, voc.encode_palette_png(class_ids[:-1]), pairs.SIZE_MISMATCH),
       "mask_16bit_values": (jpeg, _png(class_ids.astype(np.uint16) * 300), pairs.LABEL_OUT_OF_RANGE),
   }
   for image_id, (image_bytes, mask_bytes, _) in cases.items():
@@ -164,7 +164,7 @@ def test_masks_fall_back_to_segmentation_class_aug(tmp_path, scene):
 
   # With both, the official mask wins (SBD's have no void edges).
   official = np.zeros_like(class_ids)
-  _write_pair(tmp_path, "both", jpeg, synthetic_voc.encode_palette_png(official))
+  _write_pair(tmp_path, "both", jpeg, voc.encode_palette_png(official))
   _write_pair(tmp_path, "both", None, synthetic_voc.encode_grayscale_png(class_ids), voc.AUG_MASK_DIR)
   features = _parse(pairs.convert(str(tmp_path), "both"))
   assert not tf.io.decode_png(features[schema.MASK_ENCODED]).numpy().any()
@@ -173,14 +173,14 @@ def test_masks_fall_back_to_segmentation_class_aug(tmp_path, scene):
 def test_png_images_are_stored_as_png(tmp_path, scene):
   image, class_ids = scene
   png_image = _png(image)
-  _write_pair(tmp_path, "png_image", png_image, synthetic_voc.encode_palette_png(class_ids))
+  _write_pair(tmp_path, "png_image", png_image, voc.encode_palette_png(class_ids))
   features = _parse(pairs.convert(str(tmp_path), "png_image"))
   assert features[schema.IMAGE_FORMAT] == b"png" and features[schema.IMAGE_ENCODED] == png_image
 
 
 def test_an_unexpected_exception_becomes_a_rejection(tmp_path, scene, monkeypatch):
   image, class_ids = scene
-  _write_pair(tmp_path, "odd", synthetic_voc.encode_jpeg(image), synthetic_voc.encode_palette_png(class_ids))
+  _write_pair(tmp_path, "odd", synthetic_voc.encode_jpeg(image), voc.encode_palette_png(class_ids))
 
   def broken_encoder(_):
     raise MemoryError("no room for this mask")

@@ -6,6 +6,7 @@ import tensorflow as tf
 from preprocessing import pairs
 from preprocessing import schema
 from preprocessing import synthetic_voc
+from preprocessing import voc
 
 
 def _feature_kinds(serialized: bytes) -> dict[str, str]:
@@ -32,7 +33,7 @@ def test_our_records_have_deeplabs_features(deeplab_format_sample, tmp_path):
   (tmp_path / "JPEGImages").mkdir()
   (tmp_path / "SegmentationClass").mkdir()
   (tmp_path / "JPEGImages" / "x.jpg").write_bytes(synthetic_voc.encode_jpeg(image))
-  (tmp_path / "SegmentationClass" / "x.png").write_bytes(synthetic_voc.encode_palette_png(class_ids))
+  (tmp_path / "SegmentationClass" / "x.png").write_bytes(voc.encode_palette_png(class_ids))
   ours = pairs.convert(str(tmp_path), "x")
   theirs = next(iter(tf.data.TFRecordDataset(str(deeplab_format_sample)))).numpy()
   assert _feature_kinds(ours) == _feature_kinds(theirs)

@@ -78,10 +78,7 @@ def evaluate(model, data_dir: str, split: str, num_classes: int, scales: list[fl
   count = 0
   for image, label in input_pipeline.eval_dataset(train.split_files(data_dir, split), batch_size=1):
     predicted = np.argmax(predict(image[0]).numpy(), axis=-1)
-    truth = label[0].numpy()
-    valid = truth != 255
-    confusion += np.bincount(truth[valid] * num_classes + predicted[valid],
-                             minlength=num_classes * num_classes).reshape(num_classes, num_classes)
+    confusion += metrics_lib.count_confusion(label[0].numpy(), predicted, num_classes)
     count += 1
     if time.perf_counter() - last > 5:
       last = time.perf_counter()

@@ -214,12 +214,6 @@ def _crop_back(classes: np.ndarray, fitted: tuple[int, int], shape: tuple[int, i
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def _confusion(truth: np.ndarray, predicted: np.ndarray, num_classes: int) -> np.ndarray:
-  valid = truth != input_pipeline.IGNORE_LABEL
-  return np.bincount(truth[valid].astype(np.int64) * num_classes + predicted[valid],
-                     minlength=num_classes * num_classes).reshape(num_classes, num_classes)
-
-
 def check_exports(model: keras.Model, file_pattern: str, num_images: int, *, saved_model_dir: str,
                   tflite_files: dict[str, str], num_classes: int) -> dict:
   """mIoU, pixel accuracy and agreement with the Keras model (fraction of scored pixels with the same class, at
@@ -252,7 +246,7 @@ def check_exports(model: keras.Model, file_pattern: str, num_images: int, *, sav
     valid = truth != input_pipeline.IGNORE_LABEL
     scored += int(valid.sum())
     for name in names:
-      confusions[name] += _confusion(truth, predicted[name], num_classes)
+      confusions[name] += metrics_lib.count_confusion(truth, predicted[name], num_classes)
     for name, reference in reference_of.items():
       agreeing[name] += int((predicted[name][valid] == predicted[reference][valid]).sum())
     count += 1

@@ -14,7 +14,6 @@ PNG). Files that cannot be read are named on stderr with the reason and skipped.
 written, 1 when no input could be, 2 for a bad command line, run or model.
 """
 
-import io
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -24,7 +23,6 @@ from absl import flags
 import cv2
 import keras
 import numpy as np
-from PIL import Image
 import tensorflow as tf
 
 from preprocessing import pairs
@@ -167,15 +165,6 @@ def class_names_for(num_classes: int) -> tuple[str, ...]:
 
 # ---------------------------------------------------------------------------------------------------- outputs
 
-def mask_png(class_ids: np.ndarray) -> bytes:
-  """Palette PNG: pixel values are the class ids, the palette VOC's colours (as VOC's own masks are stored)."""
-  picture = Image.fromarray(np.ascontiguousarray(class_ids, dtype=np.uint8))
-  picture.putpalette(voc.palette().tobytes())
-  buffer = io.BytesIO()
-  picture.save(buffer, format="PNG")
-  return buffer.getvalue()
-
-
 def _encode(rgb: np.ndarray, extension: str, params: Sequence[int] = ()) -> bytes:
   ok, encoded = cv2.imencode(extension, np.ascontiguousarray(rgb[..., ::-1]), list(params))
   if not ok:
@@ -189,7 +178,7 @@ def outputs_of(name: str, image: np.ndarray, class_ids: np.ndarray, formats: Seq
   """{file name: encoded bytes} of the pictures asked for."""
   files = {}
   if "mask" in formats:
-    files[f"{name}.png"] = mask_png(class_ids)
+    files[f"{name}.png"] = voc.encode_palette_png(class_ids)
   if "overlay" in formats:
     files[f"{name}_overlay.jpg"] = _encode(visualize.overlay(image, class_ids, class_names=class_names),
                                                 ".jpg", [cv2.IMWRITE_JPEG_QUALITY, OVERLAY_JPEG_QUALITY])
