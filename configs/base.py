@@ -25,6 +25,9 @@ def get_config() -> ml_collections.ConfigDict:
 
   config.input = ml_collections.ConfigDict()
   config.input.crop_size = 513
+  # Each training image travels to the accelerator on a canvas this size, where it is scaled and cropped
+  # (trainer/augment.py). Larger images are shrunk to fit on the host first: set it to your largest side.
+  config.input.canvas_size = 512  # VOC images are at most 500x500.
   config.input.min_scale = 0.5
   config.input.max_scale = 2.0
   config.input.flip = True

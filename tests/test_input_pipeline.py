@@ -6,13 +6,14 @@ import io
 import pathlib
 
 import cv2
+import keras
 import numpy as np
 from PIL import Image
 import pytest
 import tensorflow as tf
 
 from preprocessing import schema, voc
-from trainer import input_pipeline, losses, metrics, model
+from trainer import augment, input_pipeline, losses, metrics, model
 
 
 def _ids(voc_dir: pathlib.Path, split: str) -> list[str]:
@@ -70,11 +71,6 @@ def _one_record_file(directory: pathlib.Path, voc_dir: pathlib.Path, image_id: s
   with tf.io.TFRecordWriter(str(path)) as writer:
     writer.write(_example(voc_dir, image_id, **kwargs))
   return str(path)
-
-
-def _first_batch(file_pattern: str, **kwargs) -> tuple[np.ndarray, np.ndarray]:
-  image, label = next(iter(input_pipeline.train_dataset(file_pattern, **kwargs)))
-  return image.numpy(), label.numpy()
 
 
 # --- decoding --------------------------------------------------------------------------------------------------
@@ -161,20 +157,101 @@ def test_eval_at_natural_size_needs_batch_size_1(shards):
     input_pipeline.eval_dataset(shards["val"], batch_size=2)
 
 
-# --- training --------------------------------------------------------------------------------------------------
+# --- training ---------------------------------------------------------------------------------------------------
 
 
-def test_train_batches_have_fixed_shapes_uint8_and_pixel_range(shards):
-  images, labels = _first_batch(shards["train"], batch_size=4, seed=1)
-  assert images.shape == (4, 513, 513, 3) and images.dtype == np.uint8
-  assert labels.shape == (4, 513, 513) and labels.dtype == np.uint8
-  assert images.max() > 1  # Raw pixels, not normalised.
-  assert set(np.unique(labels)) <= set(range(voc.NUM_CLASSES)) | {255}
+def _reference_crop(source: np.ndarray, mask: np.ndarray, geometry: np.ndarray, crop: int):
+  """research/deeplab's order, written plainly: resize the whole image (bilinear) and mask (nearest) to the scaled
+  size, pad bottom/right to the crop (mean pixel, 255), crop at the offset, flip."""
+  scaled_h, scaled_w, top, left, flipped = (int(v) for v in geometry[augment.SCALED_HEIGHT:])
+  image = tf.image.resize(source.astype(np.float32), (scaled_h, scaled_w)).numpy()
+  label = tf.image.resize(mask[..., None], (scaled_h, scaled_w), method="nearest").numpy()[..., 0]
+  height, width = max(scaled_h, crop), max(scaled_w, crop)
+  padded_image = np.full((height, width, 3), 127.5, np.float32)
+  padded_label = np.full((height, width), 255, np.uint8)
+  padded_image[:scaled_h, :scaled_w], padded_label[:scaled_h, :scaled_w] = image, label
+  image, label = padded_image[top:top + crop, left:left + crop], padded_label[top:top + crop, left:left + crop]
+  return (image[:, ::-1], label[:, ::-1]) if flipped else (image, label)
 
 
-def test_uint8_train_batches_feed_the_model_loss_and_metrics_like_float32_int32(shards):
+def _crops(batch, crop: int):
+  images, labels, geometry = batch
+  images, labels = augment.scale_crop_flip(images, labels, geometry, crop=(crop, crop))
+  return images.numpy(), labels.numpy(), np.asarray(geometry)
+
+
+def test_train_batches_are_uint8_canvases_with_geometry(voc_sample, shards):
+  """What crosses to the accelerator: each decoded picture, exact, at the top-left of a padded canvas."""
+  dataset = input_pipeline.train_dataset(shards["train"], batch_size=4, seed=1, canvas_size=512, repeat=False)
+  images, labels, geometry = (t.numpy() for t in next(iter(dataset)))
+  assert images.shape == (4, 512, 512, 3) and images.dtype == np.uint8
+  assert labels.shape == (4, 512, 512) and labels.dtype == np.uint8
+  assert geometry.shape == (4, augment.GEOMETRY_SIZE) and geometry.dtype == np.float32
+  sources = {_source_mask(voc_sample, i).tobytes(): i for i in _ids(voc_sample, "train")}
+  for image, label, (height, width) in zip(images, labels, geometry[:, :2].astype(int)):
+    image_id = sources[label[:height, :width].tobytes()]  # The mask identifies the picture.
+    np.testing.assert_array_equal(image[:height, :width], _source_rgb(voc_sample, image_id))
+    assert np.all(image[height:] == input_pipeline.TRAIN_PAD_PIXEL) and np.all(label[:, width:] == 255)
+
+
+def test_train_crops_are_the_reference_resize_pad_crop_flip(voc_sample, shards):
+  """Every random draw over 48 real images: the same pixels as scaling the whole image and mask, padding,
+  cropping and flipping them (float rounding apart), and the draws cover scales, offsets and flips."""
+  crop = 513
+  dataset = input_pipeline.train_dataset(shards["train"], batch_size=8, crop_size=crop, seed=3, canvas_size=512)
+  sources = {_source_mask(voc_sample, i).tobytes(): i for i in _ids(voc_sample, "train")}
+  draws = []
+  for batch in dataset.take(6):
+    canvases = batch[1].numpy()
+    images, labels, geometry = _crops(batch, crop)
+    for canvas, image, label, draw in zip(canvases, images, labels, geometry):
+      height, width = draw[:2].astype(int)
+      image_id = sources[canvas[:height, :width].tobytes()]
+      expected_image, expected_label = _reference_crop(_source_rgb(voc_sample, image_id),
+                                                       _source_mask(voc_sample, image_id), draw, crop)
+      np.testing.assert_allclose(image, expected_image, atol=1e-3, err_msg=image_id)
+      np.testing.assert_array_equal(label, expected_label, err_msg=image_id)
+      draws.append(draw)
+  draws = np.array(draws)
+  scales = draws[:, augment.SCALED_HEIGHT] / draws[:, augment.CANVAS_HEIGHT]
+  assert scales.min() < 0.8 and scales.max() > 1.6
+  assert 0 < draws[:, augment.FLIP].sum() < len(draws)
+  assert len(set(map(tuple, draws[:, augment.OFFSET_Y:augment.FLIP]))) > len(draws) // 2
+
+
+def test_the_train_step_crops_on_the_device_as_on_the_host(shards):
+  """SegmentationModel.train_step on (canvases, labels, geometry) makes the same update as a step on crops made
+  beforehand: the geometry is applied, to the crop size the trainer sets."""
+  batch = next(iter(input_pipeline.train_dataset(shards["train"], batch_size=2, crop_size=65, seed=4)))
+  images, labels = augment.scale_crop_flip(*batch, crop=(65, 65))
+  updated = []
+  for data in (batch, (images, labels)):
+    keras.utils.set_random_seed(0)
+    net = model.build_deeplabv3plus(alpha=0.35, aspp_rates=(), freeze_backbone_bn=False)
+    net.train_crop_size = (65, 65)
+    net.compile(optimizer=keras.optimizers.SGD(0.1), loss=losses.SegmentationLoss(voc.NUM_CLASSES),
+                metrics=[metrics.MeanIoU(voc.NUM_CLASSES)])
+    logs = net.train_on_batch(*data, return_dict=True)
+    updated.append((logs, [w.numpy() for w in net.trainable_weights]))
+  assert updated[0][0]["loss"] == pytest.approx(updated[1][0]["loss"], rel=1e-5)
+  assert updated[0][0]["miou"] == pytest.approx(updated[1][0]["miou"], abs=1e-6)
+  for on_device, on_host in zip(updated[0][1], updated[1][1]):
+    np.testing.assert_allclose(on_device, on_host, rtol=1e-4, atol=1e-5)
+
+
+def test_scale_crop_flip_compiles_with_xla_for_tpus(shards):
+  batch = next(iter(input_pipeline.train_dataset(shards["train"], batch_size=2, crop_size=97, seed=5)))
+  compiled = tf.function(lambda *b: augment.scale_crop_flip(*b, crop=(97, 97)), jit_compile=True)(*batch)
+  eager = augment.scale_crop_flip(*batch, crop=(97, 97))
+  np.testing.assert_allclose(compiled[0], eager[0], atol=1e-2)
+  np.testing.assert_array_equal(compiled[1], eager[1])
+
+
+def test_uint8_canvases_feed_the_model_loss_and_metrics_like_float32_int32(shards):
   """The model casts its input, the loss and metrics their labels: uint8 batches need no cast in the pipeline."""
-  images, labels = _first_batch(shards["train"], batch_size=2, crop_size=65, seed=4)
+  images, labels, _ = next(iter(input_pipeline.train_dataset(shards["train"], batch_size=2, canvas_size=64,
+                                                             seed=4)))
+  images, labels = images.numpy(), labels.numpy()
   net = model.build_deeplabv3plus(alpha=0.35, aspp_rates=())
   logits = net(images, training=False).numpy()
   np.testing.assert_array_equal(logits, net(images.astype(np.float32), training=False).numpy())
@@ -193,40 +270,8 @@ def test_train_labels_are_resized_nearest_neighbour_only(voc_sample, tmp_path):
     path = _one_record_file(tmp_path, voc_sample, image_id)
     dataset = input_pipeline.train_dataset(path, batch_size=4, crop_size=257, seed=n, shuffle_buffer=0)
     allowed = set(np.unique(_source_mask(voc_sample, image_id))) | {255}
-    for _, labels in dataset.take(3):
-      assert set(np.unique(labels.numpy())) <= allowed, image_id
-
-
-def _offset_of(crop: np.ndarray, reference: np.ndarray, tops: range, lefts: range) -> tuple[int, int]:
-  """(top, left) of the window of `reference` that matches the crop's middle row (edge pixels left out)."""
-  middle = crop[256, 1:-1]
-  errors = []
-  for top in tops:
-    windows = np.lib.stride_tricks.sliding_window_view(reference[top + 256], len(middle), axis=0)
-    errors.append(np.abs(windows.transpose(0, 2, 1)[[left + 1 for left in lefts]] - middle).max(axis=(1, 2)))
-  row, column = np.unravel_index(np.argmin(errors), (len(tops), len(lefts)))
-  return tops[row], lefts[column]
-
-
-def test_train_scale_2_without_flip_is_a_crop_of_the_2x_upscaled_image(voc_sample, tmp_path):
-  image_id = _ids(voc_sample, "train")[0]
-  path = _one_record_file(tmp_path, voc_sample, image_id)
-  source, mask = _source_rgb(voc_sample, image_id), _source_mask(voc_sample, image_id)
-  height, width = 2 * mask.shape[0], 2 * mask.shape[1]
-  upscaled = tf.image.resize(source.astype(np.float32), (height, width), method="bilinear").numpy()
-  upscaled_mask = tf.image.resize(mask[..., None], (height, width), method="nearest").numpy()[..., 0]
-  images, labels = _first_batch(path, batch_size=3, crop_size=512, min_scale=2.0, max_scale=2.0, flip=False,
-                                seed=5, shuffle_buffer=0)
-  offsets = set()
-  for image, label in zip(images, labels):
-    top, left = _offset_of(image, upscaled, range(0, height - 511, 2), range(0, width - 511, 2))
-    offsets.add((top, left))
-    # Bilinear taps beyond the source window are clamped to its edge: compare all but the crop's edge pixels.
-    # uint8 output: rounded to the nearest level (truncation would be off by up to 1).
-    np.testing.assert_allclose(image[1:-1, 1:-1], upscaled[top + 1:top + 511, left + 1:left + 511],
-                               atol=0.5 + 1e-3)
-    np.testing.assert_array_equal(label, upscaled_mask[top:top + 512, left:left + 512])
-  assert len(offsets) > 1  # The crop really moves.
+    for batch in dataset.take(3):
+      assert set(np.unique(_crops(batch, 257)[1])) <= allowed, image_id
 
 
 @pytest.mark.parametrize("image_format", ["jpeg", "png"])
@@ -235,58 +280,63 @@ def test_train_scale_half_pads_with_mean_pixel_and_ignore_label(voc_sample, tmp_
   path = _one_record_file(tmp_path, voc_sample, image_id, image_format=image_format)
   source, mask = _source_rgb(voc_sample, image_id), _source_mask(voc_sample, image_id)
   height, width = mask.shape[0] // 2, mask.shape[1] // 2
-  expected_image = np.full((513, 513, 3), input_pipeline.TRAIN_PAD_PIXEL, np.float32)
+  expected_image = np.full((513, 513, 3), input_pipeline.MEAN_PIXEL, np.float32)
   expected_image[:height, :width] = tf.image.resize(source.astype(np.float32), (height, width)).numpy()
   expected_label = np.full((513, 513), 255, np.int32)
   expected_label[:height, :width] = tf.image.resize(mask[..., None], (height, width), method="nearest")[..., 0]
-  images, labels = _first_batch(path, batch_size=2, min_scale=0.5, max_scale=0.5, flip=False, seed=0)
+  dataset = input_pipeline.train_dataset(path, batch_size=2, min_scale=0.5, max_scale=0.5, flip=False, seed=0)
+  images, labels, _ = _crops(next(iter(dataset)), 513)
   for image, label in zip(images, labels):
-    np.testing.assert_allclose(image, expected_image, atol=0.5 + 1e-3)
+    np.testing.assert_allclose(image, expected_image, atol=1e-3)
     np.testing.assert_array_equal(label, expected_label)
 
 
-def test_train_flips_half_of_the_crops_padding_and_all(voc_sample, tmp_path):
-  image_id = _ids(voc_sample, "train")[1]
+def test_images_larger_than_the_canvas_are_shrunk_to_fit_it(voc_sample, tmp_path):
+  """A 500-pixel photo on a 250 canvas: the picture is halved on the host, its scale still counts from 500."""
+  image_id = _ids(voc_sample, "train")[0]
   path = _one_record_file(tmp_path, voc_sample, image_id)
-  unflipped_image, unflipped_label = _first_batch(path, batch_size=1, min_scale=0.5, max_scale=0.5, flip=False)
-  images, labels = _first_batch(path, batch_size=16, min_scale=0.5, max_scale=0.5, flip=True, seed=2,
-                                shuffle_buffer=0)
-  flips = []
-  for image, label in zip(images, labels):
-    flipped = not np.array_equal(label, unflipped_label[0])
-    np.testing.assert_array_equal(label, unflipped_label[0][:, ::-1] if flipped else unflipped_label[0])
-    # Flipped crops are resized from the flipped window: equal before rounding, so within 1 level after.
-    expected = unflipped_image[0][:, ::-1] if flipped else unflipped_image[0]
-    np.testing.assert_allclose(image.astype(np.int16), expected, atol=1)
-    flips.append(flipped)
-  assert 0 < sum(flips) < len(flips)
+  mask = _source_mask(voc_sample, image_id)
+  dataset = input_pipeline.train_dataset(path, batch_size=2, crop_size=321, canvas_size=250, min_scale=0.5,
+                                         max_scale=0.5, flip=False, seed=0)
+  batch = next(iter(dataset))
+  canvases, geometry = batch[0].numpy(), batch[2].numpy()
+  factor = min(250 / n for n in mask.shape)
+  shrunk = [int(n * factor) for n in mask.shape]
+  np.testing.assert_array_equal(geometry[0, :4], shrunk + [n // 2 for n in mask.shape])
+  assert canvases.shape[1:3] == (250, 250)
+  images, labels, _ = _crops(batch, 321)
+  expected_image, expected_label = _reference_crop(_source_rgb(voc_sample, image_id), mask, geometry[0], 321)
+  assert np.abs(images[0] - expected_image).mean() < 4.0  # Shrunk then scaled: close to scaled once.
+  assert set(np.unique(labels)) <= set(np.unique(mask)) | {255}
+  assert (labels[0] == expected_label).mean() > 0.95
 
 
-def test_photometric_jitter_changes_colours_not_padding(voc_sample, tmp_path):
+def test_photometric_jitter_changes_colours_not_padding_or_labels(voc_sample, tmp_path):
   image_id = _ids(voc_sample, "train")[2]
   path = _one_record_file(tmp_path, voc_sample, image_id)
   options = dict(batch_size=4, min_scale=0.5, max_scale=0.5, flip=False, seed=3, shuffle_buffer=0)
-  plain, labels = _first_batch(path, **options)
-  jittered, jittered_labels = _first_batch(path, photometric=True, **options)
+  plain, labels, _ = _crops(next(iter(input_pipeline.train_dataset(path, **options))), 513)
+  jittered, jittered_labels, _ = _crops(next(iter(input_pipeline.train_dataset(path, photometric=True, **options))),
+                                        513)
   np.testing.assert_array_equal(labels, jittered_labels)
   height, width = (n // 2 for n in _source_mask(voc_sample, image_id).shape)
   padding = np.ones((4, 513, 513), bool)
   padding[:, :height, :width] = False
-  assert np.all(jittered[padding] == input_pipeline.TRAIN_PAD_PIXEL)
-  assert np.abs(jittered.astype(np.int16) - plain)[~padding].mean() > 1.0
+  assert np.all(jittered[padding] == input_pipeline.MEAN_PIXEL)
+  assert np.abs(jittered - plain)[~padding].mean() > 1.0
 
 
 def test_deterministic_with_seed_repeats_batches_exactly(shards):
   def batches(seed):
     dataset = input_pipeline.train_dataset(shards["train"], batch_size=4, crop_size=129, seed=seed,
                                            deterministic=True, shuffle_buffer=64)
-    return [(i.numpy(), l.numpy()) for i, l in dataset.take(3)]
+    return [tuple(t.numpy() for t in batch) for batch in dataset.take(3)]
 
   first, second, other = batches(7), batches(7), batches(8)
-  for (image_a, label_a), (image_b, label_b) in zip(first, second):
-    np.testing.assert_array_equal(image_a, image_b)
-    np.testing.assert_array_equal(label_a, label_b)
-  assert not all(np.array_equal(a[0], b[0]) for a, b in zip(first, other))
+  for batch_a, batch_b in zip(first, second):
+    for a, b in zip(batch_a, batch_b):
+      np.testing.assert_array_equal(a, b)
+  assert not all(np.array_equal(a[2], b[2]) for a, b in zip(first, other))
 
 
 # --- sharding over input pipelines -----------------------------------------------------------------------------

@@ -1,12 +1,12 @@
 """tf.data input pipelines over DeepLab-schema TFRecords (see `preprocessing/schema.py`).
 
-Elements are `(image, label)`: image RGB [B, h, w, 3] with raw pixel values in [0, 255] (the model normalises),
-label [B, h, w] of class ids with 255 = ignore. Evaluation yields float32 images and int32 labels, padded with
-127.5 (the mean pixel, which the model normalises to 0). Training yields uint8 for both, a quarter of the bytes
-to batch and to copy to the accelerator: the Keras model casts its input to float32 itself, the loss and the
-metrics cast the labels (trainer/losses.py, trainer/metrics.py). Its images are the bilinear resize rounded to
-the nearest level and padded with 128 (the mean rounded half up: 0.004 after normalisation). Label padding is
-always 255, so it never counts in a loss or a metric.
+Images are RGB [B, h, w, 3] with raw pixel values in [0, 255] (the model normalises), labels [B, h, w] class ids
+with 255 = ignore, which never counts in a loss or a metric.
+- Evaluation yields (image, label), float32 images and int32 labels padded with 127.5 (the mean pixel, which the
+  model normalises to 0).
+- Training yields (images, labels, geometry): uint8 canvases, each holding one decoded picture, and each
+  picture's random scale, crop and flip, which the train step applies on the accelerator (trainer/augment.py).
+  uint8 is a quarter of the bytes to batch and to send; the model, the loss and the metrics cast.
 
 `batch_size` is the PER-REPLICA batch whenever an `input_context` is given: the caller divides the global batch
 (`input_context.get_per_replica_batch_size`), as `tf.distribute` expects of `distribute_datasets_from_function`.
@@ -27,10 +27,11 @@ from collections.abc import Sequence
 import tensorflow as tf
 
 from preprocessing import schema
+from trainer import augment
 
-MEAN_PIXEL = 127.5
-TRAIN_PAD_PIXEL = 128  # MEAN_PIXEL in uint8 (rounded half up).
-IGNORE_LABEL = 255
+MEAN_PIXEL = augment.MEAN_PIXEL
+TRAIN_PAD_PIXEL = 128  # MEAN_PIXEL in uint8 (rounded half up); augment.scale_crop_flip pads crops with MEAN_PIXEL.
+IGNORE_LABEL = augment.IGNORE_LABEL
 JPEG_DCT_METHOD = "INTEGER_ACCURATE"
 
 # Photometric jitter, mild (and clipped to [0, 255]): brightness in pixel units, hue as a fraction of the circle.
@@ -128,125 +129,68 @@ def _pair(value: int | Sequence[int], name: str) -> tuple[int, int]:
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Training: random scale, pad, crop, flip (research/deeplab's order), computed crop-first.
-#
-# Reference semantics (research/deeplab input_preprocess, official/vision): scale the whole image by s ~ U[min,
-# max] (to floor(H*s) x floor(W*s); image bilinear, label nearest), pad bottom/right to at least the crop (image
-# 127.5, label 255), crop crop_h x crop_w at a uniform random offset, flip left-right with p = 0.5.
-# Here, per axis independently:
-#   * floor(H*s) >= crop: the crop covers a source window of round(crop/s) pixels at a uniform integer offset;
-#     only that window is decoded (decode_and_crop_jpeg; it saves the rows below the window, little else, as
-#     libjpeg still entropy-decodes the rest) and resized to the crop. Approximations: the realised
-#     scale is crop/round(crop/s) (within 0.2% of s at crop 513), crop offsets sit on the source pixel grid, and
-#     bilinear taps that would fall just outside the window are clamped to its edge (first/last row/column).
-#     At s = 2 with an even crop the window's interior is exactly the 2x upscaled image.
-#   * floor(H*s) < crop: the whole axis is resized to floor(H*s) and padded at the end, exactly as the reference.
-# The flip is applied to the decoded source window (cheaper than to the float crop; it commutes with the resize)
-# and the padding goes to the left when flipped, as if the padded crop had been flipped. Photometric jitter, when
-# on, touches only the picture, before padding. The output is uint8 (see the module docstring): at crop 513 it
-# cuts the CPU time per image by ~10% against float32 crops and int32 labels (3.0 -> 2.7 ms), and the bytes sent
-# to the accelerator by 4x. Speed, and where the rest goes: benchmarks/input_throughput.py.
+# Training: decode into a canvas and draw the geometry here; scale, pad, crop and flip in the train step
+# (trainer/augment.py, on the accelerator), where the resampling costs next to nothing. Per image, this side
+# costs the decoding plus the copy into the batch; see benchmarks/input_throughput.py.
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def _windows(size: tf.Tensor, crop: tuple[int, int], scale: tf.Tensor, u: tf.Tensor):
-  """Per axis ([2] vectors, rows then columns): source offset and length of the crop window, its output length
-  and the padding after it."""
-  crop = tf.constant(crop, tf.int32)
-  scaled = tf.maximum(tf.cast(tf.cast(size, tf.float32) * scale, tf.int32), 1)
-  fits = scaled >= crop
-  window = tf.clip_by_value(tf.cast(tf.round(tf.cast(crop, tf.float32) / scale), tf.int32), 1, size)
-  room = size - window
-  offset = tf.minimum(tf.cast(u * tf.cast(room + 1, tf.float32), tf.int32), room)
-  zero = tf.zeros_like(size)
-  return (tf.where(fits, offset, zero), tf.where(fits, window, size), tf.where(fits, crop, scaled),
-          tf.where(fits, zero, crop - scaled))
+def _fit_canvas(image: tf.Tensor, label: tf.Tensor, canvas: tuple[int, int]):
+  """Images larger than the canvas are shrunk to fit it (image area-averaged, label nearest neighbour): a cost
+  paid on the host, only for them. The geometry's scale stays relative to the source size."""
+  size = tf.shape(label)
+  fits = tf.reduce_all(size <= canvas)
 
+  def shrink():
+    factor = tf.reduce_min(tf.constant(canvas, tf.float32) / tf.cast(size, tf.float32))
+    new_size = tf.minimum(tf.maximum(tf.cast(tf.cast(size, tf.float32) * factor, tf.int32), 1), canvas)
+    small = tf.image.resize(image, new_size, method="area")
+    small_label = tf.image.resize(label[..., tf.newaxis], new_size, method="nearest")[..., 0]
+    return tf.cast(tf.round(small), tf.uint8), small_label
 
-def _nearest_indices(window: tf.Tensor, out: tf.Tensor) -> tf.Tensor:
-  """Indices into `window` pixels of a nearest-neighbour resize to `out` (TF's half-pixel convention)."""
-  ratio = tf.cast(window, tf.float32) / tf.cast(out, tf.float32)
-  index = tf.cast((tf.cast(tf.range(out), tf.float32) + 0.5) * ratio, tf.int32)
-  return tf.minimum(index, window - 1)
-
-
-def _decode_window(encoded: tf.Tensor, y: tf.Tensor, x: tf.Tensor, h: tf.Tensor, w: tf.Tensor,
-                   width: tf.Tensor) -> tf.Tensor:
-  """uint8 [h, w, 3] window of the image, pixel-identical to the same window of the full decode.
-
-  For JPEG only the window is decoded. libjpeg's cropped decode upsamples chroma differently in the window's
-  first/last column (edge replication instead of the neighbour), so one extra column is decoded each side.
-  """
-  def jpeg():
-    left = tf.minimum(x, 1)
-    right = tf.minimum(width - x - w, 1)
-    decoded = tf.io.decode_and_crop_jpeg(encoded, tf.stack([y, x - left, h, w + left + right]), channels=3,
-                                         dct_method=JPEG_DCT_METHOD)
-    return decoded[:, left:left + w]
-
-  def other():
-    return tf.io.decode_png(encoded, channels=3)[y:y + h, x:x + w]
-
-  return tf.cond(tf.io.is_jpeg(encoded), jpeg, other)
+  return tf.cond(fits, lambda: (image, label), shrink)
 
 
 def _photometric(image: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
-  """Mild colour jitter on the unpadded float crop (so that the padding stays at the mean pixel)."""
+  """Mild colour jitter of the uint8 picture (before padding, so that the padding stays at the mean pixel)."""
   seeds = tf.random.experimental.stateless_split(seed, 4)
+  image = tf.cast(image, tf.float32)
   image = tf.image.stateless_random_brightness(image, BRIGHTNESS_DELTA, seeds[0])
   image = tf.image.stateless_random_contrast(image, *CONTRAST_RANGE, seeds[1])
   image = tf.image.stateless_random_saturation(image, *SATURATION_RANGE, seeds[2])
   image = tf.image.stateless_random_hue(image, HUE_DELTA, seeds[3])
-  return tf.clip_by_value(image, 0.0, 255.0)
+  return tf.cast(tf.clip_by_value(image, 0.0, 255.0) + 0.5, tf.uint8)
 
 
-def _augment_record(serialized: tf.Tensor, seed: tf.Tensor, *, crop: tuple[int, int], min_scale: float,
-                    max_scale: float, flip: bool, photometric: bool) -> tuple[tf.Tensor, tf.Tensor]:
-  """serialized record -> (uint8 [crop_h, crop_w, 3], uint8 [crop_h, crop_w]), randomness from `seed` only."""
+def _prepare_record(serialized: tf.Tensor, seed: tf.Tensor, *, canvas: tuple[int, int], crop: tuple[int, int],
+                    min_scale: float, max_scale: float, flip: bool, photometric: bool):
+  """serialized record -> (uint8 image [h, w, 3], uint8 label [h, w], float32 geometry), h, w <= canvas."""
   features = schema.parse_example(serialized)
-  mask = _decode_mask(features[schema.MASK_ENCODED])
-  size = tf.shape(mask)
-  u = tf.random.stateless_uniform([4], seed=seed)
-  scale = min_scale + u[0] * (max_scale - min_scale)
-  offset, window, out, pad = _windows(size, crop, scale, u[1:3])
-  flipped = tf.logical_and(flip, u[3] < 0.5)
-
-  image = _decode_window(features[schema.IMAGE_ENCODED], offset[0], offset[1], window[0], window[1], size[1])
-  image = tf.cond(flipped, lambda: tf.reverse(image, [1]), lambda: image)
-  # Bilinear weights sum to 1: +0.5 on the (smaller) source window, then truncation, rounds the output to the
-  # nearest level, a pass cheaper than tf.round on the output.
-  image = tf.raw_ops.ResizeBilinear(images=(tf.cast(image, tf.float32) + 0.5)[tf.newaxis], size=out,
-                                    half_pixel_centers=True)[0]
-  rows = _nearest_indices(window[0], out[0])
-  cols = _nearest_indices(window[1], out[1])
-  cols = tf.cond(flipped, lambda: tf.reverse(cols, [0]), lambda: cols)
-  # A gather along axis 0 copies whole rows; along axis 1 it goes byte by byte and is 3-4x slower than the two
-  # transposes (cheap on uint8) that let both gathers run along axis 0.
-  label = tf.transpose(mask[offset[0]:offset[0] + window[0]])
-  label = tf.gather(tf.transpose(tf.gather(label, offset[1] + cols)), rows)
+  image = decode_image(features[schema.IMAGE_ENCODED])
+  label = _decode_mask(features[schema.MASK_ENCODED])
+  source_size = tf.shape(label)
+  image, label = _fit_canvas(image, label, canvas)
   if photometric:
-    image = _photometric(image - 0.5, tf.random.experimental.stateless_fold_in(seed, 1)) + 0.5
-  image = tf.cast(image, tf.uint8)  # In [0.5, 255.5]: truncation is rounding.
-
-  pad_left = tf.where(flipped, pad[1], 0)
-  paddings = tf.stack([[0, pad[0]], [pad_left, pad[1] - pad_left]])
-  image = tf.pad(image, tf.concat([paddings, [[0, 0]]], 0), constant_values=tf.constant(TRAIN_PAD_PIXEL, tf.uint8))
-  label = tf.pad(label, paddings, constant_values=IGNORE_LABEL)
-  image.set_shape([crop[0], crop[1], 3])
-  label.set_shape([crop[0], crop[1]])
-  return image, label
-
-
-def _to_model_dtypes(image: tf.Tensor, label: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-  return tf.cast(image, tf.float32), tf.cast(label, tf.int32)
+    image = _photometric(image, tf.random.experimental.stateless_fold_in(seed, 1))
+  geometry = augment.draw_geometry(source_size, tf.shape(label), seed, crop=crop, min_scale=min_scale,
+                                   max_scale=max_scale, flip=flip)
+  return image, label, geometry
 
 
 def train_dataset(file_pattern: str, *, batch_size: int, crop_size: int | tuple[int, int] = 513,
-                  min_scale: float = 0.5, max_scale: float = 2.0, flip: bool = True, photometric: bool = False,
-                  shuffle_buffer: int = 512, seed: int | None = None, deterministic: bool = False,
-                  input_context: tf.distribute.InputContext | None = None, repeat: bool = True) -> tf.data.Dataset:
-  """Augmented (image, label) batches, uint8, of fixed shape [batch_size, crop_h, crop_w(, 3)], forever unless
-  repeat=False.
+                  canvas_size: int | tuple[int, int] = 512, min_scale: float = 0.5, max_scale: float = 2.0,
+                  flip: bool = True, photometric: bool = False, shuffle_buffer: int = 512, seed: int | None = None,
+                  deterministic: bool = False, input_context: tf.distribute.InputContext | None = None,
+                  repeat: bool = True) -> tf.data.Dataset:
+  """Training batches (images, labels, geometry) to be scaled, cropped and flipped in the train step, forever
+  unless repeat=False.
+
+  images uint8 [batch_size, canvas_h, canvas_w, 3] and labels uint8 [batch_size, canvas_h, canvas_w]: each
+  picture at the top-left of its canvas (padding TRAIN_PAD_PIXEL and 255), shrunk on the host only if larger
+  than the canvas (set canvas_size to your largest image side to avoid that); geometry float32
+  [batch_size, augment.GEOMETRY_SIZE]: each element's random scale, crop offset and flip for crop_size.
+  `augment.scale_crop_flip(images, labels, geometry, crop)` turns a batch into crops; `model.SegmentationModel`
+  does so in its train step, and `.map(...)` of it here gives crops on the host.
 
   `batch_size` is per replica when `input_context` is given (sharding: see the module docstring). Partial
   batches are dropped (static shapes).
@@ -255,6 +199,7 @@ def train_dataset(file_pattern: str, *, batch_size: int, crop_size: int | tuple[
   pipeline, element index), so the augmentation of the n-th element never depends on timing.
   """
   crop = _pair(crop_size, "crop_size")
+  canvas = _pair(canvas_size, "canvas_size")
   if not 0 < min_scale <= max_scale:
     raise ValueError(f"need 0 < min_scale <= max_scale, got {min_scale}, {max_scale}")
   if batch_size < 1:
@@ -271,13 +216,16 @@ def train_dataset(file_pattern: str, *, batch_size: int, crop_size: int | tuple[
     dataset = dataset.repeat()
   base_seed = tf.constant([seed, pipeline_id], tf.int64)
 
-  def augment(index, serialized):
-    element_seed = tf.random.experimental.stateless_fold_in(base_seed, index)
-    return _augment_record(serialized, element_seed, crop=crop, min_scale=min_scale, max_scale=max_scale,
-                           flip=flip, photometric=photometric)
+  def prepare(index, serialized):
+    return _prepare_record(serialized, tf.random.experimental.stateless_fold_in(base_seed, index), canvas=canvas,
+                           crop=crop, min_scale=min_scale, max_scale=max_scale, flip=flip, photometric=photometric)
 
-  dataset = dataset.enumerate().map(augment, num_parallel_calls=AUTOTUNE)
-  dataset = dataset.batch(batch_size, drop_remainder=True)
+  dataset = dataset.enumerate().map(prepare, num_parallel_calls=AUTOTUNE)
+  # One copy per picture, straight into the padded batch.
+  dataset = dataset.padded_batch(
+      batch_size, padded_shapes=([canvas[0], canvas[1], 3], [canvas[0], canvas[1]], [augment.GEOMETRY_SIZE]),
+      padding_values=(tf.constant(TRAIN_PAD_PIXEL, tf.uint8), tf.constant(IGNORE_LABEL, tf.uint8), 0.0),
+      drop_remainder=True)
   options = tf.data.Options()
   options.deterministic = deterministic
   return dataset.with_options(options).prefetch(AUTOTUNE)
@@ -286,6 +234,10 @@ def train_dataset(file_pattern: str, *, batch_size: int, crop_size: int | tuple[
 # ---------------------------------------------------------------------------------------------------------------
 # Evaluation: full images, in file order, each once.
 # ---------------------------------------------------------------------------------------------------------------
+
+
+def _to_model_dtypes(image: tf.Tensor, label: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+  return tf.cast(image, tf.float32), tf.cast(label, tf.int32)
 
 
 def _pad_eval(image: tf.Tensor, label: tf.Tensor, example: dict, size: tuple[int, int]):

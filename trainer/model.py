@@ -10,6 +10,7 @@ Resizes follow the input's dynamic shape, so any H, W works (odd ones, non-multi
 import keras
 import tensorflow as tf
 
+from trainer import augment
 from trainer import mobilenet_v2
 
 ASPP_FILTERS = 256
@@ -30,6 +31,32 @@ class ResizeLike(keras.layers.Layer):
   def compute_output_shape(self, input_shapes):
     images, reference = input_shapes
     return (images[0], reference[1], reference[2], images[3])
+
+
+@keras.saving.register_keras_serializable(package="trainer")
+class SegmentationModel(keras.Model):
+  """The functional DeepLabV3+ graph; its train step also finishes the augmentation of training batches.
+
+  A training batch of three, (uint8 canvases, canvas labels, geometry) from `input_pipeline.train_dataset`, is
+  scaled, cropped and flipped to `train_crop_size` on the device first (trainer/augment.py). Batches of two,
+  (images, labels), train as they are. The geometry sits where Keras expects sample weights, so this model
+  takes none (the loss's class weights do that job): Keras's build on a first batch would apply it as such.
+  """
+
+  train_crop_size: tuple[int, int] | None = None  # None: the canvas's size.
+
+  def train_step(self, data):
+    if isinstance(data, (tuple, list)) and len(data) == 3 and data[2] is not None:
+      data = augment.scale_crop_flip(*data, crop=self.train_crop_size)
+    return super().train_step(data)
+
+  def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
+    del sample_weight  # See the class docstring.
+    return super().compute_loss(x, y, y_pred, training=training)
+
+  def compute_metrics(self, x, y, y_pred, sample_weight=None):
+    del sample_weight  # See the class docstring.
+    return super().compute_metrics(x, y, y_pred)
 
 
 def _conv_bn_relu(x, filters: int, name: str, bn_momentum: float, kernel_size: int = 1, rate: int = 1,
@@ -94,7 +121,7 @@ def build_deeplabv3plus(*, num_classes: int = 21, input_shape=(None, None, 3), o
   x = _decoder(x, features["low_level"], separable, bn_momentum)
   x = keras.layers.Conv2D(num_classes, 1, dtype="float32", name="logits")(x)
   logits = ResizeLike(dtype="float32", name="logits_upsample")([x, inputs])
-  model = keras.Model(inputs, logits, name=name)
+  model = SegmentationModel(inputs, logits, name=name)
 
   if backbone_weights is not None:
     mobilenet_v2.copy_imagenet_weights(backbone_layers, backbone_weights, alpha)

@@ -85,12 +85,19 @@ def make_plan(config: ml_collections.ConfigDict, num_train_examples: int, num_re
   return Plan(num_train_examples, config.batch_size, steps_per_loop, math.ceil(total / steps_per_loop))
 
 
+def _crop(config: ml_collections.ConfigDict) -> tuple[int, int]:
+  crop = config.input.crop_size
+  return (crop, crop) if isinstance(crop, int) else tuple(crop)
+
+
 def create_model(config: ml_collections.ConfigDict) -> keras.Model:
   m = config.model
-  return model_lib.build_deeplabv3plus(
+  model = model_lib.build_deeplabv3plus(
       num_classes=m.num_classes, output_stride=m.output_stride, alpha=m.alpha, aspp_rates=tuple(m.aspp_rates),
       separable=m.separable, backbone_weights=m.backbone_weights or None, freeze_backbone_bn=m.freeze_backbone_bn,
       bn_momentum=m.bn_momentum)
+  model.train_crop_size = _crop(config)  # The train step crops the input pipeline's canvases to this.
+  return model
 
 
 def compile_model(model: keras.Model, config: ml_collections.ConfigDict, total_steps: int) -> metrics_lib.MeanIoU:
@@ -117,9 +124,10 @@ def _prepare_for_multi_worker(model: keras.Model, strategy, config) -> None:
   """
   distribute.patch_keras_multi_worker_reduction()
   batch = config.batch_size // strategy.num_replicas_in_sync
-  crop = config.input.crop_size
+  crop_h, crop_w = _crop(config)
   with strategy.scope():
-    model._symbolic_build(data_batch=(tf.zeros([batch, crop, crop, 3]), tf.zeros([batch, crop, crop], tf.int32)))
+    model._symbolic_build(data_batch=(tf.zeros([batch, crop_h, crop_w, 3]),
+                                      tf.zeros([batch, crop_h, crop_w], tf.int32)))
   model._maybe_symbolic_build = lambda iterator=None, data_batch=None: None
 
 
@@ -204,7 +212,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, *, data_dir: str, mode
     miou = compile_model(model, config, plan.total_steps)
   train_data = strategy.distribute_datasets_from_function(
       lambda context: input_pipeline.train_dataset(
-          train_files, batch_size=per_replica_batch, crop_size=config.input.crop_size,
+          train_files, batch_size=per_replica_batch, crop_size=_crop(config), canvas_size=config.input.canvas_size,
           min_scale=config.input.min_scale, max_scale=config.input.max_scale, flip=config.input.flip,
           photometric=config.input.photometric, shuffle_buffer=config.input.shuffle_buffer, seed=config.seed,
           input_context=context))
