@@ -121,7 +121,8 @@ def decode_record(serialized) -> dict:
           "height": shape[0], "width": shape[1]}
 
 
-def _pair(value: int | Sequence[int], name: str) -> tuple[int, int]:
+def size_pair(value: int | Sequence[int], name: str) -> tuple[int, int]:
+  """An int or (height, width) as (height, width), both positive."""
   pair = (value, value) if isinstance(value, numbers.Integral) else tuple(value)
   if len(pair) != 2 or min(pair) < 1:
     raise ValueError(f"{name} must be a positive int or (height, width), got {value!r}")
@@ -165,14 +166,11 @@ def _photometric(image: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
 def _prepare_record(serialized: tf.Tensor, seed: tf.Tensor, *, canvas: tuple[int, int], crop: tuple[int, int],
                     min_scale: float, max_scale: float, flip: bool, photometric: bool):
   """serialized record -> (uint8 image [h, w, 3], uint8 label [h, w], float32 geometry), h, w <= canvas."""
-  features = schema.parse_example(serialized)
-  image = decode_image(features[schema.IMAGE_ENCODED])
-  label = _decode_mask(features[schema.MASK_ENCODED])
-  source_size = tf.shape(label)
-  image, label = _fit_canvas(image, label, canvas)
+  example = decode_record(serialized)  # Its unused outputs (id) are pruned from the traced map function.
+  image, label = _fit_canvas(example["image"], example["label"], canvas)
   if photometric:
     image = _photometric(image, tf.random.experimental.stateless_fold_in(seed, 1))
-  geometry = augment.draw_geometry(source_size, tf.shape(label), seed, crop=crop, min_scale=min_scale,
+  geometry = augment.draw_geometry(tf.stack([example["height"], example["width"]]), tf.shape(label), seed, crop=crop, min_scale=min_scale,
                                    max_scale=max_scale, flip=flip)
   return image, label, geometry
 
@@ -198,8 +196,8 @@ def train_dataset(file_pattern: str, *, batch_size: int, crop_size: int | tuple[
   order of elements may vary with thread timing. Every random draw is a stateless function of (seed, input
   pipeline, element index), so the augmentation of the n-th element never depends on timing.
   """
-  crop = _pair(crop_size, "crop_size")
-  canvas = _pair(canvas_size, "canvas_size")
+  crop = size_pair(crop_size, "crop_size")
+  canvas = size_pair(canvas_size, "canvas_size")
   if not 0 < min_scale <= max_scale:
     raise ValueError(f"need 0 < min_scale <= max_scale, got {min_scale}, {max_scale}")
   if batch_size < 1:
@@ -269,7 +267,7 @@ def eval_dataset(file_pattern: str, *, batch_size: int = 1, pad_to: int | tuple[
                      f"got {batch_size} (or give pad_to)")
   if batch_size < 1:
     raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-  size = None if pad_to is None else _pair(pad_to, "pad_to")
+  size = None if pad_to is None else size_pair(pad_to, "pad_to")
   dataset = _records(list_files(file_pattern), input_context=input_context, shuffle=False, seed=None,
                      deterministic=True)
 

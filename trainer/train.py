@@ -86,8 +86,7 @@ def make_plan(config: ml_collections.ConfigDict, num_train_examples: int, num_re
 
 
 def _crop(config: ml_collections.ConfigDict) -> tuple[int, int]:
-  crop = config.input.crop_size
-  return (crop, crop) if isinstance(crop, int) else tuple(crop)
+  return input_pipeline.size_pair(config.input.crop_size, "config.input.crop_size")
 
 
 def create_model(config: ml_collections.ConfigDict) -> keras.Model:
