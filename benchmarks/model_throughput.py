@@ -22,6 +22,9 @@ Seen on the quiet 2-core dev CPU (the first command, ~19 min), images/s train 51
   aspp, backbone BN frozen: ours 3.45 / 13.1 / 11.6, official 3.02 / 11.4 / 11.5 (1.14x / 1.15x / 1.01x)
   aspp, all BN training:    ours 2.91 / 11.1 / 11.7, official 2.82 / 10.5 / 11.6 (1.03x / 1.05x / 1.01x)
   (CPU-time ratios agree within 0.01.) On a shared CPU (load ~7) the CPU-time ratios were within 0.04 of these.
+A second run, `--heads=lean` on 2026-11-25 (that machine ~15-20% slower than before): BN frozen ours 3.09 / 12.1 /
+  10.7, official 2.72 / 10.2 / 10.8 (1.14x / 1.18x / 1.00x); all BN training 2.58 / 9.69 / 10.6 against 2.57 / 9.41 /
+  10.6 (1.00x / 1.03x / 0.99x).
 With every BN training the two models run the same graph on the same oneDNN kernels (profiled: the same
 conv, depthwise, batch-norm, activation, resize and loss ops, equal in number), so parity is what to expect;
 the frozen-backbone gain is ours alone (a frozen BN's input gradient is dy * scale, not FusedBatchNormGradV3:
@@ -32,8 +35,10 @@ bilinear resizes 2%, concat 1.4%, the rest (optimizer, residual adds, dropout, r
 measured: XLA (`jit_compile=True`, ~12x more CPU per step), 1x1 convs as MatMul/einsum (no faster), Keras's
 BN formula with or without XLA (2-4x slower than FusedBatchNormV3), native dilated depthwise convs (forward
 faster than space_to_batch, but TF's CPU backprop kernels ignore dilations: wrong gradients), ASPP dropout
-(no measurable cost). Keras fit itself adds nothing over this step with the trainer's loss alone; its training
-metrics (mIoU + pixel accuracy on every step) add ~8-10% CPU.
+(no measurable cost), one inter-op thread (TF_NUM_INTEROP_THREADS=1: 3-10% slower for both), glibc malloc
+keeping freed blocks (GLIBC_TUNABLES as in NOTES.md: within run-to-run noise for both). Keras fit itself adds
+nothing over this step with the trainer's loss alone; its training metrics (mIoU + pixel accuracy on every step)
+add ~8-10% CPU.
 """
 
 import argparse

@@ -215,6 +215,7 @@ def test_train_crops_are_the_reference_resize_pad_crop_flip(voc_sample, shards):
   draws = np.array(draws)
   scales = draws[:, augment.SCALED_HEIGHT] / draws[:, augment.CANVAS_HEIGHT]
   assert scales.min() < 0.8 and scales.max() > 1.6
+  assert len(np.unique(scales.round(2))) > len(draws) // 2  # Drawn per batch, but each image its own.
   assert 0 < draws[:, augment.FLIP].sum() < len(draws)
   assert len(set(map(tuple, draws[:, augment.OFFSET_Y:augment.FLIP]))) > len(draws) // 2
 

@@ -1,7 +1,7 @@
 """The geometric half of training augmentation: random scale, pad, crop and flip, done on a batch in the train step.
 
 The input pipeline (trainer/input_pipeline.py) runs on the host CPU, which is what starves an accelerator: there
-it only decodes each image into a fixed canvas and draws the image's geometry (`draw_geometry`). The resampling
+it only decodes each image into a fixed canvas and draws each batch's geometry (`draw_geometry`). The resampling
 itself, a bilinear resize of every pixel of the crop, happens here, batched, on the device that trains
 (`scale_crop_flip`, called by `model.SegmentationModel.train_step`). On the host it cost more CPU than decoding
 (benchmarks/input_throughput.py); on a GPU or TPU it is a few gathers per batch.
@@ -28,20 +28,21 @@ FLIP = 6                            # 1.0: flipped left-right after cropping
 GEOMETRY_SIZE = 7
 
 
-def draw_geometry(source_size: tf.Tensor, canvas_size: tf.Tensor, seed: tf.Tensor, *, crop: tuple[int, int],
+def draw_geometry(source_sizes: tf.Tensor, canvas_sizes: tf.Tensor, seed: tf.Tensor, *, crop: tuple[int, int],
                   min_scale: float, max_scale: float, flip: bool) -> tf.Tensor:
-  """float32 [GEOMETRY_SIZE] for one image: a stateless function of `seed` ([2] int).
+  """float32 [B, GEOMETRY_SIZE] for a batch of images: a stateless function of `seed` ([2] int).
 
-  source_size: the image's own [height, width]; canvas_size: its size on the canvas (smaller when the input
-  pipeline shrank it to fit), which the scale is applied from.
+  source_sizes: int32 [B, 2], each image's own (height, width); canvas_sizes: [B, 2], its size on the canvas
+  (smaller when the input pipeline shrank it to fit), which the scale is applied from. One draw per batch, not
+  per image: on the host, a few ops per image cost as much as copying the image into its batch.
   """
-  u = tf.random.stateless_uniform([4], seed=seed)
-  scale = min_scale + u[0] * (max_scale - min_scale)
-  scaled = tf.maximum(tf.cast(tf.cast(source_size, tf.float32) * scale, tf.int32), 1)
+  u = tf.random.stateless_uniform([tf.shape(source_sizes)[0], 4], seed=seed)
+  scale = min_scale + u[:, 0:1] * (max_scale - min_scale)
+  scaled = tf.maximum(tf.cast(tf.cast(source_sizes, tf.float32) * scale, tf.int32), 1)
   room = tf.maximum(scaled, crop) - tf.constant(crop, tf.int32)  # Padded to the crop, then cropped.
-  offset = tf.minimum(tf.cast(u[1:3] * tf.cast(room + 1, tf.float32), tf.int32), room)
-  flipped = tf.cast(tf.logical_and(flip, u[3] < 0.5), tf.int32)
-  return tf.cast(tf.concat([canvas_size, scaled, offset, [flipped]], 0), tf.float32)
+  offset = tf.minimum(tf.cast(u[:, 1:3] * tf.cast(room + 1, tf.float32), tf.int32), room)
+  flipped = tf.cast(tf.logical_and(flip, u[:, 3:] < 0.5), tf.int32)
+  return tf.cast(tf.concat([tf.cast(canvas_sizes, tf.int32), scaled, offset, flipped], 1), tf.float32)
 
 
 def _axis_taps(positions: tf.Tensor, canvas_length: tf.Tensor, scaled_length: tf.Tensor):

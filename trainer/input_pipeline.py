@@ -163,16 +163,16 @@ def _photometric(image: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
   return tf.cast(tf.clip_by_value(image, 0.0, 255.0) + 0.5, tf.uint8)
 
 
-def _prepare_record(serialized: tf.Tensor, seed: tf.Tensor, *, canvas: tuple[int, int], crop: tuple[int, int],
-                    min_scale: float, max_scale: float, flip: bool, photometric: bool):
-  """serialized record -> (uint8 image [h, w, 3], uint8 label [h, w], float32 geometry), h, w <= canvas."""
+def _prepare_record(serialized: tf.Tensor, photometric_seed: tf.Tensor | None, *, canvas: tuple[int, int]):
+  """serialized record -> (uint8 image [h, w, 3], uint8 label [h, w], int32 sizes [4]), h, w <= canvas.
+
+  sizes: the source (height, width), then the (height, width) on the canvas, for `augment.draw_geometry`.
+  """
   example = decode_record(serialized)  # Its unused outputs (id) are pruned from the traced map function.
   image, label = _fit_canvas(example["image"], example["label"], canvas)
-  if photometric:
-    image = _photometric(image, tf.random.experimental.stateless_fold_in(seed, 1))
-  geometry = augment.draw_geometry(tf.stack([example["height"], example["width"]]), tf.shape(label), seed, crop=crop, min_scale=min_scale,
-                                   max_scale=max_scale, flip=flip)
-  return image, label, geometry
+  if photometric_seed is not None:
+    image = _photometric(image, photometric_seed)
+  return image, label, tf.concat([tf.stack([example["height"], example["width"]]), tf.shape(label)], 0)
 
 
 def train_dataset(file_pattern: str, *, batch_size: int, crop_size: int | tuple[int, int] = 513,
@@ -194,7 +194,7 @@ def train_dataset(file_pattern: str, *, batch_size: int, crop_size: int | tuple[
   batches are dropped (static shapes).
   `deterministic=True` with a `seed` yields identical batches run after run (at some cost in speed); otherwise the
   order of elements may vary with thread timing. Every random draw is a stateless function of (seed, input
-  pipeline, element index), so the augmentation of the n-th element never depends on timing.
+  pipeline, batch index, place in the batch), so the augmentation never depends on timing.
   """
   crop = size_pair(crop_size, "crop_size")
   canvas = size_pair(canvas_size, "canvas_size")
@@ -212,18 +212,30 @@ def train_dataset(file_pattern: str, *, batch_size: int, crop_size: int | tuple[
     dataset = dataset.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
   if repeat:
     dataset = dataset.repeat()
-  base_seed = tf.constant([seed, pipeline_id], tf.int64)
+  photometric_seeds, geometry_seeds = tf.unstack(
+      tf.random.experimental.stateless_split(tf.constant([seed, pipeline_id], tf.int64), 2))
 
-  def prepare(index, serialized):
-    return _prepare_record(serialized, tf.random.experimental.stateless_fold_in(base_seed, index), canvas=canvas,
-                           crop=crop, min_scale=min_scale, max_scale=max_scale, flip=flip, photometric=photometric)
-
-  dataset = dataset.enumerate().map(prepare, num_parallel_calls=AUTOTUNE)
+  if photometric:  # Per image, before padding, so that the padding stays at the mean pixel.
+    dataset = dataset.enumerate().map(
+        lambda index, serialized: _prepare_record(
+            serialized, tf.random.experimental.stateless_fold_in(photometric_seeds, index), canvas=canvas),
+        num_parallel_calls=AUTOTUNE)
+  else:
+    dataset = dataset.map(lambda serialized: _prepare_record(serialized, None, canvas=canvas),
+                          num_parallel_calls=AUTOTUNE)
   # One copy per picture, straight into the padded batch.
   dataset = dataset.padded_batch(
-      batch_size, padded_shapes=([canvas[0], canvas[1], 3], [canvas[0], canvas[1]], [augment.GEOMETRY_SIZE]),
-      padding_values=(tf.constant(TRAIN_PAD_PIXEL, tf.uint8), tf.constant(IGNORE_LABEL, tf.uint8), 0.0),
+      batch_size, padded_shapes=([canvas[0], canvas[1], 3], [canvas[0], canvas[1]], [4]),
+      padding_values=(tf.constant(TRAIN_PAD_PIXEL, tf.uint8), tf.constant(IGNORE_LABEL, tf.uint8), 0),
       drop_remainder=True)
+
+  def draw_geometry(index, batch):
+    images, labels, sizes = batch
+    geometry = augment.draw_geometry(sizes[:, :2], sizes[:, 2:], tf.random.experimental.stateless_fold_in(
+        geometry_seeds, index), crop=crop, min_scale=min_scale, max_scale=max_scale, flip=flip)
+    return images, labels, geometry
+
+  dataset = dataset.enumerate().map(draw_geometry)
   options = tf.data.Options()
   options.deterministic = deterministic
   return dataset.with_options(options).prefetch(AUTOTUNE)
