@@ -87,7 +87,8 @@ def test_folder_writes_the_readable_photos_and_names_each_bad_file_with_its_reas
   summary = result.stdout.strip().splitlines()[-1]
   assert summary.startswith(f"wrote {len(ids)} image(s)") and f"to {output_dir}" in summary
   assert "skipped 3" in summary and "truncated.jpg" in summary
-  assert f"{len(ids) + 3}/{len(ids) + 3}" in result.stdout  # the progress bar reached the end
+  assert f"{len(ids) + 3}/{len(ids) + 3} images" in result.stdout  # progress reached the end...
+  assert "\x1b" not in result.stdout and "\r" not in result.stdout  # ...in plain lines, stdout not being a terminal
   expected = {f"{i}{suffix}" for i in ids for suffix in (".png", "_overlay.jpg", "_triptych.png")}
   assert {p.name for p in output_dir.iterdir()} == expected
 

@@ -16,6 +16,7 @@ written, 1 when no input could be, 2 for a bad command line, run or model.
 
 import os
 import sys
+import time
 from collections.abc import Callable, Sequence
 
 from absl import app
@@ -193,7 +194,7 @@ def predict_files(paths: Sequence[str], segment: Segmenter, output_dir: str, for
                   progress: bool = True) -> tuple[list[str], list[tuple[str, str]]]:
   """Writes each readable image's pictures; returns (ids written, [(path, why skipped)]), naming skips on stderr."""
   tf.io.gfile.makedirs(output_dir)
-  bar = keras.utils.Progbar(len(paths), unit_name="image") if progress and len(paths) > 1 else None
+  report = _progress_reporter(len(paths)) if progress and len(paths) > 1 else None
   written, skipped, seen = [], [], {}
   for count, path in enumerate(paths, start=1):
     name = image_id(path)
@@ -215,9 +216,26 @@ def predict_files(paths: Sequence[str], segment: Segmenter, output_dir: str, for
         with tf.io.gfile.GFile(tf.io.gfile.join(output_dir, file_name), "wb") as f:
           f.write(encoded)
       written.append(name)
-    if bar is not None:
-      bar.update(count)
+    if report is not None:
+      report(count)
   return written, skipped
+
+
+def _progress_reporter(total: int, every_seconds: float = 10.0) -> Callable[[int], None]:
+  """Keras's progress bar on a terminal. Elsewhere (a log file, CI) the bar would still write colour codes and
+  carriage returns, so a plain line is printed every `every_seconds` and at the end instead."""
+  if sys.stdout.isatty():
+    return keras.utils.Progbar(total, unit_name="image").update
+  start = last = time.monotonic()
+
+  def report(count: int) -> None:
+    nonlocal last
+    now = time.monotonic()
+    if count == total or now - last >= every_seconds:
+      last = now
+      print(f"{count}/{total} images ({count / max(now - start, 1e-9):.1f}/s)", flush=True)
+
+  return report
 
 
 # ------------------------------------------------------------------------------------------------- helpers
