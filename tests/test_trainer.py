@@ -104,13 +104,43 @@ def test_mirrored_over_two_cpu_devices(records, tmp_path):
   assert json.loads((tmp_path / "metrics.json").read_text())["steps"] == 4
 
 
-@pytest.mark.parametrize("policy", ["mixed_float16", "mixed_bfloat16"])
-def test_mixed_precision_trains_with_finite_loss(records, tmp_path, policy):
-  result = run_trainer(records, tmp_path, f"--mixed_precision={policy}", "--config.train.epochs=1")
+@pytest.mark.parametrize("flag, logged", [("--mixed_precision=mixed_float16", "policy mixed_float16"),
+                                          ("--mixed_precision=mixed_bfloat16", "policy mixed_bfloat16"),
+                                          ("--cpu_bf16_math", "policy float32, bfloat16 CPU math")])
+def test_mixed_precision_trains_with_finite_loss(records, tmp_path, flag, logged):
+  result = run_trainer(records, tmp_path, flag, "--config.train.epochs=1")
   assert result.returncode == 0, result.stderr[-3000:]
-  assert f"policy {policy}" in result.stderr
+  assert logged in result.stderr
   losses = [float(line.split("loss: ")[1].split()[0]) for line in result.stdout.splitlines() if " loss: " in line]
   assert losses and all(np.isfinite(losses))
+
+
+_CONV_ERROR_SCRIPT = """
+import sys
+import numpy as np
+import trainer  # noqa: F401  (imports TensorFlow, as trainer.main does before its flags are read)
+import tensorflow as tf
+from trainer import distribute
+if sys.argv[1] == "bf16":
+  distribute.use_bf16_cpu_math()
+x = tf.random.stateless_normal([2, 32, 32, 64], seed=[1, 2])
+w = tf.random.stateless_normal([1, 1, 64, 32], seed=[3, 4])
+exact = np.einsum("bhwc,cd->bhwd", x.numpy().astype(np.float64), w.numpy()[0, 0].astype(np.float64))
+print(np.abs(tf.nn.conv2d(x, w, 1, "SAME").numpy() - exact).max() / np.abs(exact).max())
+"""
+
+
+def test_cpu_bf16_math_takes_effect_after_tensorflow_is_imported():
+  """--cpu_bf16_math switches oneDNN's float32 convolutions to bfloat16 inputs: errors of bfloat16's 8-bit
+  mantissa (~1e-3) instead of float32's (~1e-7), from the first op on."""
+  cpu_flags = pathlib.Path("/proc/cpuinfo").read_text() if pathlib.Path("/proc/cpuinfo").exists() else ""
+  if "avx512_bf16" not in cpu_flags and "amx_bf16" not in cpu_flags:
+    pytest.skip("this CPU has neither AVX512-BF16 nor AMX: oneDNN keeps float32 math there")
+  env = {k: v for k, v in os.environ.items() if k != "ONEDNN_DEFAULT_FPMATH_MODE"}
+  errors = {mode: float(subprocess.run([sys.executable, "-c", _CONV_ERROR_SCRIPT, mode], cwd=REPO_ROOT, env=env,
+                                       capture_output=True, text=True, check=True).stdout.split()[-1])
+            for mode in ("float32", "bf16")}
+  assert errors["float32"] < 1e-5 and 1e-4 < errors["bf16"] < 2e-2, errors
 
 
 def _free_port() -> int:

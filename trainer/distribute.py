@@ -20,6 +20,14 @@ def split_cpu(num_devices: int) -> None:
   tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * num_devices)
 
 
+def use_bf16_cpu_math() -> None:
+  """Lets oneDNN compute float32 convolutions and matmuls from bfloat16-rounded inputs with float32 sums (its
+  "fpmath mode"; on CPUs what TF32 is on GPUs). It acts on CPUs with AVX512-BF16 or AMX; elsewhere oneDNN keeps
+  float32. oneDNN reads the setting when it creates its first primitive: call this before any op runs.
+  """
+  os.environ["ONEDNN_DEFAULT_FPMATH_MODE"] = "BF16"
+
+
 def create_strategy(name: str, *, tpu: str = "") -> tf.distribute.Strategy:
   if name == "default":
     return tf.distribute.get_strategy()

@@ -38,6 +38,10 @@ _STRATEGY = flags.DEFINE_enum("strategy", "default", distribute.STRATEGIES, "tf.
 _TPU = flags.DEFINE_string("tpu", "", "TPU name or 'local' (with --strategy=tpu).")
 _MIXED_PRECISION = flags.DEFINE_enum("mixed_precision", "float32", ["float32", "mixed_float16", "mixed_bfloat16"],
                                      "Keras dtype policy: mixed_float16 on GPUs, mixed_bfloat16 on TPUs.")
+_CPU_BF16_MATH = flags.DEFINE_bool(
+    "cpu_bf16_math", False, "CPUs with AVX512-BF16 or AMX: float32 convolutions and matmuls read bfloat16-rounded "
+    "inputs (float32 sums), as TF32 does on GPUs: ~10% faster CPU training there. No effect on GPUs, TPUs and "
+    "other CPUs.")
 _MODE = flags.DEFINE_enum("mode", "train_and_eval", ["train", "eval", "train_and_eval"],
                           "train_and_eval trains, then evaluates the best checkpoint; eval only evaluates.")
 _NUM_CPU_DEVICES = flags.DEFINE_integer("num_cpu_devices", 0, "Split the CPU into N logical devices "
@@ -72,13 +76,15 @@ def main(argv):
     _exit_with(f"--config={flags.FLAGS['config'].config_filename}: {' '.join(str(error).split())}")
   # TF's checkpointing logs a timing line through absl at every save; it would interleave with the epoch lines.
   logging.get_absl_logger().addFilter(lambda record: "Sharding callback duration" not in record.getMessage())
+  if _CPU_BF16_MATH.value:
+    distribute.use_bf16_cpu_math()
   if _NUM_CPU_DEVICES.value > 1:
     distribute.split_cpu(_NUM_CPU_DEVICES.value)
   keras.mixed_precision.set_global_policy(_MIXED_PRECISION.value)
   try:
     strategy = distribute.create_strategy(_STRATEGY.value, tpu=_TPU.value)
-    logging.info("strategy %s with %d replicas, policy %s", _STRATEGY.value, strategy.num_replicas_in_sync,
-                 _MIXED_PRECISION.value)
+    logging.info("strategy %s with %d replicas, policy %s%s", _STRATEGY.value, strategy.num_replicas_in_sync,
+                 _MIXED_PRECISION.value, ", bfloat16 CPU math" if _CPU_BF16_MATH.value else "")
     if _MODE.value == "eval":
       report = train.evaluate_checkpoint(config, data_dir=_DATA_DIR.value, model_dir=_MODEL_DIR.value,
                                          strategy=strategy)
