@@ -110,11 +110,16 @@ def write_records(voc_dir: pathlib.Path, split: str, out_dir: pathlib.Path, num_
   return str(out_dir / f"{split}-*.tfrecord")
 
 
+def endless_records(file_pattern: str) -> tf.data.Dataset:
+  """Serialized records of all files, interleaved in parallel, repeated: the reading (a), (a') and (d) share."""
+  files = input_pipeline.list_files(file_pattern)
+  return tf.data.Dataset.from_tensor_slices(files).repeat().interleave(
+      tf.data.TFRecordDataset, cycle_length=len(files), num_parallel_calls=tf.data.AUTOTUNE, deterministic=False)
+
+
 def decode_only(file_pattern: str, batch_size: int) -> tf.data.Dataset:
   """(a): the same reading as ours, then decode image + mask and nothing else."""
-  files = input_pipeline.list_files(file_pattern)
-  dataset = tf.data.Dataset.from_tensor_slices(files).repeat().interleave(
-      tf.data.TFRecordDataset, cycle_length=len(files), num_parallel_calls=tf.data.AUTOTUNE, deterministic=False)
+  dataset = endless_records(file_pattern)
 
   def decode(serialized):
     example = input_pipeline.decode_record(serialized)
@@ -127,9 +132,7 @@ def decode_only(file_pattern: str, batch_size: int) -> tf.data.Dataset:
 def decode_and_batch(file_pattern: str, batch_size: int, canvas: int = 512) -> tf.data.Dataset:
   """(a'): (a), then each image and mask copied into a padded batch of canvases: the least any batched pipeline
   does, so the bound on (b)/(a) that nothing on the host but the decoding and the copy allows."""
-  files = input_pipeline.list_files(file_pattern)
-  dataset = tf.data.Dataset.from_tensor_slices(files).repeat().interleave(
-      tf.data.TFRecordDataset, cycle_length=len(files), num_parallel_calls=tf.data.AUTOTUNE, deterministic=False)
+  dataset = endless_records(file_pattern)
 
   def decode(serialized):
     example = input_pipeline.decode_record(serialized)
@@ -137,15 +140,14 @@ def decode_and_batch(file_pattern: str, batch_size: int, canvas: int = 512) -> t
 
   dataset = dataset.map(decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=False)
   dataset = dataset.padded_batch(batch_size, padded_shapes=([canvas, canvas, 3], [canvas, canvas]),
-                                 padding_values=(tf.constant(128, tf.uint8), tf.constant(255, tf.uint8)))
+                                 padding_values=(tf.constant(input_pipeline.TRAIN_PAD_PIXEL, tf.uint8),
+                                                 tf.constant(input_pipeline.IGNORE_LABEL, tf.uint8)))
   return dataset.prefetch(tf.data.AUTOTUNE)
 
 
 def scale_then_crop(file_pattern: str, batch_size: int, crop: int) -> tf.data.Dataset:
   """(d): research/deeplab's order, whole-image resize first."""
-  files = input_pipeline.list_files(file_pattern)
-  dataset = tf.data.Dataset.from_tensor_slices(files).repeat().interleave(
-      tf.data.TFRecordDataset, cycle_length=len(files), num_parallel_calls=tf.data.AUTOTUNE, deterministic=False)
+  dataset = endless_records(file_pattern)
 
   def augment(serialized):
     example = input_pipeline.decode_record(serialized)
