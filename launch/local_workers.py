@@ -36,10 +36,17 @@ _STOP_GRACE = flags.DEFINE_float("stop_grace_seconds", 3.0, "After SIGTERM, how 
                                  "exit before SIGKILL.", lower_bound=0.0)
 
 
-def free_port() -> int:
-  with socket.socket() as s:
-    s.bind(("127.0.0.1", 0))
-    return s.getsockname()[1]
+def free_ports(count: int) -> list[int]:
+  """Ports free now, all held until every one is chosen, so that no two are the same. (A worker binds its port
+  seconds later, after importing TensorFlow; a failure to bind then is restarted like any other.)"""
+  sockets = [socket.socket() for _ in range(count)]
+  try:
+    for s in sockets:
+      s.bind(("127.0.0.1", 0))
+    return [s.getsockname()[1] for s in sockets]
+  finally:
+    for s in sockets:
+      s.close()
 
 
 def tf_config(workers: Sequence[str], index: int) -> str:
@@ -100,7 +107,7 @@ def _describe(returncode: int) -> str:
 def run_attempt(trainer_args: Sequence[str], num_workers: int, log_dir: str, attempt: int,
                 grace_seconds: float) -> int:
   """Runs the job once: 0 when every worker finished, else the return code of the first that failed."""
-  workers_addresses = [f"127.0.0.1:{free_port()}" for _ in range(num_workers)]
+  workers_addresses = [f"127.0.0.1:{port}" for port in free_ports(num_workers)]
   command = trainer_command(trainer_args)
   workers = [Worker(i, command, tf_config(workers_addresses, i), os.path.join(log_dir, f"worker_{i}.log"), attempt)
              for i in range(num_workers)]

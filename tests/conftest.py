@@ -5,7 +5,16 @@ import pathlib
 
 import pytest
 
-import preprocessing  # noqa: F401  (imports TensorFlow quietly before any test module does)
+# The suite's outcome must not depend on the machine's settings (test processes inherit these): Keras on TF,
+# no GPU picked up by the strategy tests, oneDNN's float32 math unless a test asks otherwise, and the local test
+# servers on 127.0.0.1 reached directly even where a proxy is configured.
+os.environ["KERAS_BACKEND"] = "tensorflow"
+os.environ["CUDA_VISIBLE_DEVICES"] = ""
+os.environ.pop("ONEDNN_DEFAULT_FPMATH_MODE", None)
+for _variable in ("no_proxy", "NO_PROXY"):
+  os.environ[_variable] = ",".join(filter(None, [os.environ.get(_variable), "127.0.0.1", "localhost"]))
+
+import preprocessing  # noqa: E402,F401  (imports TensorFlow quietly before any test module does)
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 SHARED_DIR = pathlib.Path(os.environ.get("SEG_SHARED_DIR", REPO_ROOT.parent / "shared"))

@@ -4,7 +4,6 @@ import json
 import os
 import pathlib
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -14,6 +13,7 @@ import pytest
 import tensorflow as tf
 
 from configs import smoke
+from launch import local_workers
 from preprocessing import make_tfrecords
 from preprocessing import schema
 from preprocessing import synthetic_voc
@@ -104,53 +104,70 @@ def test_mirrored_over_two_cpu_devices(records, tmp_path):
   assert json.loads((tmp_path / "metrics.json").read_text())["steps"] == 4
 
 
-@pytest.mark.parametrize("flag, logged", [("--mixed_precision=mixed_float16", "policy mixed_float16"),
-                                          ("--mixed_precision=mixed_bfloat16", "policy mixed_bfloat16"),
-                                          ("--cpu_bf16_math", "policy float32, bfloat16 CPU math")])
-def test_mixed_precision_trains_with_finite_loss(records, tmp_path, flag, logged):
+_CONV_SCRIPT = """
+import sys
+import trainer  # noqa: F401  (imports TensorFlow, as trainer.main does before its flags are read)
+from trainer import distribute
+if sys.argv[1] == "bf16":
+  distribute.use_bf16_cpu_math()
+# To stderr: oneDNN's verbose lines go to stdout, and a shared pipe could interleave them with this one.
+print("conv-error", distribute.float32_conv_error(), distribute.bf16_cpu_math_in_effect(), file=sys.stderr, flush=True)
+"""
+
+
+def _onednn_float32_conv(mode: str) -> tuple[float, bool, str, str]:
+  """(relative error, what bf16_cpu_math_in_effect says, oneDNN's convolution kernel, oneDNN's ISA) in a fresh
+  process: oneDNN reads its fpmath mode once, at its first primitive."""
+  env = {k: v for k, v in os.environ.items() if k != "ONEDNN_DEFAULT_FPMATH_MODE"}
+  env["ONEDNN_VERBOSE"] = "1"  # oneDNN's own account of which kernel ran each primitive.
+  result = subprocess.run([sys.executable, "-c", _CONV_SCRIPT, mode], cwd=REPO_ROOT, env=env, capture_output=True,
+                          text=True, check=True, timeout=300)
+  _, error, in_effect = next(line for line in result.stderr.splitlines() if line.startswith("conv-error")).split()
+  lines = result.stdout.splitlines() + result.stderr.splitlines()
+  convolutions = [line.split(",") for line in lines
+                  if line.startswith("onednn_verbose") and ",exec,cpu,convolution," in line]
+  kernel = convolutions[0][convolutions[0].index("convolution") + 1] if convolutions else "(no oneDNN convolution)"
+  isa = next((line.split("isa:")[1] for line in lines if "isa:" in line), "(not reported)")
+  return float(error), in_effect == "True", kernel, isa
+
+
+@pytest.fixture(scope="module")
+def onednn_bf16():
+  return _onednn_float32_conv("bf16")
+
+
+@pytest.mark.parametrize("flag", ["--mixed_precision=mixed_float16", "--mixed_precision=mixed_bfloat16",
+                                  "--cpu_bf16_math"])
+def test_mixed_precision_trains_with_finite_loss(records, tmp_path, flag, onednn_bf16):
   result = run_trainer(records, tmp_path, flag, "--config.train.epochs=1")
   assert result.returncode == 0, result.stderr[-3000:]
+  if flag == "--cpu_bf16_math":  # The log says what oneDNN really does on this CPU.
+    logged = ("policy float32, bfloat16 CPU math" if onednn_bf16[1] else
+              "policy float32, --cpu_bf16_math has no effect on this CPU")
+  else:
+    logged = f"policy {flag.split('=')[1]}"
   assert logged in result.stderr
   losses = [float(line.split("loss: ")[1].split()[0]) for line in result.stdout.splitlines() if " loss: " in line]
   assert losses and all(np.isfinite(losses))
 
 
-_CONV_ERROR_SCRIPT = """
-import sys
-import numpy as np
-import trainer  # noqa: F401  (imports TensorFlow, as trainer.main does before its flags are read)
-import tensorflow as tf
-from trainer import distribute
-if sys.argv[1] == "bf16":
-  distribute.use_bf16_cpu_math()
-x = tf.random.stateless_normal([2, 32, 32, 64], seed=[1, 2])
-w = tf.random.stateless_normal([1, 1, 64, 32], seed=[3, 4])
-exact = np.einsum("bhwc,cd->bhwd", x.numpy().astype(np.float64), w.numpy()[0, 0].astype(np.float64))
-print(np.abs(tf.nn.conv2d(x, w, 1, "SAME").numpy() - exact).max() / np.abs(exact).max())
-"""
-
-
-def test_cpu_bf16_math_takes_effect_after_tensorflow_is_imported():
-  """--cpu_bf16_math switches oneDNN's float32 convolutions to bfloat16 inputs: errors of bfloat16's 8-bit
-  mantissa (~1e-3) instead of float32's (~1e-7), from the first op on."""
-  cpu_flags = pathlib.Path("/proc/cpuinfo").read_text() if pathlib.Path("/proc/cpuinfo").exists() else ""
-  if "avx512_bf16" not in cpu_flags and "amx_bf16" not in cpu_flags:
-    pytest.skip("this CPU has neither AVX512-BF16 nor AMX: oneDNN keeps float32 math there")
-  env = {k: v for k, v in os.environ.items() if k != "ONEDNN_DEFAULT_FPMATH_MODE"}
-  errors = {mode: float(subprocess.run([sys.executable, "-c", _CONV_ERROR_SCRIPT, mode], cwd=REPO_ROOT, env=env,
-                                       capture_output=True, text=True, check=True).stdout.split()[-1])
-            for mode in ("float32", "bf16")}
-  assert errors["float32"] < 1e-5 and 1e-4 < errors["bf16"] < 2e-2, errors
-
-
-def _free_port() -> int:
-  with socket.socket() as s:
-    s.bind(("127.0.0.1", 0))
-    return s.getsockname()[1]
+def test_cpu_bf16_math_takes_effect_where_onednn_has_bf16_kernels(onednn_bf16):
+  """--cpu_bf16_math switches oneDNN's float32 convolutions to bfloat16 inputs where oneDNN has kernels for it
+  (AMX ones): errors of bfloat16's 8-bit mantissa (~1e-3) instead of float32's (~1e-7), from the first op on,
+  though set after TensorFlow's import. Elsewhere the trainer must say it has no effect (test above)."""
+  bf16_error, in_effect, kernel, isa = onednn_bf16
+  float32_error, _, _, _ = _onednn_float32_conv("float32")
+  assert float32_error < 1e-5
+  assert in_effect == (bf16_error > 1e-5)
+  if "amx" not in kernel:
+    assert not in_effect, (kernel, bf16_error)  # No bf16 kernel, no bf16 rounding: the mode changes nothing.
+    pytest.skip(f"oneDNN runs float32 convolutions here with its {kernel} kernel (ISA: {isa}), which ignores the "
+                f"bf16 fpmath mode; only its AMX kernels apply it")
+  assert 1e-4 < bf16_error < 2e-2 and in_effect, (kernel, bf16_error)
 
 
 def test_multi_worker_mirrored_with_two_local_workers(records, tmp_path):
-  cluster = {"worker": [f"127.0.0.1:{_free_port()}", f"127.0.0.1:{_free_port()}"]}
+  cluster = {"worker": [f"127.0.0.1:{port}" for port in local_workers.free_ports(2)]}
   workers, logs = [], []
   for index in range(2):
     env = dict(os.environ, TF_CONFIG=json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}}))
@@ -176,11 +193,16 @@ def test_a_run_killed_mid_training_resumes_and_ends_with_the_planned_steps(recor
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
   deadline = time.time() + 240
   index = tmp_path / "resume" / "chief" / "checkpoint"
+  reached = False
   while time.time() < deadline and process.poll() is None:
     if index.exists() and "ckpt-3" in index.read_text():
+      reached = True
       break
     time.sleep(0.05)
   assert process.poll() is None, "training ended before it could be killed"
+  if not reached:
+    process.kill()
+    pytest.fail("no third loop checkpoint within 240 s")
   process.send_signal(signal.SIGKILL)
   process.wait()
   assert not (tmp_path / "metrics.json").exists()

@@ -21,11 +21,30 @@ def split_cpu(num_devices: int) -> None:
 
 
 def use_bf16_cpu_math() -> None:
-  """Lets oneDNN compute float32 convolutions and matmuls from bfloat16-rounded inputs with float32 sums (its
-  "fpmath mode"; on CPUs what TF32 is on GPUs). It acts on CPUs with AVX512-BF16 or AMX; elsewhere oneDNN keeps
-  float32. oneDNN reads the setting when it creates its first primitive: call this before any op runs.
+  """Allows oneDNN to compute float32 convolutions and matmuls from bfloat16-rounded inputs with float32 sums
+  (its "fpmath mode"; on CPUs what TF32 is on GPUs). oneDNN reads it when it creates its first primitive: call
+  this before any op runs. The mode only *allows* the rounding: oneDNN applies it where it has a kernel that does
+  it (in TensorFlow 2.21's oneDNN 3.7: its AMX kernels); elsewhere, AVX512-BF16 CPUs without AMX included, it
+  keeps float32. `bf16_cpu_math_in_effect()` tells which happened.
   """
   os.environ["ONEDNN_DEFAULT_FPMATH_MODE"] = "BF16"
+
+
+def float32_conv_error() -> float:
+  """Relative error of a float32 1x1 convolution against float64: ~1e-7 in float32, ~1e-3 from bfloat16 inputs."""
+  x = tf.random.stateless_normal([2, 32, 32, 64], seed=[1, 2])
+  w = tf.random.stateless_normal([1, 1, 64, 32], seed=[3, 4])
+  exact = tf.einsum("bhwc,cd->bhwd", tf.cast(x, tf.float64), tf.cast(w[0, 0], tf.float64))
+  error = tf.reduce_max(tf.abs(tf.cast(tf.nn.conv2d(x, w, 1, "SAME"), tf.float64) - exact))
+  return float(error / tf.reduce_max(tf.abs(exact)))
+
+
+def bf16_cpu_math_in_effect() -> bool:
+  """Whether this CPU's oneDNN really rounds float32 convolution inputs to bfloat16 (after use_bf16_cpu_math).
+
+  Decided by what the kernels compute, not by CPU flags: AVX512-BF16 alone does not imply it (seen on AMD EPYC).
+  """
+  return float32_conv_error() > 1e-5
 
 
 def create_strategy(name: str, *, tpu: str = "") -> tf.distribute.Strategy:

@@ -39,9 +39,9 @@ _TPU = flags.DEFINE_string("tpu", "", "TPU name or 'local' (with --strategy=tpu)
 _MIXED_PRECISION = flags.DEFINE_enum("mixed_precision", "float32", ["float32", "mixed_float16", "mixed_bfloat16"],
                                      "Keras dtype policy: mixed_float16 on GPUs, mixed_bfloat16 on TPUs.")
 _CPU_BF16_MATH = flags.DEFINE_bool(
-    "cpu_bf16_math", False, "CPUs with AVX512-BF16 or AMX: float32 convolutions and matmuls read bfloat16-rounded "
-    "inputs (float32 sums), as TF32 does on GPUs: ~10% faster CPU training there. No effect on GPUs, TPUs and "
-    "other CPUs.")
+    "cpu_bf16_math", False, "Let oneDNN round the inputs of float32 convolutions and matmuls to bfloat16 (float32 "
+    "sums), as TF32 does on GPUs. Takes effect where oneDNN has such kernels (its AMX ones, i.e. Intel CPUs with "
+    "AMX; not AVX512-BF16 alone); the log says whether it did. No effect on GPUs and TPUs.")
 _MODE = flags.DEFINE_enum("mode", "train_and_eval", ["train", "eval", "train_and_eval"],
                           "train_and_eval trains, then evaluates the best checkpoint; eval only evaluates.")
 _NUM_CPU_DEVICES = flags.DEFINE_integer("num_cpu_devices", 0, "Split the CPU into N logical devices "
@@ -80,11 +80,15 @@ def main(argv):
     distribute.use_bf16_cpu_math()
   if _NUM_CPU_DEVICES.value > 1:
     distribute.split_cpu(_NUM_CPU_DEVICES.value)
+  cpu_math = ""
+  if _CPU_BF16_MATH.value:  # After split_cpu: the check runs an op, which initialises the devices.
+    cpu_math = (", bfloat16 CPU math" if distribute.bf16_cpu_math_in_effect() else
+                ", --cpu_bf16_math has no effect on this CPU (oneDNN keeps float32 convolutions)")
   keras.mixed_precision.set_global_policy(_MIXED_PRECISION.value)
   try:
     strategy = distribute.create_strategy(_STRATEGY.value, tpu=_TPU.value)
     logging.info("strategy %s with %d replicas, policy %s%s", _STRATEGY.value, strategy.num_replicas_in_sync,
-                 _MIXED_PRECISION.value, ", bfloat16 CPU math" if _CPU_BF16_MATH.value else "")
+                 _MIXED_PRECISION.value, cpu_math)
     if _MODE.value == "eval":
       report = train.evaluate_checkpoint(config, data_dir=_DATA_DIR.value, model_dir=_MODEL_DIR.value,
                                          strategy=strategy)
