@@ -7,8 +7,8 @@ Contenders, all 1x513x513x3 in, class ids out, on the TFLite interpreter (LiteRT
 installed, else tf.lite's) with --num_threads (2) threads:
   ours float32  `trainer.export.convert_tflite(model)`: float32 raw pixels in;
   ours int8     the same, full-integer, calibrated on the first --num_calibration training images; uint8 in;
-  reference     ../shared/models/deeplabv3_mnv2_pascal_quant.tflite (DeepLabV3, MobileNetV2 1.0, VOC train_aug +
-                COCO; uint8 raw pixels in).
+  reference     --reference, by default ../shared/models/deeplabv3_mnv2_pascal_quant.tflite (DeepLabV3,
+                MobileNetV2 1.0, VOC train_aug + COCO; uint8 raw pixels in).
 The TFLite files come from --exports_dir (what `python -m trainer.export --tflite --int8` wrote) when given, else
 are converted here. mIoU: the first --num_images (0: all) val images, each padded bottom/right to 513 (the
 reference with 128 as ../shared/NOTES.md does, ours with the mean pixel through `trainer.export.tflite_predict`),
@@ -38,13 +38,14 @@ import tensorflow as tf  # noqa: E402
 
 from trainer import evaluate  # noqa: E402
 from trainer import export  # noqa: E402
+from trainer import tflite_interpreter  # noqa: E402
 from trainer import input_pipeline  # noqa: E402
 from trainer import metrics as metrics_lib  # noqa: E402
+from trainer import published  # noqa: E402
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 REFERENCE = (pathlib.Path(os.environ.get("SEG_SHARED_DIR", REPO_ROOT.parent / "shared")) / "models" /
              "deeplabv3_mnv2_pascal_quant.tflite")
-REFERENCE_PAD = 128
 
 FLAGS = flags.FLAGS
 flags.declare_key_flag("model_dir")  # trainer.evaluate's: a training run's folder.
@@ -57,18 +58,7 @@ flags.DEFINE_integer("num_images", 0, "Val images scored (0: all).")
 flags.DEFINE_integer("num_threads", 2, "Interpreter threads.")
 flags.DEFINE_integer("rounds", 20, "Latency rounds (each contender invoked once per round, in turns).")
 flags.DEFINE_string("json_out", None, "Also write the figures here as JSON.")
-
-
-def reference_predict(interpreter, image: np.ndarray) -> np.ndarray:
-  """Class ids [h, w] from Google's model: uint8 raw pixels padded with 128 to its 513x513, output cropped."""
-  [input_details] = interpreter.get_input_details()
-  size = int(input_details["shape"][1])
-  height, width = image.shape[:2]
-  padded = np.full((1, size, size, 3), REFERENCE_PAD, np.uint8)
-  padded[0, :height, :width] = image
-  interpreter.set_tensor(input_details["index"], padded)
-  interpreter.invoke()
-  return interpreter.get_tensor(interpreter.get_output_details()[0]["index"])[0, :height, :width]
+flags.DEFINE_string("reference", str(REFERENCE), "Google's TFLite file to compare with (e.g. the depth-0.5 one).")
 
 
 def our_tflite_models(model_dir: str) -> dict[str, bytes]:
@@ -101,7 +91,7 @@ def latencies(interpreters: dict, image: np.ndarray, rounds: int) -> dict[str, f
   """Median ms of invoke() alone, the input set once (a padded real image), the contenders in turns."""
   for name, interpreter in interpreters.items():
     [input_details] = interpreter.get_input_details()
-    padded = np.full(input_details["shape"], REFERENCE_PAD, np.uint8)
+    padded = np.full(input_details["shape"], published.PAD_PIXEL, np.uint8)
     padded[0, :image.shape[0], :image.shape[1]] = image
     interpreter.set_tensor(input_details["index"], padded.astype(input_details["dtype"]))
     interpreter.invoke()  # Warm-up: XNNPACK packs its weights on the first run.
@@ -117,11 +107,12 @@ def latencies(interpreters: dict, image: np.ndarray, rounds: int) -> dict[str, f
 def main(argv):
   del argv
   val = f"{FLAGS.records_dir}/val-*.tfrecord"
-  contents = {**our_tflite_models(FLAGS.model_dir), "reference": REFERENCE.read_bytes()}
-  interpreters = {name: export.make_interpreter(content, FLAGS.num_threads) for name, content in contents.items()}
+  contents = {**our_tflite_models(FLAGS.model_dir), "reference": pathlib.Path(FLAGS.reference).read_bytes()}
+  interpreters = {name: tflite_interpreter.make_interpreter(content, FLAGS.num_threads)
+                  for name, content in contents.items()}
   predictors = {name: (lambda image, i=interpreter: export.tflite_predict(i, image))
                 for name, interpreter in interpreters.items() if name != "reference"}
-  predictors["reference"] = lambda image: reference_predict(interpreters["reference"], image)
+  predictors["reference"] = lambda image: published.tflite_classes(interpreters["reference"], image)
   scores = score(predictors, val, FLAGS.num_images)
   first_image = next(iter(input_pipeline.eval_dataset(val, batch_size=1)))[0][0].numpy().astype(np.uint8)
   medians = latencies(interpreters, first_image, FLAGS.rounds)

@@ -22,6 +22,17 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.backbone_weights = "imagenet"
   config.model.freeze_backbone_bn = True
   config.model.bn_momentum = 0.9
+  config.model.decoder = True  # False: DeepLabV3 (logits from the ASPP, as Google's mobile VOC models).
+  # The decoder adds a correction (zero at start) to the ASPP's logits instead of replacing them: a model
+  # fine-tuned from an imported DeepLabV3 starts at its predictions.
+  config.model.residual_decoder = False
+  config.model.align_corners = False  # True: TF1's corner-aligned bilinear resizes (published DeepLab weights).
+  config.model.depth_divisor = 8  # Channel rounding; 1 for research/deeplab's depth-0.5 MobileNetV2.
+  # A run directory (or a .weights.h5 inside one) whose layers of the same name and shape start this model;
+  # the rest start fresh. E.g. a published model imported by python -m trainer.import_model.
+  config.model.init_from = ""
+  # Which layers train: "all"; "new" (those init_from did not provide); "head" (ASPP, decoder, logits).
+  config.model.trainable_layers = "all"
 
   config.input = ml_collections.ConfigDict()
   config.input.crop_size = 513

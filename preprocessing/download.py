@@ -79,11 +79,15 @@ def ensure_voc(voc_root: str, *, download_dir: str | None = None, force: bool = 
   return voc_root
 
 
-def fetch(url: str, path: str, md5: str, *, option: str = "url", progress_stream: TextIO | None = None) -> str:
+def fetch(url: str, path: str, md5: str | None, *, option: str = "url", progress_stream: TextIO | None = None) -> str:
   """Downloads `url` to `path` unless a file with checksum `md5` is there; resumes `path + '.part'`.
 
-  `option` names the argument that sets the URL, for the error messages.
+  `option` names the argument that sets the URL, for the error messages. md5=None: no published checksum, so a
+  complete `path` is taken as it is and a new download is not verified (its md5 is logged).
   """
+  if os.path.isfile(path) and md5 is None:
+    _log.info("%s is there (md5 %s): not downloading", path, file_md5(path))
+    return path
   if os.path.isfile(path):
     actual = file_md5(path)
     if actual == md5:
@@ -95,7 +99,9 @@ def fetch(url: str, path: str, md5: str, *, option: str = "url", progress_stream
   part = path + ".part"
   _download_to_part(url, part, option, progress_stream or sys.stderr)
   actual = file_md5(part)
-  if actual != md5:
+  if md5 is None:
+    _log.info("%s: md5 %s (no checksum given to verify it against)", url, actual)
+  elif actual != md5:
     os.remove(part)
     raise DownloadError(f"{url} gave a file with md5 {actual}, expected {md5} (deleted it): re-run to download "
                         f"again, or pass a mirror that serves the published file ({option}=...)")
@@ -219,7 +225,7 @@ def _refuse_unsafe(member: tarfile.TarInfo, dest: str) -> tarfile.TarInfo | None
     raise DownloadError(f"refusing archive member {member.name!r}: {e}") from e
 
 
-def _extract(archive: str, dest: str, wanted=None) -> None:
+def extract_archive(archive: str, dest: str, wanted=None) -> None:
   try:
     with tarfile.open(archive) as tar:
       members = (m for m in tar if wanted is None or wanted(m))
@@ -244,7 +250,7 @@ def _install_voc(archive: str, voc_root: str) -> None:
   _log.info("extracting %s into %s", archive, voc_root)
   temp = _temp_dir_beside(voc_root)
   try:
-    _extract(archive, temp)
+    extract_archive(archive, temp)
     extracted = next((d for d, subdirs, _ in os.walk(temp) if voc.IMAGE_DIR in subdirs), None)
     if extracted is None:
       raise DownloadError(f"{archive} has no {voc.IMAGE_DIR}/ folder: it is not a VOC2012 trainval tar; "
@@ -275,7 +281,7 @@ def _install_sbd(archive: str, voc_root: str, download_dir: str) -> None:
   _log.info("extracting SBD labels from %s", archive)
   temp = _temp_dir_beside(os.path.join(download_dir, "sbd"))
   try:
-    _extract(archive, temp, wanted=lambda m: bool(_SBD_MEMBER.search(m.name)))
+    extract_archive(archive, temp, wanted=lambda m: bool(_SBD_MEMBER.search(m.name)))
     dataset = next((d for d, _, files in os.walk(temp) if "train.txt" in files and "val.txt" in files), None)
     if dataset is None or not os.path.isdir(os.path.join(dataset, "cls")):
       raise DownloadError(f"{archive} has no dataset/{{cls/,train.txt,val.txt}}: it is not SBD's benchmark.tgz; "

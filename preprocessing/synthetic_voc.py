@@ -69,8 +69,10 @@ def encode_grayscale_png(class_ids: np.ndarray) -> bytes:
 
 
 def write_dataset(root: str, *, num_train: int = 24, num_val: int = 8, num_aug_only: int = 0, height: int = 96,
-                  width: int = 128, seed: int = 0) -> dict[str, list[str]]:
+                  width: int = 128, seed: int = 0, num_classes: int = voc.NUM_CLASSES) -> dict[str, list[str]]:
   """Writes the dataset under root (local or gs://); returns {split: ids} of the lists written.
+
+  num_classes: masks use labels 0..num_classes-1 (and 255), e.g. 3 for a data set of the user's own classes.
 
   num_aug_only > 0 also writes train_aug.txt = train + that many ids whose masks are only in
   SegmentationClassAug/ (with no official mask, as most of SBD's).
@@ -80,7 +82,7 @@ def write_dataset(root: str, *, num_train: int = 24, num_val: int = 8, num_aug_o
     tf.io.gfile.makedirs(tf.io.gfile.join(root, folder))
   ids = [f"synthetic_{index:06d}" for index in range(num_train + num_val + num_aug_only)]
   for index, image_id in enumerate(ids):
-    image, class_ids = make_pair(rng, height, width)
+    image, class_ids = make_pair(rng, height, width, num_classes)
     _write(tf.io.gfile.join(root, voc.IMAGE_DIR, f"{image_id}.jpg"), encode_jpeg(image))
     if index < num_train + num_val:
       _write(tf.io.gfile.join(root, voc.MASK_DIR, f"{image_id}.png"), voc.encode_palette_png(class_ids))

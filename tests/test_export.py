@@ -20,6 +20,7 @@ from preprocessing import pairs
 from preprocessing import voc
 from trainer import evaluate
 from trainer import export
+from trainer import tflite_interpreter
 from trainer import input_pipeline
 from trainer import train
 from tests.conftest import REPO_ROOT
@@ -110,7 +111,7 @@ def _all_tensor_dtypes(interpreter) -> set:
 def test_tflite_models_run_in_the_interpreter_on_a_513_input_and_give_class_ids(exported, keras_model, voc_sample,
                                                                                   name, input_dtype):
   output_dir, _ = exported
-  interpreter = export.make_interpreter(str(output_dir / name), num_threads=2)
+  interpreter = tflite_interpreter.make_interpreter(str(output_dir / name), num_threads=2)
   [input_details], [output_details] = interpreter.get_input_details(), interpreter.get_output_details()
   assert list(input_details["shape"]) == [1, 513, 513, 3] and input_details["dtype"] == input_dtype
   assert list(output_details["shape"]) == [1, 513, 513] and output_details["dtype"] == np.uint8

@@ -1,7 +1,7 @@
 """Scores a trained run at each image's native size, optionally over several scales and mirrored.
 
   python -m trainer.evaluate --model_dir=runs/smoke --data_dir=data/tfrecords [--split=val] \
-      [--scales=0.5,0.75,1.0,1.25,1.5,1.75] [--flip]
+      [--scales=0.5,0.75,1.0,1.25,1.5,1.75] [--flip] [--pad_to=513]
 
 Rebuilds the model from the run's config.json, loads its best (else final) weights, and averages the class
 probabilities of every scale (and mirror) at the image's own size, so padding is never scored. Prints the
@@ -16,7 +16,6 @@ import time
 from absl import app
 from absl import flags
 import cv2
-import ml_collections
 import numpy as np
 import tensorflow as tf
 
@@ -31,17 +30,15 @@ _DATA_DIR = flags.DEFINE_string("data_dir", None, "Folder with the {split}-*.tfr
 _SPLIT = flags.DEFINE_string("split", "val", "Split to score.")
 _SCALES = flags.DEFINE_list("scales", ["1.0"], "Input scales whose probabilities are averaged.")
 _FLIP = flags.DEFINE_bool("flip", False, "Also average the mirrored image's probabilities.")
+_PAD_TO = flags.DEFINE_integer("pad_to", 0, "Pad each (scaled) image bottom/right to at least this square with the "
+                               "mean pixel before inference, as DeepLab evaluated (513); the padding is never "
+                               "scored. 0: each image at its own size.", lower_bound=0)
 _WEIGHTS = flags.DEFINE_string("weights", None, "A .weights.h5 file; default the run's best, else its final.")
 
 
 def load_run(model_dir: str, weights: str | None = None):
   """(config, model with the run's weights, weights path) of a finished training run."""
-  config_path = os.path.join(model_dir, "config.json")
-  if not tf.io.gfile.exists(config_path):
-    raise train.DataError(f"{model_dir} has no config.json: is it a training run's --model_dir?")
-  with tf.io.gfile.GFile(config_path) as f:
-    config = ml_collections.ConfigDict(json.load(f))
-  config.model.backbone_weights = ""  # The run's own weights replace them.
+  config = train.read_run_config(model_dir)
   found = (weights if tf.io.gfile.exists(weights) else None) if weights else train.trained_weights(model_dir)
   if found is None:
     wanted = weights or f"{model_dir}/{train.BEST_WEIGHTS} or {train.FINAL_WEIGHTS}"
@@ -51,8 +48,12 @@ def load_run(model_dir: str, weights: str | None = None):
   return config, model, found
 
 
-def make_predictor(model, scales: list[float], flip: bool):
-  """image [H, W, 3] float -> class probabilities [H, W, C], averaged over scales (and mirrors)."""
+def make_predictor(model, scales: list[float], flip: bool, pad_to: int = 0):
+  """image [H, W, 3] float -> class probabilities [H, W, C], averaged over scales (and mirrors).
+
+  pad_to > 0: each scaled image is padded bottom/right with the mean pixel to at least pad_to x pad_to, and the
+  prediction cropped back: how DeepLab scored its models (always on 513 x 513 canvases).
+  """
   @tf.function(reduce_retracing=True)
   def predict(image):
     size = tf.shape(image)[:2]
@@ -62,7 +63,12 @@ def make_predictor(model, scales: list[float], flip: bool):
       batch = tf.image.resize(image[tf.newaxis], scaled_size, method="bilinear")
       if flip:
         batch = tf.concat([batch, tf.reverse(batch, [2])], axis=0)
+      if pad_to:  # After the mirror, so that both pictures sit top-left.
+        padding = tf.maximum(pad_to - scaled_size, 0)
+        batch = tf.pad(batch, [[0, 0], [0, padding[0]], [0, padding[1]], [0, 0]],
+                       constant_values=input_pipeline.MEAN_PIXEL)
       probabilities = tf.nn.softmax(tf.cast(model(batch, training=False), tf.float32))
+      probabilities = probabilities[:, :scaled_size[0], :scaled_size[1]]
       if flip:
         probabilities = probabilities[:1] + tf.reverse(probabilities[1:], [2])
       total += tf.image.resize(probabilities, size, method="bilinear")[0]
@@ -70,9 +76,10 @@ def make_predictor(model, scales: list[float], flip: bool):
   return predict
 
 
-def evaluate(model, data_dir: str, split: str, num_classes: int, scales: list[float], flip: bool) -> np.ndarray:
+def evaluate(model, data_dir: str, split: str, num_classes: int, scales: list[float], flip: bool,
+             pad_to: int = 0) -> np.ndarray:
   """The [truth, prediction] confusion matrix of a split's valid pixels (255 ignored)."""
-  predict = make_predictor(model, scales, flip)
+  predict = make_predictor(model, scales, flip, pad_to)
   confusion = np.zeros((num_classes, num_classes), np.int64)
   start = last = time.perf_counter()
   count = 0
@@ -91,17 +98,18 @@ def main(argv):
   try:
     config, model, weights = load_run(_MODEL_DIR.value, _WEIGHTS.value)
     scales = [float(s) for s in _SCALES.value]
-    confusion = evaluate(model, _DATA_DIR.value, _SPLIT.value, config.model.num_classes, scales, _FLIP.value)
+    confusion = evaluate(model, _DATA_DIR.value, _SPLIT.value, config.model.num_classes, scales, _FLIP.value,
+                         _PAD_TO.value)
   except (train.DataError, ValueError) as error:
     sys.stderr.write(f"error: {error}\n")
     sys.exit(2)
   report = metrics_lib.summarize_confusion(confusion)
-  report.update(split=_SPLIT.value, scales=scales, flip=_FLIP.value, weights=weights)
+  report.update(split=_SPLIT.value, scales=scales, flip=_FLIP.value, pad_to=_PAD_TO.value, weights=weights)
   print(f"{'class':<14}IoU")
   for name, value in report["per_class_iou"].items():
     print(f"{name:<14}{'-' if value is None else f'{value:.4f}'}")
   print(f"{'mean IoU':<14}{report['miou']:.4f}\n{'pixel acc.':<14}{report['pixel_accuracy']:.4f}")
-  stem = os.path.join(_MODEL_DIR.value, f"eval_{_SPLIT.value}")
+  stem = os.path.join(_MODEL_DIR.value, f"eval_{_SPLIT.value}" + (f"_pad{_PAD_TO.value}" if _PAD_TO.value else ""))
   with tf.io.gfile.GFile(stem + ".json", "w") as f:
     json.dump(report, f, indent=2)
   _, png = cv2.imencode(".png", visualize.confusion_matrix_picture(confusion)[..., ::-1])

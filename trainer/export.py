@@ -22,7 +22,6 @@ import os
 import sys
 import tempfile
 import time
-import warnings
 from collections.abc import Callable, Iterator
 
 from absl import app
@@ -37,6 +36,7 @@ from preprocessing import schema
 from trainer import evaluate
 from trainer import input_pipeline
 from trainer import metrics as metrics_lib
+from trainer import tflite_interpreter
 from trainer import train
 
 TFLITE_SIZE = 513
@@ -170,21 +170,6 @@ def calibration_images(file_pattern: str, count: int, size: int = TFLITE_SIZE) -
   return images
 
 
-def make_interpreter(model: str | bytes, num_threads: int | None = None):
-  """A ready TFLite interpreter for a .tflite path (local or gs://) or its bytes: LiteRT's (package
-  ai-edge-litert) when installed, else tf.lite's, deprecated in its favour but still working in TF 2.21."""
-  content = model if isinstance(model, bytes) else tf.io.gfile.GFile(model, "rb").read()
-  try:
-    from ai_edge_litert.interpreter import Interpreter
-  except ImportError:
-    Interpreter = tf.lite.Interpreter  # noqa: N806
-  with warnings.catch_warnings():
-    warnings.filterwarnings("ignore", message=".*tf.lite.Interpreter is deprecated", category=UserWarning)
-    interpreter = Interpreter(model_content=content, num_threads=num_threads)
-  interpreter.allocate_tensors()
-  return interpreter
-
-
 def tflite_predict(interpreter, image: np.ndarray) -> np.ndarray:
   """Class ids [h, w] of one uint8 RGB image [h, w, 3] from one of our TFLite exports (real input: raw pixels)."""
   [input_details] = interpreter.get_input_details()
@@ -225,7 +210,7 @@ def check_exports(model: keras.Model, file_pattern: str, num_images: int, *, sav
     return tf.cast(tf.argmax(model(image[tf.newaxis], training=False)[0], axis=-1), tf.uint8)
 
   serve = tf.saved_model.load(saved_model_dir).signatures["serving_default"]
-  interpreters = {name: make_interpreter(path, os.cpu_count()) for name, path in tflite_files.items()}
+  interpreters = {name: tflite_interpreter.make_interpreter(path, os.cpu_count()) for name, path in tflite_files.items()}
   names = ["keras", "saved_model"] + (["keras_513"] if interpreters else []) + list(interpreters)
   reference_of = {"saved_model": "keras", **{name: "keras_513" for name in interpreters}}
   confusions = {name: np.zeros((num_classes, num_classes), np.int64) for name in names}

@@ -104,8 +104,13 @@ def _block_strides(output_stride: int) -> list[tuple[int, int]]:
 
 
 def mobilenet_v2_features(inputs: keras.KerasTensor, *, alpha: float = 1.0, output_stride: int = 16,
-                          bn_momentum: float = 0.9) -> tuple[dict[str, keras.KerasTensor], list[keras.Layer]]:
+                          bn_momentum: float = 0.9, depth_divisor: int = 8
+                          ) -> tuple[dict[str, keras.KerasTensor], list[keras.Layer]]:
   """Builds the encoder on `inputs` (already scaled to [-1, 1]).
+
+  depth_divisor: channel counts are `alpha` x MobileNetV2's rounded to a multiple of it. 8 is keras.applications'
+  rounding (what ImageNet weights need); research/deeplab rounds to 1 below alpha 1.0 (its published depth-0.5
+  models have 12-channel blocks where 8 gives 16).
 
   Returns ({"low_level": stride-4 features, "high_level": final features}, the encoder's layers in order).
   """
@@ -118,7 +123,7 @@ def mobilenet_v2_features(inputs: keras.KerasTensor, *, alpha: float = 1.0, outp
   def batch_norm(name: str) -> keras.Layer:
     return add(FusedBatchNormalization(epsilon=BN_EPSILON, momentum=bn_momentum, name=name))
 
-  x = add(keras.layers.Conv2D(make_divisible(32 * alpha), 3, strides=2, padding="same", use_bias=False,
+  x = add(keras.layers.Conv2D(make_divisible(32 * alpha, depth_divisor), 3, strides=2, padding="same", use_bias=False,
                               name="Conv1"))(inputs)
   x = batch_norm("bn_Conv1")(x)
   x = add(keras.layers.ReLU(6.0, name="Conv1_relu"))(x)
@@ -127,7 +132,7 @@ def mobilenet_v2_features(inputs: keras.KerasTensor, *, alpha: float = 1.0, outp
       zip(INVERTED_RESIDUAL_BLOCKS, _block_strides(output_stride))):
     prefix = f"block_{block_id}_" if block_id else "expanded_conv_"
     in_channels = x.shape[-1]
-    out_channels = make_divisible(int(filters * alpha))
+    out_channels = make_divisible(int(filters * alpha), depth_divisor)
     block_input = x
     if block_id:
       x = add(keras.layers.Conv2D(expansion * in_channels, 1, use_bias=False, name=f"{prefix}expand"))(x)

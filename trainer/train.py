@@ -16,6 +16,7 @@ import ml_collections
 import numpy as np
 import tensorflow as tf
 
+from configs import base as base_config
 from trainer import callbacks as callbacks_lib
 from trainer import distribute
 from trainer import input_pipeline
@@ -94,9 +95,87 @@ def create_model(config: ml_collections.ConfigDict) -> keras.Model:
   model = model_lib.build_deeplabv3plus(
       num_classes=m.num_classes, output_stride=m.output_stride, alpha=m.alpha, aspp_rates=tuple(m.aspp_rates),
       separable=m.separable, backbone_weights=m.backbone_weights or None, freeze_backbone_bn=m.freeze_backbone_bn,
-      bn_momentum=m.bn_momentum)
+      bn_momentum=m.bn_momentum, decoder=m.decoder, residual_decoder=m.residual_decoder,
+      align_corners=m.align_corners, depth_divisor=m.depth_divisor)
   model.train_crop_size = _crop(config)  # The train step crops the input pipeline's canvases to this.
   return model
+
+
+def read_run_config(model_dir: str) -> ml_collections.ConfigDict:
+  """The config.json of a run directory, as the run's model is rebuilt from it (its weights replace any init)."""
+  config_path = os.path.join(model_dir, "config.json")
+  if not tf.io.gfile.exists(config_path):
+    raise DataError(f"{model_dir} has no config.json: is it a training run's --model_dir?")
+  with tf.io.gfile.GFile(config_path) as f:
+    config = ml_collections.ConfigDict(json.load(f))
+  for field, default in base_config.get_config().model.items():  # Runs written before a field existed.
+    if field not in config.model:
+      config.model[field] = default
+  config.model.backbone_weights = ""
+  config.model.init_from = ""
+  return config
+
+
+def _source_run(init_from: str) -> tuple[str, str]:
+  """(run directory, weights file) named by config.model.init_from: a run directory or a weights file in one."""
+  if tf.io.gfile.isdir(init_from):
+    weights = trained_weights(init_from)
+    if weights is None:
+      raise ConfigError(f"config.model.init_from={init_from}: no {BEST_WEIGHTS} or {FINAL_WEIGHTS} in it")
+    return init_from, weights
+  if not tf.io.gfile.exists(init_from):
+    raise ConfigError(f"config.model.init_from={init_from}: no such run directory or weights file")
+  run_dir = os.path.dirname(init_from)
+  if os.path.basename(run_dir) == os.path.dirname(BEST_WEIGHTS):
+    run_dir = os.path.dirname(run_dir)
+  return run_dir, init_from
+
+
+def initialize_from(model: keras.Model, init_from: str) -> set[str]:
+  """Copies every layer of `init_from`'s model whose name and weight shapes match into `model`; returns the names
+  of the layers it set. Keras weight files match layers by order, so the source model is rebuilt from its run's
+  config.json first."""
+  run_dir, weights = _source_run(init_from)
+  try:
+    source = create_model(read_run_config(run_dir))
+  except DataError as error:
+    raise ConfigError(f"config.model.init_from={init_from}: {error}") from None
+  source.load_weights(weights)
+  source_layers = {layer.name: layer for layer in source.layers if layer.weights}
+  copied, fresh = set(), []
+  for layer in model.layers:
+    if not layer.weights:
+      continue
+    match = source_layers.get(layer.name)
+    shapes = [tuple(w.shape) for w in layer.weights]
+    if match is None:
+      fresh.append(f"{layer.name} (not in the source)")
+    elif [tuple(w.shape) for w in match.weights] != shapes:
+      fresh.append(f"{layer.name} (shape {shapes[0]} here, {tuple(match.weights[0].shape)} in the source)")
+    else:
+      layer.set_weights(match.get_weights())
+      copied.add(layer.name)
+  logging.info("init_from %s: %d layers copied; fresh: %s", weights, len(copied), ", ".join(fresh) or "none")
+  return copied
+
+
+HEAD_PREFIXES = ("aspp", "decoder", "logits")
+
+
+def set_trainable_layers(model: keras.Model, which: str, initialized: set[str]) -> None:
+  """config.model.trainable_layers: "all" leaves the model as built; "new" freezes the layers init_from set;
+  "head" freezes the encoder. Frozen batch norm runs in inference mode."""
+  if which == "all":
+    return
+  if which not in ("new", "head"):
+    raise ConfigError(f"config.model.trainable_layers={which!r}: use all, new or head")
+  if which == "new" and not initialized:
+    raise ConfigError("config.model.trainable_layers='new' needs config.model.init_from")
+  for layer in model.layers:
+    if layer.weights and (layer.name in initialized if which == "new" else not layer.name.startswith(HEAD_PREFIXES)):
+      layer.trainable = False
+  logging.info("trainable layers (%s): %s", which,
+               ", ".join(layer.name for layer in model.layers if layer.trainable_weights) or "none")
 
 
 def compile_model(model: keras.Model, config: ml_collections.ConfigDict, total_steps: int) -> metrics_lib.MeanIoU:
@@ -208,6 +287,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, *, data_dir: str, mode
   per_replica_batch = config.batch_size // strategy.num_replicas_in_sync
   with strategy.scope():
     model = create_model(config)
+    initialized = initialize_from(model, config.model.init_from) if config.model.init_from else set()
+    set_trainable_layers(model, config.model.trainable_layers, initialized)
     miou = compile_model(model, config, plan.total_steps)
   train_data = strategy.distribute_datasets_from_function(
       lambda context: input_pipeline.train_dataset(
