@@ -47,7 +47,6 @@ class Weights:
   kernel: np.ndarray
   bias: np.ndarray | None = None
   batch_norm: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None = None
-  depthwise: bool = False
 
 
 def _folded_batch_norm(bias: np.ndarray) -> tuple[np.ndarray, ...]:
@@ -104,9 +103,9 @@ def read_tflite(path: str) -> dict[str, Weights]:
     if scope in scopes:
       raise ImportError_(f"{path}: two convolutions in scope {scope!r}")
     if scope.startswith("logits"):
-      scopes[scope] = Weights(kernel, bias=bias, depthwise=depthwise)
+      scopes[scope] = Weights(kernel, bias=bias)
     else:
-      scopes[scope] = Weights(kernel, batch_norm=_folded_batch_norm(bias), depthwise=depthwise)
+      scopes[scope] = Weights(kernel, batch_norm=_folded_batch_norm(bias))
   if not scopes:
     raise ImportError_(f"{path} has no convolutions: is it a DeepLab TFLite model?")
   return scopes
@@ -126,10 +125,8 @@ def read_checkpoint(prefix: str) -> dict[str, Weights]:
       continue
     scope = match.group(1)
     kernel = reader.get_tensor(name).astype(np.float32)
-    depthwise = match.group(2) == "depthwise_weights"
     if f"{scope}/biases" in names:
-      scopes[scope] = Weights(kernel, bias=reader.get_tensor(f"{scope}/biases").astype(np.float32),
-                              depthwise=depthwise)
+      scopes[scope] = Weights(kernel, bias=reader.get_tensor(f"{scope}/biases").astype(np.float32))
       continue
     bn = [f"{scope}/BatchNorm/{v}" for v in ("gamma", "beta", "moving_mean", "moving_variance")]
     missing = [v for v in bn if v not in names]
@@ -138,7 +135,7 @@ def read_checkpoint(prefix: str) -> dict[str, Weights]:
     gamma, beta, mean, variance = (reader.get_tensor(v).astype(np.float32) for v in bn)
     epsilon = BACKBONE_BN_EPSILON if scope.startswith("MobilenetV2/") else HEAD_BN_EPSILON
     gamma = gamma * np.sqrt(variance + mobilenet_v2.BN_EPSILON) / np.sqrt(variance + epsilon)
-    scopes[scope] = Weights(kernel, batch_norm=(gamma, beta, mean, variance), depthwise=depthwise)
+    scopes[scope] = Weights(kernel, batch_norm=(gamma, beta, mean, variance))
   if not scopes:
     raise ImportError_(f"checkpoint {prefix} has no DeepLab weights (no */weights variables)")
   return scopes
