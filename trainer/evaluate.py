@@ -36,16 +36,7 @@ _PAD_TO = flags.DEFINE_integer("pad_to", 0, "Pad each (scaled) image bottom/righ
 _WEIGHTS = flags.DEFINE_string("weights", None, "A .weights.h5 file; default the run's best, else its final.")
 
 
-def load_run(model_dir: str, weights: str | None = None):
-  """(config, model with the run's weights, weights path) of a finished training run."""
-  config = train.read_run_config(model_dir)
-  found = (weights if tf.io.gfile.exists(weights) else None) if weights else train.trained_weights(model_dir)
-  if found is None:
-    wanted = weights or f"{model_dir}/{train.BEST_WEIGHTS} or {train.FINAL_WEIGHTS}"
-    raise train.DataError(f"no weights found (looked for {wanted})")
-  model = train.create_model(config)
-  model.load_weights(found)
-  return config, model, found
+load_run = train.load_run  # trainer.predict, trainer.export and the benchmarks load runs through here.
 
 
 def make_predictor(model, scales: list[float], flip: bool, pad_to: int = 0):

@@ -116,6 +116,18 @@ def read_run_config(model_dir: str) -> ml_collections.ConfigDict:
   return config
 
 
+def load_run(model_dir: str, weights: str | None = None) -> tuple[ml_collections.ConfigDict, keras.Model, str]:
+  """(config, model with the run's weights, weights path) of a run directory: weights, else its best, else final."""
+  config = read_run_config(model_dir)
+  found = (weights if tf.io.gfile.exists(weights) else None) if weights else trained_weights(model_dir)
+  if found is None:
+    wanted = weights or f"{model_dir}/{BEST_WEIGHTS} or {FINAL_WEIGHTS}"
+    raise DataError(f"no weights found (looked for {wanted})")
+  model = create_model(config)
+  model.load_weights(found)
+  return config, model, found
+
+
 def _source_run(init_from: str) -> tuple[str, str]:
   """(run directory, weights file) named by config.model.init_from: a run directory or a weights file in one."""
   if tf.io.gfile.isdir(init_from):
@@ -137,10 +149,9 @@ def initialize_from(model: keras.Model, init_from: str) -> set[str]:
   config.json first."""
   run_dir, weights = _source_run(init_from)
   try:
-    source = create_model(read_run_config(run_dir))
+    _, source, _ = load_run(run_dir, weights)
   except DataError as error:
     raise ConfigError(f"config.model.init_from={init_from}: {error}") from None
-  source.load_weights(weights)
   source_layers = {layer.name: layer for layer in source.layers if layer.weights}
   copied, fresh = set(), []
   for layer in model.layers:
