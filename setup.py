@@ -1,6 +1,14 @@
 """DeepLabV3+ / MobileNetV2 semantic segmentation: VOC -> TFRecords -> training -> export."""
 
+import os
+
 import setuptools
+
+# Exactly one TensorFlow distribution per machine: `tensorflow` (CPU, or GPUs with tensorflow[and-cuda]) unless
+# SEGMENTATION_TENSORFLOW names another, e.g. "tensorflow-tpu~=2.21.0" on a TPU VM (launch/tpu_vm.py sets it),
+# or "" where TensorFlow is already installed (a TPU VM image with TensorFlow). Both provide the same
+# `tensorflow` module; pip, which knows nothing of that, would otherwise install the plain wheel beside them.
+TENSORFLOW = os.environ.get("SEGMENTATION_TENSORFLOW", "tensorflow>=2.21,<2.22")
 
 setuptools.setup(
     name="segmentation-pipeline",
@@ -10,7 +18,7 @@ setuptools.setup(
     packages=setuptools.find_packages(include=["preprocessing*", "trainer*", "configs*", "launch*"]),
     install_requires=[
         # These ranges resolve together (TF 2.21 / Keras 3.15 / Beam 2.77 / protobuf 6 / numpy 2.4).
-        "tensorflow>=2.21,<2.22",
+        *([TENSORFLOW] if TENSORFLOW else []),
         "apache-beam[gcp]>=2.77,<3",
         "numpy>=2.0,<2.5",
         "opencv-python-headless>=4.10",
@@ -25,6 +33,9 @@ setuptools.setup(
     ],
     extras_require={
         # gcp-storage-emulator: a local Cloud Storage for the gs:// tests (tests/gcs_emulator.py).
-        "test": ["pytest>=8", "pytest-timeout>=2.3", "gcp-storage-emulator>=2026.7", "cryptography>=42"],
+        "test": ["pytest>=8", "pytest-timeout>=2.3", "gcp-storage-emulator>=2026.7", "cryptography>=42",
+                 "apache-beam[dask]>=2.77,<3", "dask>=2024.4.2,<2027", "distributed>=2024.4.2,<2027"],
+        # Beam's DaskRunner (--runner=DaskRunner --dask_client_address=tcp://HOST:PORT); tested with 2026.8.
+        "dask": ["apache-beam[dask]>=2.77,<3", "dask>=2024.4.2,<2027", "distributed>=2024.4.2,<2027"],
     },
 )

@@ -72,4 +72,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.train.early_stopping_patience = 0  # In evaluations without a better val mIoU; 0 = off.
   config.train.num_triptychs = 4  # Validation pictures (image / truth / prediction) in TensorBoard.
   config.train.eval_steps = 0  # 0 = the whole eval split.
+  # XLA for the train and eval steps: "auto" (Keras's choice: on a single GPU without a strategy), True or False.
+  # TPU runs always compile.
+  config.train.jit_compile = ml_collections.FieldReference("auto", field_type=object)
+  # Steps per call into the devices; 0: 1, or on TPUs the largest divisor of steps_per_loop up to 100.
+  config.train.steps_per_execution = 0
   return config

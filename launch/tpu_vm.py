@@ -5,12 +5,17 @@ r"""Training on a Cloud TPU VM: copies the project there, installs it, runs `tra
       --data_dir=gs://BUCKET/voc/tfrecords --model_dir=gs://BUCKET/runs/tpu1
 
 The commands are `gcloud compute tpus tpu-vm create` (with --create), `... scp` of the sources (setup.py and
-the packages), and `... ssh --command` that pip-installs the project and starts the trainer on the VM with
-`--strategy=tpu --tpu=local`. The TPU reads the data and writes checkpoints through Cloud Storage, so
---data_dir and --model_dir must be gs:// paths (in the TPU's region, for speed). A run that is stopped or
-preempted resumes from its last loop checkpoint when the same command is run again.
-Single-host slices (v2-8, v3-8, v4-8, v5litepod-8) run as is; a multi-host slice needs --tpu=NAME instead of
-local, passed after `--`.
+the packages) to every host, `... ssh --command` that pip-installs the project on every host with exactly one
+TensorFlow distribution (setup.py's SEGMENTATION_TENSORFLOW: tensorflow-tpu, not also the plain wheel; the
+install fails if two are found), and one that starts the trainer with `--strategy=tpu`. The TPU reads the data
+and writes checkpoints through Cloud Storage, so --data_dir and --model_dir must be gs:// paths (in the TPU's
+region, for speed). A run that is stopped or preempted resumes from its last loop checkpoint when the same
+command is run again.
+
+Single-host slices (v2-8, v3-8, v4-8, v5litepod-8: at most 8 in the type's name) train on their host with
+`--tpu=local`. TensorFlow drives a multi-host slice (v4-16 and up) from one client: worker 0 runs the trainer
+with `--tpu=NAME` and TPU_LOAD_LIBRARY=0, and the other hosts serve their TPUs through the TPU runtime of a
+TensorFlow pod image (--runtime_version=tpu-vm-tf-<version>-pod-pjrt), whose TensorFlow the install keeps.
 """
 
 from absl import app
@@ -23,14 +28,32 @@ _ZONE = flags.DEFINE_string("zone", None, "Zone of the TPU VM, e.g. us-central2-
 _PROJECT = flags.DEFINE_string("project", None, "Google Cloud project; default gcloud's configured one.")
 _CREATE = flags.DEFINE_bool("create", False, "Create the TPU VM first.")
 _ACCELERATOR_TYPE = flags.DEFINE_string("accelerator_type", "v4-8", "TPU type for --create.")
-_RUNTIME_VERSION = flags.DEFINE_string("runtime_version", "tpu-ubuntu2204-base", "TPU VM software version for "
-                                       "--create; the project's pip install brings TensorFlow.")
-_TPU_PIP_ARGS = flags.DEFINE_string(
-    "tpu_pip_args", "tensorflow-tpu~=2.21.0 -f https://storage.googleapis.com/libtpu-tf-releases/index.html",
-    "pip install arguments for TensorFlow's TPU build (with libtpu), installed on the VM after the project.")
+_RUNTIME_VERSION = flags.DEFINE_string(
+    "runtime_version", None, "TPU VM software version for --create. Default: tpu-ubuntu2204-base on a single "
+    "host (the project's install brings TensorFlow); a multi-host slice needs a TensorFlow pod image, "
+    "tpu-vm-tf-<version>-pod-pjrt, given here.")
+_TENSORFLOW = flags.DEFINE_string(
+    "tensorflow", None, "The TensorFlow requirement installed with the project (setup.py's SEGMENTATION_TENSORFLOW). "
+    "Default: tensorflow-tpu~=2.21.0 on a single host; '' (the image's own TensorFlow) on a multi-host slice.")
+_FIND_LINKS = flags.DEFINE_string("find_links", "https://storage.googleapis.com/libtpu-tf-releases/index.html",
+                                  "pip --find-links for tensorflow-tpu's libtpu.")
 _REMOTE_DIR = flags.DEFINE_string("remote_dir", "segmentation", "Folder on the VM (under the home) for the code.")
 
 SOURCES = ("setup.py", "preprocessing", "trainer", "configs", "launch")
+SINGLE_HOST_TPU_TENSORFLOW = "tensorflow-tpu~=2.21.0"
+SINGLE_HOST_RUNTIME = "tpu-ubuntu2204-base"
+# After the install: exactly one installed distribution provides the `tensorflow` module.
+CHECK_ONE_TENSORFLOW = ("python3 -c \"import importlib.metadata as m, sys; d = sorted(set(m.packages_distributions()"
+                        ".get('tensorflow', []))); len(d) == 1 or sys.exit(f'TensorFlow distributions: {d}')\"")
+
+
+def is_multi_host(accelerator_type: str) -> bool:
+  """v4-32, v5litepod-16, ...: more than the 8 cores (v2-v5p) or 8 chips (v5e, v6e) one host carries."""
+  try:
+    return int(accelerator_type.rsplit("-", 1)[1]) > 8
+  except (IndexError, ValueError):
+    raise common.LaunchError(f"--accelerator_type={accelerator_type}: expected a TPU type such as v4-8 or "
+                             f"v5litepod-16") from None
 
 
 def commands(trainer_args: list[str]) -> list[list[str]]:
@@ -38,20 +61,31 @@ def commands(trainer_args: list[str]) -> list[list[str]]:
   if common.flag_value(trainer_args, "mixed_precision") == "mixed_float16":
     raise common.LaunchError("--mixed_precision=mixed_float16 is for GPUs: TPUs compute in bfloat16, "
                              "use --mixed_precision=mixed_bfloat16")
+  multi_host = is_multi_host(_ACCELERATOR_TYPE.value)
+  runtime = _RUNTIME_VERSION.value or ("" if multi_host else SINGLE_HOST_RUNTIME)
+  if multi_host and _CREATE.value and "-pod" not in runtime:
+    raise common.LaunchError(
+        f"--accelerator_type={_ACCELERATOR_TYPE.value} is a multi-host slice: TensorFlow reaches its other hosts "
+        f"through a TensorFlow pod image's TPU runtime; pass --runtime_version=tpu-vm-tf-<version>-pod-pjrt")
+  tensorflow = _TENSORFLOW.value if _TENSORFLOW.value is not None else ("" if multi_host else
+                                                                           SINGLE_HOST_TPU_TENSORFLOW)
   args = common.with_flag(trainer_args, "strategy", "tpu")
   if common.flag_value(args, "tpu") is None:
-    args.append("--tpu=local")
+    args.append(f"--tpu={_TPU_NAME.value}" if multi_host else "--tpu=local")
   where = [f"--zone={_ZONE.value}"] + ([f"--project={_PROJECT.value}"] if _PROJECT.value else [])
   gcloud = ["gcloud", "compute", "tpus", "tpu-vm"]
   remote = _REMOTE_DIR.value
   result = []
   if _CREATE.value:
     result.append([*gcloud, "create", _TPU_NAME.value, *where, f"--accelerator-type={_ACCELERATOR_TYPE.value}",
-                   f"--version={_RUNTIME_VERSION.value}"])
+                   f"--version={runtime}"])
   result.append([*gcloud, "ssh", _TPU_NAME.value, *where, "--worker=all", f"--command=mkdir -p {remote}"])
   result.append([*gcloud, "scp", "--recurse", *SOURCES, f"{_TPU_NAME.value}:{remote}/", *where, "--worker=all"])
-  install = f"cd {remote} && python3 -m pip install --quiet . && python3 -m pip install --quiet {_TPU_PIP_ARGS.value}"
-  train = f"cd {remote} && python3 -m trainer.main {common.printable(args)}"
+  find_links = f" -f {_FIND_LINKS.value}" if tensorflow and _FIND_LINKS.value else ""
+  install = (f"cd {remote} && SEGMENTATION_TENSORFLOW={common.printable([tensorflow])} python3 -m pip install "
+             f"--quiet .{find_links} && {CHECK_ONE_TENSORFLOW}")
+  train = (f"cd {remote} && {'TPU_LOAD_LIBRARY=0 ' if multi_host else ''}python3 -m trainer.main "
+           f"{common.printable(args)}")
   result.append([*gcloud, "ssh", _TPU_NAME.value, *where, "--worker=all", f"--command={install}"])
   result.append([*gcloud, "ssh", _TPU_NAME.value, *where, "--worker=0", f"--command={train}"])
   return result

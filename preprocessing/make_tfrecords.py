@@ -3,14 +3,17 @@ r"""Converts VOC-format segmentation data into verified, sharded DeepLab TFRecor
   python -m preprocessing.make_tfrecords --voc_root=data/VOC2012 --output_dir=data/tfrecords \
       [--splits=train,val] [--num_shards=N] [--max_rejected_fraction=0.01] [--download] [--with_sbd] \
       [any Beam pipeline option: --runner=DataflowRunner --project=.. --region=.. --temp_location=gs://.. \
-       --setup_file=./setup.py, --direct_running_mode=.., ...]
+       --setup_file=./setup.py, --direct_running_mode=.., --runner=DaskRunner --dask_client_address=tcp://..:8786]
 
 Writes, per split, into output_dir: {split}-00000-of-000NN.tfrecord shards, {split}-rejected.jsonl (one line per
 rejected id, with a reason code) and {split}-summary.json. Bad pairs never stop the job; after the pipeline, the
 records in the written shards are counted against what was sent to the writer. Progress ("train: 1200/2913
 pairs (450 pairs/s)") is logged every few seconds; Beam counters and a summary per split are printed at the end.
 Without --runner, Beam's DirectRunner runs it here (with internet it first tries Beam's Prism runner, which it
-downloads once; offline it falls back to its in-process runner at once).
+downloads once; offline it falls back to its in-process runner at once). --runner takes Beam's runner names, a
+runner's class path, or the name of one of Beam's runners outside its registry (DaskRunner); the runner's module
+is imported before the options are checked, so its own options are known. On a runner without metrics (the Dask
+runner) the counters are skipped with a log line; the shards are still read back and counted.
 
 A voc_root without JPEGImages/ is downloaded into (VOC2012 trainval, md5-verified, resumable); that needs a local
 voc_root: download locally, copy the folder to the bucket, then pass its gs:// path. Every other path may be gs://.
@@ -20,6 +23,7 @@ Exit codes: 0 done; 1 setup problem (no such split list, download failed); 2 bad
 4 the shards hold a different number of records than were written. Each failure ends with one line on stderr.
 """
 
+import importlib
 import logging
 import sys
 
@@ -30,6 +34,7 @@ from absl import app
 from absl import flags
 from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.options.pipeline_options import StandardOptions
+from apache_beam.runners.runner import PipelineRunner
 
 from preprocessing import download
 from preprocessing import pairs
@@ -130,8 +135,12 @@ def convert(beam_args: list[str]) -> dict[str, split_outputs.SplitSummary]:
   if state != beam.runners.runner.PipelineState.DONE:
     raise JobFailed(f"the Beam pipeline ended in state {state}")
 
-  summaries = {plan.split: _verify(plan, result, output_dir) for plan in plans}
-  _report(summaries, result, output_dir)
+  counts = {plan.split: pipeline.counters(result, plan.split) for plan in plans}
+  if any(c is None for c in counts.values()):
+    _log.info("Beam counters are unavailable on %s (its results have no metrics): the record counts are "
+              "verified by reading the written shards back", options.view_as(StandardOptions).runner.split(".")[-1])
+  summaries = {plan.split: _verify(plan, counts[plan.split], output_dir) for plan in plans}
+  _report(summaries, counts, output_dir)
 
   failures = [f"{s.split}: verification failed: {'; '.join(s.problems)}" for s in summaries.values()
               if not s.verified]
@@ -148,17 +157,62 @@ def convert(beam_args: list[str]) -> dict[str, split_outputs.SplitSummary]:
 
 
 def _pipeline_options(beam_args: list[str]) -> PipelineOptions:
-  """Beam's options from the args our flags did not take; a misspelt flag is refused, not silently dropped."""
+  """Beam's options from the args our flags did not take; a misspelt flag is refused, not silently dropped.
+
+  The runner's module is imported first: a runner outside Beam's core (the Dask runner) declares its options
+  (--dask_client_address, ...) in a PipelineOptions subclass of that module, unknown to Beam until imported.
+  """
+  runner = PipelineOptions(beam_args).view_as(StandardOptions).runner or "DirectRunner"  # Beam's default
+  runner_path = _import_runner(runner)
   options = PipelineOptions(beam_args)
   unknown_names = {name.split("=", 1)[0] for name in set(options.get_all_options(retain_unknown_options=True))
                    - set(options.get_all_options())}
   unknown = [arg for arg in beam_args if arg.startswith("-") and arg.lstrip("-").split("=", 1)[0] in unknown_names]
   if unknown:
-    raise app.UsageError(f"unknown flag(s) {' '.join(unknown)}: neither a flag of this job nor a Beam pipeline "
-                         f"option", exitcode=EXIT_USAGE)
-  if options.view_as(StandardOptions).runner is None:
-    options.view_as(StandardOptions).runner = "DirectRunner"  # Beam's default, said aloud: no warning line
+    raise app.UsageError(f"unknown flag(s) {' '.join(unknown)}: neither a flag of this job nor a pipeline option "
+                         f"of Beam or of --runner={runner}", exitcode=EXIT_USAGE)
+  # Said aloud (no warning line for the default); a class path where Beam would not resolve the name itself.
+  options.view_as(StandardOptions).runner = runner if "." not in runner and _beam_runner_path(runner) else runner_path
   return options
+
+
+def _beam_runner_path(runner: str) -> str | None:
+  """The class path Beam itself makes of --runner (its registry of names, or a dotted path), else None."""
+  if "." in runner:
+    return runner
+  known = {path.rsplit(".", 1)[-1].lower(): path for path in StandardOptions.ALL_KNOWN_RUNNERS}
+  return known.get(runner.lower()) or known.get(runner.lower() + "runner")
+
+
+def _import_runner(runner: str) -> str:
+  """Imports --runner's module (registering its options); returns the runner's class path.
+
+  A short name Beam does not register is looked up where Beam's runners live by convention:
+  DaskRunner (or dask) -> apache_beam.runners.dask.dask_runner.DaskRunner.
+  """
+  path = _beam_runner_path(runner)
+  if path is None:
+    stem = runner.lower().removesuffix("runner")
+    path = f"apache_beam.runners.{stem}.{stem}_runner.{runner}"
+  module_name, class_name = path.rsplit(".", 1)
+  try:
+    module = importlib.import_module(module_name)
+  except ModuleNotFoundError as e:
+    if e.name and e.name != module_name and not module_name.startswith(f"{e.name}."):  # one it imports is missing
+      raise JobFailed(f"--runner={runner} needs the {e.name!r} package, which is not installed (the runner's "
+                      f"Beam extra: e.g. pip install 'apache-beam[dask]' for the DaskRunner)") from None
+    module = None
+  except ImportError as e:
+    raise JobFailed(f"--runner={runner}: {module_name} does not import: {e}") from None
+  members = {name.lower(): name for name in vars(module)} if module else {}
+  name = members.get(class_name.lower()) or members.get(class_name.lower() + "runner")
+  cls = getattr(module, name) if name else None
+  if not (isinstance(cls, type) and issubclass(cls, PipelineRunner)):
+    raise app.UsageError(f"unknown --runner={runner}: neither one of Beam's runners "
+                         f"({', '.join(StandardOptions.KNOWN_RUNNER_NAMES)}), nor a runner module "
+                         f"apache_beam.runners.NAME.NAME_runner, nor the class path of a PipelineRunner",
+                         exitcode=EXIT_USAGE)
+  return f"{module_name}.{name}"
 
 
 def _voc_root_ready() -> str:
@@ -191,8 +245,8 @@ def _plan(voc_root: str, split: str) -> pipeline.SplitPlan:
   return pipeline.SplitPlan(split=split, ids=tuple(ids), repeats=tuple(repeats), num_shards=num_shards)
 
 
-def _verify(plan: pipeline.SplitPlan, result, output_dir: str) -> split_outputs.SplitSummary:
-  counts = pipeline.counters(result, plan.split)  # empty on a runner without metrics: derived from the input
+def _verify(plan: pipeline.SplitPlan, counts: dict[str, int] | None, output_dir: str) -> split_outputs.SplitSummary:
+  counts = counts or {}  # None on a runner without metrics: the expected counts are derived from the input
   summary = split_outputs.verify_and_summarise(
       output_dir=output_dir, split=plan.split, num_shards=plan.num_shards, listed=plan.listed,
       distinct=len(plan.ids), read=counts.get(pipeline.READ), expected_written=counts.get(pipeline.WRITTEN),
@@ -201,12 +255,21 @@ def _verify(plan: pipeline.SplitPlan, result, output_dir: str) -> split_outputs.
     for stale in split_outputs.stale_shards(output_dir, plan.split, plan.num_shards):
       _log.info("deleting %s, a shard of an earlier run with another shard count", stale)
       tf.io.gfile.remove(stale)
+    temp_dirs = split_outputs.leftover_temp_dirs(output_dir, plan.split)
+    if temp_dirs:
+      _log.info("deleting %d temp folder(s) of Beam's writes left in %s (beam-temp-%s-*)", len(temp_dirs),
+                output_dir, plan.split)
+      for temp_dir in temp_dirs:
+        tf.io.gfile.rmtree(temp_dir)
   return summary
 
 
-def _report(summaries: dict[str, split_outputs.SplitSummary], result, output_dir: str) -> None:
+def _report(summaries: dict[str, split_outputs.SplitSummary], counts_by_split: dict[str, dict[str, int] | None],
+            output_dir: str) -> None:
   for split in summaries:
-    counts = pipeline.counters(result, split)
+    counts = counts_by_split[split]
+    if counts is None:
+      continue  # said once in the log
     print(f"Beam counters {pipeline.metrics_namespace(split)}: "
           + ", ".join(f"{name}={value}" for name, value in sorted(counts.items())))
   for s in summaries.values():
@@ -223,6 +286,9 @@ def quiet_beam_logging() -> None:
   logging.getLogger("apache_beam").setLevel(logging.WARNING)
   # Its "Deleting N existing files" warning is the planned overwrite of a re-run's same-named outputs.
   logging.getLogger("apache_beam.io.filebasedsink").setLevel(logging.ERROR)
+  # The Dask runner warns, once per Create, that its default partition size is no longer 1 (--dask_npartitions
+  # or --dask_partition_size set it).
+  logging.getLogger("apache_beam.runners.dask.transform_evaluator").setLevel(logging.ERROR)
 
 
 def main(argv: list[str]) -> int:

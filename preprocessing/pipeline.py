@@ -2,6 +2,10 @@
 
 All splits go into one pipeline (one start-up). The DoFn is a thin shell around `pairs.convert`; it counts
 read / written / rejected-by-reason with Beam Metrics and logs a progress line every few seconds.
+
+The pipeline keeps to what every runner runs alike, Beam's Dask runner (2.77) included: single-output ParDos
+(that runner hands all the outputs of a multi-output ParDo to each consumer, whatever their tag) and one final
+transform that depends on every write (it runs only the dask graph of the pipeline's last transform).
 """
 
 import dataclasses
@@ -21,6 +25,7 @@ _log = logging.getLogger(__name__)
 
 PROGRESS_INTERVAL_S = 5.0
 READ, WRITTEN, REJECTED = "read", "written", "rejected"
+RECORD = "record"  # ConvertPairs' outputs are (RECORD, serialized Example) or (REJECTED, rejected.jsonl line)
 
 
 def metrics_namespace(split: str) -> str:
@@ -76,9 +81,7 @@ class _Progress:
 
 
 class ConvertPairs(beam.DoFn):
-  """id -> serialized tf.train.Example (main output) or a rejected.jsonl dict (output 'rejected')."""
-
-  REJECTED_TAG = "rejected"
+  """id -> (RECORD, serialized tf.train.Example) or (REJECTED, its rejected.jsonl line)."""
 
   def __init__(self, voc_root: str, split: str, num_classes: int, total: int):
     super().__init__()
@@ -99,10 +102,15 @@ class ConvertPairs(beam.DoFn):
     if isinstance(result, pairs.Rejection):
       self._rejected.inc()
       beam.metrics.Metrics.counter(metrics_namespace(self.split), rejected_counter_name(result.reason)).inc()
-      yield beam.pvalue.TaggedOutput(self.REJECTED_TAG, json.dumps(result.to_json_dict(self.split)))
+      yield REJECTED, json.dumps(result.to_json_dict(self.split))
     else:
       self._written.inc()
-      yield result
+      yield RECORD, result
+
+
+def _of_kind(output: tuple[str, bytes | str], kind: str):
+  if output[0] == kind:
+    yield output[1]
 
 
 def _reject_repeat(image_id: str, split: str) -> str:
@@ -112,37 +120,51 @@ def _reject_repeat(image_id: str, split: str) -> str:
   return json.dumps(pairs.duplicate_rejection(image_id).to_json_dict(split))
 
 
-def add_split(p: beam.Pipeline, plan: SplitPlan, *, voc_root: str, output_dir: str, num_classes: int) -> None:
-  """Adds one split's branch: convert every id, write the records and the rejections."""
+def add_split(p: beam.Pipeline, plan: SplitPlan, *, voc_root: str, output_dir: str,
+              num_classes: int) -> tuple[beam.PCollection, beam.PCollection]:
+  """Adds one split's branch: convert every id, write the records and the rejections; returns the writes' files."""
   split = plan.split
   converted = (
       p
       | f"{split}/ListIds" >> beam.Create(plan.ids)  # reshuffles: a distributed runner fans the ids out
-      | f"{split}/Convert" >> beam.ParDo(ConvertPairs(voc_root, split, num_classes, len(plan.ids))).with_outputs(
-          ConvertPairs.REJECTED_TAG, main="records"))
-  _ = converted.records | f"{split}/WriteRecords" >> beam.io.WriteToTFRecord(
+      | f"{split}/Convert" >> beam.ParDo(ConvertPairs(voc_root, split, num_classes, len(plan.ids))))
+  records = converted | f"{split}/Records" >> beam.FlatMap(_of_kind, RECORD)
+  rejected = converted | f"{split}/Rejections" >> beam.FlatMap(_of_kind, REJECTED)
+  record_files = records | f"{split}/WriteRecords" >> beam.io.WriteToTFRecord(
       split_outputs.shard_prefix(output_dir, split), file_name_suffix=split_outputs.SHARD_SUFFIX,
       num_shards=plan.num_shards, shard_name_template=split_outputs.SHARD_NAME_TEMPLATE)
   repeats = (
       p
       | f"{split}/ListRepeats" >> beam.Create(plan.repeats)
       | f"{split}/RejectRepeats" >> beam.Map(_reject_repeat, split))
-  _ = (
-      (converted[ConvertPairs.REJECTED_TAG], repeats)
+  rejected_files = (
+      (rejected, repeats)
       | f"{split}/AllRejected" >> beam.Flatten()
       | f"{split}/WriteRejected" >> beam.io.WriteToText(
           split_outputs.rejected_prefix(output_dir, split), file_name_suffix=split_outputs.REJECTED_SUFFIX,
           num_shards=1, shard_name_template=""))
+  return record_files, rejected_files
 
 
 def build(p: beam.Pipeline, plans: list[SplitPlan], *, voc_root: str, output_dir: str, num_classes: int) -> None:
-  for plan in plans:
-    add_split(p, plan, voc_root=voc_root, output_dir=output_dir, num_classes=num_classes)
+  files = [pcoll for plan in plans
+           for pcoll in add_split(p, plan, voc_root=voc_root, output_dir=output_dir, num_classes=num_classes)]
+  # The last transform depends on every write: a runner that computes only what the last one needs still runs
+  # all of them (the Dask runner); elsewhere it is a Flatten of a few file names.
+  _ = files | "AllWritten" >> beam.Flatten()
 
 
-def counters(result: beam.runners.runner.PipelineResult, split: str) -> dict[str, int]:
-  """The split's counters by name (committed values where the runner has them, else attempted)."""
-  found = result.metrics().query(MetricsFilter().with_namespace(metrics_namespace(split)))["counters"]
+def counters(result: beam.runners.runner.PipelineResult, split: str) -> dict[str, int] | None:
+  """The split's counters by name (committed values where the runner has them, else attempted).
+
+  None on a runner whose results have no metrics (PipelineResult.metrics raises NotImplementedError, as the
+  Dask runner's does).
+  """
+  try:
+    results = result.metrics()
+  except NotImplementedError:
+    return None
+  found = results.query(MetricsFilter().with_namespace(metrics_namespace(split)))["counters"]
   values: dict[str, int] = {}
   for metric in found:
     value = metric.committed if metric.committed is not None else metric.attempted

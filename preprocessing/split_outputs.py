@@ -82,6 +82,18 @@ def stale_shards(output_dir: str, split: str, num_shards: int) -> list[str]:
                 if name.match(path.rsplit("/", 1)[-1]) and path.rsplit("/", 1)[-1] not in current)
 
 
+def leftover_temp_dirs(output_dir: str, split: str) -> list[str]:
+  """Beam's temp folders of this split's writes still in output_dir (beam-temp-{split}[-rejected]-<uuid>).
+
+  A write removes its own at the end; one is left by a crashed run, or by a runner that initialises a write
+  more than once (Beam 2.77's Dask runner computes a side input anew wherever it is read: a write leaves up to
+  three, one of them holding a second copy of its files).
+  """
+  name = re.compile("beam-temp-" + re.escape(split) + r"(-rejected)?-[0-9a-f]{32}$")
+  found = (path.rstrip("/") for path in tf.io.gfile.glob(tf.io.gfile.join(output_dir, f"beam-temp-{split}-*")))
+  return sorted(path for path in found if name.match(path.rsplit("/", 1)[-1]) and tf.io.gfile.isdir(path))
+
+
 @dataclasses.dataclass
 class SplitSummary:
   """What {split}-summary.json holds. `written` counts records read back from the shards."""

@@ -1,5 +1,6 @@
 """Shared test fixtures: where ../shared is, and small real-data helpers."""
 
+import logging
 import os
 import pathlib
 
@@ -51,3 +52,37 @@ def imagenet_weights() -> pathlib.Path:
 @pytest.fixture(scope="session")
 def reference_tflite() -> pathlib.Path:
   return _shared("models/deeplabv3_mnv2_pascal_quant.tflite")
+
+
+class _Messages(logging.Handler):
+  def __init__(self):
+    super().__init__(logging.INFO)
+    self.messages: list[str] = []
+
+  def emit(self, record):
+    self.messages.append(record.getMessage())
+
+
+@pytest.fixture
+def absl_messages() -> list[str]:
+  """The messages absl logs (INFO and up) during the test: absl's logger may not propagate to pytest's caplog
+  once an absl app has run."""
+  from absl import logging as absl_logging  # pylint: disable=g-import-not-at-top
+  handler, absl_logger = _Messages(), absl_logging.get_absl_logger()
+  level = absl_logger.level
+  absl_logger.addHandler(handler)
+  absl_logger.setLevel(logging.INFO)
+  yield handler.messages
+  absl_logger.removeHandler(handler)
+  absl_logger.setLevel(level)
+
+
+def convert_generated_voc(tmp_path_factory, **dataset_args) -> str:
+  """Generated VOC-format pairs (synthetic_voc.write_dataset's arguments) converted by the real Beam job; the
+  records' folder."""
+  from preprocessing import make_tfrecords, synthetic_voc  # pylint: disable=g-import-not-at-top
+  root = tmp_path_factory.mktemp("voc")
+  out = tmp_path_factory.mktemp("records")
+  synthetic_voc.write_dataset(str(root), **dataset_args)
+  make_tfrecords.run(["make_tfrecords", f"--voc_root={root}", f"--output_dir={out}"])
+  return str(out)

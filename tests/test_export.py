@@ -20,6 +20,7 @@ from preprocessing import pairs
 from preprocessing import voc
 from trainer import evaluate
 from trainer import export
+from trainer import int8_ranges
 from trainer import tflite_interpreter
 from trainer import input_pipeline
 from trainer import train
@@ -163,3 +164,38 @@ def test_mistakes_are_one_line_errors(tiny_run, tmp_path, arguments, message):
                           cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
   assert result.returncode == 2, result.stderr[-2000:]
   assert message in result.stderr.strip().splitlines()[-1]
+
+
+def test_int8_activation_ranges_are_the_mean_of_each_images_min_and_max():
+  """What trainer.int8_ranges puts in place of TFLite's min/max over all calibration images, checked by hand on
+  a graph whose tensors are known: y = relu(conv(x)) with a fixed filter; one image far brighter than the rest
+  widens TFLite's ranges but moves the means by a fraction."""
+  kernel = tf.constant(np.full((1, 1, 3, 2), 0.5, np.float32))
+
+  @tf.function(input_signature=[tf.TensorSpec([1, 8, 8, 3], tf.float32)])
+  def graph(x):
+    return tf.nn.relu(tf.nn.conv2d(x, kernel, 1, "VALID") - 20.0)
+
+  rng = np.random.default_rng(0)
+  images = [rng.uniform(0, 40, (1, 8, 8, 3)).astype(np.float32) for _ in range(4)]
+  images.append(np.full((1, 8, 8, 3), 200.0, np.float32))  # The outlier.
+  converter = tf.lite.TFLiteConverter.from_concrete_functions([graph.get_concrete_function()], graph)
+  converter.optimizations = [tf.lite.Optimize.DEFAULT]
+  converter.representative_dataset = lambda: ([image] for image in images)
+  converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+  converter._experimental_calibrate_only = True  # pylint: disable=protected-access
+  calibrated = converter.convert()
+
+  ranges = int8_ranges.mean_of_per_image_ranges(calibrated, lambda: iter(images))
+  outputs = [np.maximum(image.sum(-1, keepdims=True) * 0.5 - 20.0, 0.0) for image in images]
+  expected = {(np.mean([i.min() for i in images]), np.mean([i.max() for i in images])),
+              (np.mean([o.min() for o in outputs]), np.mean([o.max() for o in outputs]))}
+  found = set(ranges.values())
+  for low, high in expected:  # The input's range and the output's, among the tensors' ranges.
+    assert any(abs(low - a) < 1e-3 and abs(high - b) < 1e-3 for a, b in found), (low, high, found)
+
+  quantized = int8_ranges.quantize(int8_ranges.with_ranges(calibrated, ranges), input_type=tf.uint8)
+  interpreter = tf.lite.Interpreter(model_content=quantized)
+  scale, zero_point = interpreter.get_input_details()[0]["quantization"]
+  input_high = np.mean([i.max() for i in images])
+  assert scale == pytest.approx(input_high / 255, rel=1e-3) and zero_point == 0  # TFLite's own: 200 / 255.

@@ -4,6 +4,7 @@ The cloud launchers only build commands and specs here (no gcloud, kubectl or do
 multi-worker launcher really runs in test_multiworker_fault.py and below on a bad data folder.
 """
 
+import ast
 import json
 import os
 import pathlib
@@ -14,6 +15,8 @@ import sys
 
 import pytest
 import yaml
+
+from launch import tpu_vm
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 TRAINER_FLAGS = ["--config=configs/deeplab_voc.py", "--config.batch_size=32", "--data_dir=gs://bucket/voc/records",
@@ -105,6 +108,58 @@ def test_tpu_vm_dry_run_creates_copies_installs_and_trains_with_the_tpu_strategy
   assert remote[:6] == ["cd", "segmentation", "&&", "python3", "-m", "trainer.main"]
   assert remote[6:] == [*TRAINER_FLAGS, "--mixed_precision=mixed_bfloat16", "--strategy=tpu", "--tpu=local"]
   assert mkdir[-1] == "--command=mkdir -p segmentation"
+
+
+def _install_requires(env_value: str | None) -> list[str]:
+  """setup.py's install_requires with SEGMENTATION_TENSORFLOW set to env_value (None: unset)."""
+  script = ("import runpy, setuptools; setuptools.setup = lambda **kw: print(repr(kw['install_requires'])); "
+            "runpy.run_path('setup.py')")
+  env = {k: v for k, v in os.environ.items() if k != "SEGMENTATION_TENSORFLOW"}
+  if env_value is not None:
+    env["SEGMENTATION_TENSORFLOW"] = env_value
+  result = subprocess.run([sys.executable, "-c", script], cwd=REPO_ROOT, env=env, capture_output=True, text=True,
+                          check=True)
+  return ast.literal_eval(result.stdout.strip())
+
+
+def test_setup_py_installs_exactly_one_tensorflow_distribution():
+  def tensorflows(requirements):
+    return [r for r in requirements if re.match(r"(tensorflow|tf-nightly)(-tpu|-cpu)?(\[.*\])?([<>=~!]|$)", r)]
+  assert tensorflows(_install_requires(None)) == ["tensorflow>=2.21,<2.22"]
+  assert tensorflows(_install_requires("tensorflow-tpu~=2.21.0")) == ["tensorflow-tpu~=2.21.0"]
+  assert tensorflows(_install_requires("")) == []  # The machine's own TensorFlow.
+
+
+def test_tpu_vm_installs_one_tensorflow_and_checks_it():
+  result = launch("tpu_vm", "--tpu_name=seg", "--zone=z", "--dry_run", "--", *TRAINER_FLAGS)
+  assert result.returncode == 0, result.stderr
+  _, _, install, _ = commands(result.stdout)
+  remote = install[-1].removeprefix("--command=")
+  assert remote.count("pip install") == 1 and "SEGMENTATION_TENSORFLOW='tensorflow-tpu~=2.21.0' python3 -m pip" in remote
+  check = remote.rsplit(" && ", 1)[1]
+  assert check == tpu_vm.CHECK_ONE_TENSORFLOW
+  # The check passes here (one TensorFlow) and names the distributions where there are two.
+  assert subprocess.run(shlex.split(check.replace("python3", sys.executable, 1)), capture_output=True).returncode == 0
+  two = check.replace(".get('tensorflow', [])", ".get('tensorflow', []) + ['tensorflow-tpu']")
+  failed = subprocess.run(shlex.split(two.replace("python3", sys.executable, 1)), capture_output=True, text=True)
+  assert failed.returncode == 1 and "TensorFlow distributions: ['tensorflow', 'tensorflow-tpu']" in failed.stderr
+
+
+def test_tpu_vm_multi_host_slice_runs_one_client_with_the_tpu_name():
+  result = launch("tpu_vm", "--tpu_name=seg", "--zone=z", "--create", "--accelerator_type=v4-32",
+                  "--runtime_version=tpu-vm-tf-2.21.0-pod-pjrt", "--dry_run", "--", *TRAINER_FLAGS)
+  assert result.returncode == 0, result.stderr
+  create, mkdir, scp, install, train = commands(result.stdout)
+  assert "--version=tpu-vm-tf-2.21.0-pod-pjrt" in create
+  assert all("--worker=all" in command for command in (mkdir, scp, install))  # Every host gets the code.
+  assert "SEGMENTATION_TENSORFLOW='' python3 -m pip install --quiet . &&" in install[-1]  # The image's TensorFlow.
+  assert "--worker=0" in train
+  remote = shlex.split(train[-1].removeprefix("--command="))
+  assert remote[:4] == ["cd", "segmentation", "&&", "TPU_LOAD_LIBRARY=0"]
+  assert remote[-2:] == ["--strategy=tpu", "--tpu=seg"]
+  refused = launch("tpu_vm", "--tpu_name=seg", "--zone=z", "--create", "--accelerator_type=v5litepod-16",
+                   "--dry_run", "--", *TRAINER_FLAGS)
+  assert "pass --runtime_version=tpu-vm-tf-<version>-pod-pjrt" in one_line_error(refused)
 
 
 @pytest.mark.parametrize("trainer_flags, message", [

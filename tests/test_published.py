@@ -2,13 +2,11 @@
 fine-tuning from an import (init_from, a residual decoder, another class count)."""
 
 import json
-import logging
 import re
 import subprocess
 import sys
 import tarfile
 
-from absl import logging as absl_logging
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -225,18 +223,7 @@ def test_trainable_layers_new_needs_init_from():
     train.set_trainable_layers(model, "decoder", set())
 
 
-class _Records(logging.Handler):
-  """absl's log records (absl's logger may not propagate to pytest's caplog once an absl app has run)."""
-
-  def __init__(self):
-    super().__init__(logging.INFO)
-    self.messages = []
-
-  def emit(self, record):
-    self.messages.append(record.getMessage())
-
-
-def test_fine_tuning_an_import_to_three_classes(imported_deeplabv3, tmp_path):
+def test_fine_tuning_an_import_to_three_classes(imported_deeplabv3, tmp_path, absl_messages):
   run_dir, source_model = imported_deeplabv3
   root, records, model_dir = tmp_path / "voc", tmp_path / "records", tmp_path / "run"
   synthetic_voc.write_dataset(str(root), num_train=8, num_val=4, height=65, width=81, num_classes=3)
@@ -247,19 +234,11 @@ def test_fine_tuning_an_import_to_three_classes(imported_deeplabv3, tmp_path):
   config.input.eval_pad_to = 97
   config.train.steps = 4
   config.train.num_triptychs = 0
-  records_handler, absl_logger = _Records(), absl_logging.get_absl_logger()
-  absl_logger.addHandler(records_handler)
-  level = absl_logger.level
-  absl_logger.setLevel(logging.INFO)
-  try:
-    report = train.train_and_evaluate(config, data_dir=str(records), model_dir=str(model_dir),
-                                      strategy=distribute.create_strategy("default"))
-  finally:
-    absl_logger.removeHandler(records_handler)
-    absl_logger.setLevel(level)
+  report = train.train_and_evaluate(config, data_dir=str(records), model_dir=str(model_dir),
+                                    strategy=distribute.create_strategy("default"))
   assert report["steps"] == 4 and len(report["per_class_iou"]) == 3
   assert any(re.search(r"fresh: .*logits \(shape \(1, 1, 256, 3\) here, \(1, 1, 256, 21\) in the source\)", m)
-             for m in records_handler.messages), records_handler.messages
+             for m in absl_messages), absl_messages
   _, tuned, _ = evaluate.load_run(str(model_dir))
   # What was imported stayed as imported; the new logits and the decoder trained.
   for name in ("Conv1", "block_8_expand", "aspp_projection_conv", "aspp_projection_bn"):

@@ -14,12 +14,11 @@ import tensorflow as tf
 
 from configs import smoke
 from launch import local_workers
-from preprocessing import make_tfrecords
 from preprocessing import schema
-from preprocessing import synthetic_voc
 from preprocessing import voc
 from trainer import distribute
 from trainer import train
+from tests.conftest import convert_generated_voc
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -27,11 +26,7 @@ REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="module")
 def records(tmp_path_factory) -> str:
   """Generated VOC-format pairs converted by the real Beam job: 16 train, 8 val, 96x128."""
-  root = tmp_path_factory.mktemp("voc")
-  out = tmp_path_factory.mktemp("records")
-  synthetic_voc.write_dataset(str(root), num_train=16, num_val=8, height=96, width=128)
-  make_tfrecords.run(["make_tfrecords", f"--voc_root={root}", f"--output_dir={out}"])
-  return str(out)
+  return convert_generated_voc(tmp_path_factory, num_train=16, num_val=8, height=96, width=128)
 
 
 def tiny_config(**train_fields):

@@ -79,6 +79,10 @@ def create_strategy(name: str, *, tpu: str = "") -> tf.distribute.Strategy:
   raise StrategyError(f"unknown strategy {name!r}: use one of {', '.join(STRATEGIES)}")
 
 
+def is_tpu(strategy: tf.distribute.Strategy) -> bool:
+  return isinstance(strategy, (tf.distribute.TPUStrategy, tf.distribute.experimental.TPUStrategy))
+
+
 def is_chief(strategy: tf.distribute.Strategy) -> bool:
   """Whether this process writes checkpoints and summaries (worker 0, or the only process)."""
   resolver = getattr(strategy, "cluster_resolver", None)

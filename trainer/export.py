@@ -35,6 +35,7 @@ import tensorflow as tf
 from preprocessing import schema
 from trainer import evaluate
 from trainer import input_pipeline
+from trainer import int8_ranges
 from trainer import metrics as metrics_lib
 from trainer import tflite_interpreter
 from trainer import train
@@ -59,6 +60,9 @@ def define_flags() -> None:
   flags.DEFINE_bool("int8", False, f"Also write {INT8_TFLITE} (needs --calibration_data).")
   flags.DEFINE_string("calibration_data", None, "TFRecord glob(s) of (training) images to calibrate int8 ranges on.")
   flags.DEFINE_integer("num_calibration", 200, "Calibration images (the first ones of the glob).")
+  flags.DEFINE_enum("int8_ranges", "mean", int8_ranges.METHODS, "Activation ranges: the mean of each calibration "
+                    "image's min and max (what quantization-aware training tracks), or TFLite's min and max over "
+                    "all of them.")
   flags.DEFINE_string("check_data", None, "TFRecord glob(s) to score every export on; default the run's eval "
                       "split under --data_dir, if given; neither: no check.")
   flags.DEFINE_integer("num_check_images", 100, "Images scored by the check (0: all).")
@@ -112,9 +116,10 @@ def export_saved_model(model: keras.Model, export_dir: str) -> None:
 
 
 def convert_tflite(model: keras.Model, representative_images: Callable[[], Iterator[np.ndarray]] | None = None,
-                   size: int = TFLITE_SIZE) -> bytes:
+                   size: int = TFLITE_SIZE, ranges: str = "mean") -> bytes:
   """A 1 x size x size x 3 TFLite model that outputs uint8 class ids: float32 when `representative_images` is
-  None, else full-integer int8 calibrated on its float32 [1, size, size, 3] raw-pixel images (uint8 input)."""
+  None, else full-integer int8 calibrated on its float32 [1, size, size, 3] raw-pixel images (uint8 input), with
+  activation ranges by `ranges` (int8_ranges.METHODS)."""
   @tf.function(input_signature=[tf.TensorSpec([1, size, size, 3], tf.float32, name="image")])
   def class_ids(image):
     return {"classes": tf.cast(tf.argmax(model(image, training=False), axis=-1), tf.uint8)}
@@ -127,12 +132,20 @@ def convert_tflite(model: keras.Model, representative_images: Callable[[], Itera
     archive.add_endpoint("serving_default", class_ids)
     archive.write_out(saved_model, verbose=False)
     converter = tf.lite.TFLiteConverter.from_saved_model(saved_model)
-    if representative_images is not None:
-      converter.optimizations = [tf.lite.Optimize.DEFAULT]
-      converter.representative_dataset = lambda: ([image] for image in representative_images())
-      converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-      converter.inference_input_type = tf.uint8  # Like the reference; the output is integer class ids already.
-    return converter.convert()
+    if representative_images is None:
+      return converter.convert()
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    converter.representative_dataset = lambda: ([image] for image in representative_images())
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    converter.inference_input_type = tf.uint8  # Like the reference; the output is integer class ids already.
+    if ranges == "minmax":
+      return converter.convert()
+    if ranges != "mean":
+      raise ValueError(f"int8 ranges {ranges!r}: use one of {', '.join(int8_ranges.METHODS)}")
+    converter._experimental_calibrate_only = True  # pylint: disable=protected-access
+    calibrated = converter.convert()
+  means = int8_ranges.mean_of_per_image_ranges(calibrated, representative_images)
+  return int8_ranges.quantize(int8_ranges.with_ranges(calibrated, means), input_type=tf.uint8)
 
 
 def _records(file_pattern: str, count: int) -> tf.data.Dataset:
@@ -323,13 +336,14 @@ def run(model_dir: str, output_dir: str) -> dict:
     tflite_files["tflite_int8"] = os.path.join(output_dir, INT8_TFLITE)
     with _step(f"writing {tflite_files['tflite_int8']} (calibrating on up to {FLAGS.num_calibration} images)"):
       representative = calibration_images(FLAGS.calibration_data, FLAGS.num_calibration)
-      _write_bytes(tflite_files["tflite_int8"], convert_tflite(model, representative))
+      _write_bytes(tflite_files["tflite_int8"], convert_tflite(model, representative, ranges=FLAGS.int8_ranges))
 
   report = {"model_dir": model_dir, "weights": weights, "saved_model": saved_model_dir,
             "tflite": {name: {"file": path, "bytes": tf.io.gfile.stat(path).length}
                        for name, path in tflite_files.items()}}
   if FLAGS.int8:
-    report["calibration"] = {"data": FLAGS.calibration_data, "max_images": FLAGS.num_calibration}
+    report["calibration"] = {"data": FLAGS.calibration_data, "max_images": FLAGS.num_calibration,
+                             "ranges": FLAGS.int8_ranges}
   if check_data:
     with _step(f"checking every export on {'up to ' + str(FLAGS.num_check_images) if FLAGS.num_check_images else 'all'} "
                f"images of {check_data}"):

@@ -266,13 +266,16 @@ def _pad_eval(image: tf.Tensor, label: tf.Tensor, example: dict, size: tuple[int
 
 def eval_dataset(file_pattern: str, *, batch_size: int = 1, pad_to: int | tuple[int, int] | None = None,
                  input_context: tf.distribute.InputContext | None = None,
-                 with_metadata: bool = False) -> tf.data.Dataset:
+                 with_metadata: bool = False, fixed_shape_replicas: int = 0) -> tf.data.Dataset:
   """Unaugmented (image, label[, meta]) batches, every record exactly once, in a fixed order.
 
   pad_to=None: images at their natural size, so batch_size must be 1. pad_to=N (or (h, w)): padded at the
   bottom/right to NxN (image 127.5, label 255, never scored); an image larger than that fails the iteration with
   an error naming its id and size (the DeepLab VOC eval size 513 holds every VOC image, which are <= 500x500).
   `batch_size` is per replica when `input_context` is given. meta = {"id", "height", "width"} of the images.
+  fixed_shape_replicas=R (TPUs; needs pad_to): every batch full and a multiple of R batches, the end filled
+  with void images (label 255 everywhere, never scored), so that each of the pipeline's R replicas runs the
+  same number of steps on batches of one shape.
   """
   if pad_to is None and batch_size != 1:
     raise ValueError(f"eval_dataset without pad_to yields images of different sizes: batch_size must be 1, "
@@ -292,5 +295,16 @@ def eval_dataset(file_pattern: str, *, batch_size: int = 1, pad_to: int | tuple[
       return image, label, {"id": example["id"], "height": example["height"], "width": example["width"]}
     return image, label
 
-  dataset = dataset.map(prepare, num_parallel_calls=AUTOTUNE, deterministic=True).batch(batch_size)
+  dataset = dataset.map(prepare, num_parallel_calls=AUTOTUNE, deterministic=True)
+  if fixed_shape_replicas:
+    if size is None or with_metadata:
+      raise ValueError("fixed_shape_replicas needs pad_to and no metadata")
+    group = batch_size * fixed_shape_replicas
+    void = (tf.fill([size[0], size[1], 3], tf.constant(MEAN_PIXEL, tf.float32)),
+            tf.fill([size[0], size[1]], tf.constant(IGNORE_LABEL, tf.int32)))
+    # Up to group - 1 void images complete the last group; whole groups of void images are dropped.
+    dataset = dataset.concatenate(tf.data.Dataset.from_tensors(void).repeat(group - 1))
+    dataset = dataset.batch(group, drop_remainder=True).unbatch().batch(batch_size, drop_remainder=True)
+  else:
+    dataset = dataset.batch(batch_size)
   return dataset.prefetch(AUTOTUNE)

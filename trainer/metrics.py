@@ -10,10 +10,13 @@ from preprocessing import voc
 class MeanIoU(keras.metrics.MeanIoU):
   """Keras's MeanIoU on logits, ignoring the void label, that also reports per-class IoU and accuracy."""
 
-  def __init__(self, num_classes: int = voc.NUM_CLASSES, name: str = "miou", **kwargs):
+  def __init__(self, num_classes: int = voc.NUM_CLASSES, name: str = "miou", xla_compatible: bool = False,
+               **kwargs):
     kwargs.setdefault("ignore_class", voc.IGNORE_LABEL)
     kwargs.setdefault("sparse_y_pred", False)
     super().__init__(num_classes=num_classes, name=name, **kwargs)
+    # XLA has no Bincount kernel; a segment sum is its fixed-length form (slower than Bincount without XLA).
+    self.xla_compatible = xla_compatible
 
   def update_state(self, y_true, y_pred, sample_weight=None):
     """One bincount over the valid pixels' (label, arg-max) pairs: Keras's update (casts, masks, its own
@@ -25,7 +28,10 @@ class MeanIoU(keras.metrics.MeanIoU):
     predicted = tf.reshape(tf.argmax(y_pred, axis=-1, output_type=tf.int32), [-1])
     valid = (labels >= 0) & (labels < n) & (labels != self.ignore_class)
     index = tf.where(valid, labels * n + predicted, n * n)  # Invalid pixels go to an extra bin, dropped below.
-    counts = tf.math.bincount(index, minlength=n * n + 1, maxlength=n * n + 1, dtype=self.total_cm.dtype)
+    if self.xla_compatible:
+      counts = tf.math.unsorted_segment_sum(tf.ones_like(index, self.total_cm.dtype), index, n * n + 1)
+    else:
+      counts = tf.math.bincount(index, minlength=n * n + 1, maxlength=n * n + 1, dtype=self.total_cm.dtype)
     self.total_cm.assign_add(tf.reshape(counts[:-1], [n, n]))
 
   def confusion_matrix(self) -> np.ndarray:

@@ -41,11 +41,14 @@ class ResizeLike(keras.layers.Layer):
   def call(self, inputs):
     images, reference = inputs
     size = tf.shape(reference)[1:3]
+    # Bilinear resizes compute in float32; a float16/bfloat16 input is cast up here, not inside the op, because
+    # XLA's ResizeBilinearGrad of a half-precision input mixes precisions and fails to compile.
+    as_float32 = tf.cast(images, tf.float32)
     if self.align_corners:
-      resized = tf.raw_ops.ResizeBilinear(images=images, size=size, align_corners=True, half_pixel_centers=False)
+      resized = tf.raw_ops.ResizeBilinear(images=as_float32, size=size, align_corners=True, half_pixel_centers=False)
     else:
-      resized = tf.image.resize(images, size, method="bilinear")
-    return tf.cast(resized, images.dtype)  # Bilinear resizes compute in float32.
+      resized = tf.image.resize(as_float32, size, method="bilinear")
+    return tf.cast(resized, images.dtype)
 
   def get_config(self):
     return {**super().get_config(), "align_corners": self.align_corners}

@@ -86,6 +86,47 @@ def make_plan(config: ml_collections.ConfigDict, num_train_examples: int, num_re
   return Plan(num_train_examples, config.batch_size, steps_per_loop, math.ceil(total / steps_per_loop))
 
 
+@dataclasses.dataclass(frozen=True)
+class Execution:
+  """How the steps run on the devices; derived once from the config and the strategy (`plan_execution`)."""
+  jit_compile: bool | str  # compile()'s argument: True, False or "auto" (Keras decides).
+  steps_per_execution: int
+  # Every batch of the same shape, the last evaluation batches padded with void images: what TPUs need.
+  fixed_batch_shapes: bool
+
+  @property
+  def xla_compatible(self) -> bool:
+    """Whether the steps may be compiled by XLA (then every op in them must have an XLA kernel)."""
+    return self.jit_compile is True or (self.jit_compile == "auto" and bool(tf.config.list_logical_devices("GPU")))
+
+
+MAX_TPU_STEPS_PER_EXECUTION = 100
+
+
+def plan_execution(config: ml_collections.ConfigDict, strategy, steps_per_loop: int, *, tpu: bool | None = None
+                   ) -> Execution:
+  """`tpu` (default: whether `strategy` is a TPUStrategy) chooses the TPU settings: XLA always, several steps
+  per execution, fixed batch shapes. Tests set it to run the TPU path under the default strategy."""
+  tpu = distribute.is_tpu(strategy) if tpu is None else tpu
+  jit_compile = config.train.jit_compile
+  if not (isinstance(jit_compile, bool) or jit_compile == "auto"):
+    raise ConfigError(f"config.train.jit_compile={jit_compile!r}: use auto, True or False")
+  steps = config.train.steps_per_execution
+  if steps < 0 or (steps and steps_per_loop % steps):
+    raise ConfigError(f"config.train.steps_per_execution={steps}: must divide the {steps_per_loop} steps of a loop "
+                      f"(config.train.steps_per_loop), or 0 for automatic")
+  if not steps:
+    steps = max(d for d in range(1, min(steps_per_loop, MAX_TPU_STEPS_PER_EXECUTION) + 1)
+                if steps_per_loop % d == 0) if tpu else 1
+  if tpu:
+    if jit_compile is False:
+      raise ConfigError("config.train.jit_compile=False: TPUs run only XLA-compiled steps")
+    if not config.input.eval_pad_to:
+      raise ConfigError("config.input.eval_pad_to=0: TPUs need fixed evaluation shapes; set it to your largest "
+                        "image side")
+  return Execution(jit_compile=True if tpu else jit_compile, steps_per_execution=steps, fixed_batch_shapes=tpu)
+
+
 def _crop(config: ml_collections.ConfigDict) -> tuple[int, int]:
   return input_pipeline.size_pair(config.input.crop_size, "config.input.crop_size")
 
@@ -189,7 +230,8 @@ def set_trainable_layers(model: keras.Model, which: str, initialized: set[str]) 
                ", ".join(layer.name for layer in model.layers if layer.trainable_weights) or "none")
 
 
-def compile_model(model: keras.Model, config: ml_collections.ConfigDict, total_steps: int) -> metrics_lib.MeanIoU:
+def compile_model(model: keras.Model, config: ml_collections.ConfigDict, total_steps: int,
+                  execution: Execution = Execution("auto", 1, False)) -> metrics_lib.MeanIoU:
   """Compiles in place; returns the mIoU metric, whose confusion matrix the reports read."""
   try:
     optimizer = optimizers.create_optimizer(config.optimizer, total_steps)
@@ -197,8 +239,9 @@ def compile_model(model: keras.Model, config: ml_collections.ConfigDict, total_s
                                    top_k_percent_pixels=config.loss.top_k_percent_pixels)
   except ValueError as error:
     raise ConfigError(str(error)) from None
-  miou = metrics_lib.MeanIoU(config.model.num_classes)
-  model.compile(optimizer=optimizer, loss=loss, metrics=[miou, metrics_lib.PixelAccuracy()])
+  miou = metrics_lib.MeanIoU(config.model.num_classes, xla_compatible=execution.xla_compatible)
+  model.compile(optimizer=optimizer, loss=loss, metrics=[miou, metrics_lib.PixelAccuracy()],
+                jit_compile=execution.jit_compile, steps_per_execution=execution.steps_per_execution)
   return miou
 
 
@@ -226,11 +269,13 @@ def _wait_for_all_workers(strategy) -> None:
     strategy.reduce("SUM", strategy.run(lambda: tf.constant(1.0)), axis=None)
 
 
-def _eval_dataset(strategy, config, files):
+def _eval_dataset(strategy, config, files, execution: Execution):
   per_replica = _per_replica_eval_batch(config, strategy)
   return strategy.distribute_datasets_from_function(
       lambda context: input_pipeline.eval_dataset(
-          files, batch_size=per_replica, pad_to=config.input.eval_pad_to, input_context=context))
+          files, batch_size=per_replica, pad_to=config.input.eval_pad_to, input_context=context,
+          fixed_shape_replicas=(context.num_replicas_in_sync // context.num_input_pipelines
+                                if execution.fixed_batch_shapes else 0)))
 
 
 def _per_replica_eval_batch(config, strategy) -> int:
@@ -245,9 +290,9 @@ def _validation_samples(files: str, count: int) -> list:
 
 
 def evaluate(model: keras.Model, miou: metrics_lib.MeanIoU, config: ml_collections.ConfigDict, strategy,
-             data_dir: str) -> dict:
+             data_dir: str, execution: Execution) -> dict:
   """Validation figures over the whole eval split (padding never scored)."""
-  dataset = _eval_dataset(strategy, config, split_files(data_dir, config.eval_split))
+  dataset = _eval_dataset(strategy, config, split_files(data_dir, config.eval_split), execution)
   results = model.evaluate(dataset, steps=config.train.eval_steps or None, verbose=0, return_dict=True)
   return {"loss": float(results["loss"]), **metrics_lib.summarize_confusion(miou.confusion_matrix())}
 
@@ -259,16 +304,17 @@ def trained_weights(model_dir: str) -> str | None:
 
 
 def evaluate_checkpoint(config: ml_collections.ConfigDict, *, data_dir: str, model_dir: str,
-                        strategy: tf.distribute.Strategy) -> dict:
+                        strategy: tf.distribute.Strategy, tpu: bool | None = None) -> dict:
   """Evaluates the best (else the final) weights of a finished run and rewrites its metrics.json."""
   weights = trained_weights(model_dir)
   if weights is None:
     raise DataError(f"no trained weights in {model_dir} (looked for {BEST_WEIGHTS} and {FINAL_WEIGHTS})")
+  execution = plan_execution(config, strategy, steps_per_loop=1, tpu=tpu)
   with strategy.scope():
     model = create_model(config)
-    miou = compile_model(model, config, total_steps=1)
+    miou = compile_model(model, config, total_steps=1, execution=execution)
   model.load_weights(weights)
-  report = evaluate(model, miou, config, strategy, data_dir)
+  report = evaluate(model, miou, config, strategy, data_dir, execution)
   report.update(weights=weights, split=config.eval_split)
   if distribute.is_chief(strategy):
     _write_json(os.path.join(model_dir, "metrics.json"), report)
@@ -281,7 +327,9 @@ def _write_json(path: str, value) -> None:
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, *, data_dir: str, model_dir: str,
-                       strategy: tf.distribute.Strategy, evaluate_at_end: bool = True) -> dict:
+                       strategy: tf.distribute.Strategy, evaluate_at_end: bool = True,
+                       tpu: bool | None = None) -> dict:
+  """`tpu`: see plan_execution."""
   chief = distribute.is_chief(strategy)
   keras.utils.set_random_seed(config.seed)  # Same initial weights on every worker, and run to run.
   train_files = split_files(data_dir, config.train_split)
@@ -290,6 +338,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, *, data_dir: str, mode
   logging.info("plan: %d training examples, global batch %d over %d replicas, %d loops x %d steps = %d steps",
                plan.num_train_examples, plan.global_batch_size, strategy.num_replicas_in_sync, plan.num_loops,
                plan.steps_per_loop, plan.total_steps)
+  execution = plan_execution(config, strategy, plan.steps_per_loop, tpu=tpu)
+  logging.info("execution: jit_compile=%s, %d steps per execution%s", execution.jit_compile,
+               execution.steps_per_execution, ", fixed batch shapes" if execution.fixed_batch_shapes else "")
   if chief:
     tf.io.gfile.makedirs(os.path.join(model_dir, "checkpoints"))
     with tf.io.gfile.GFile(os.path.join(model_dir, "config.json"), "w") as f:
@@ -300,7 +351,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, *, data_dir: str, mode
     model = create_model(config)
     initialized = initialize_from(model, config.model.init_from) if config.model.init_from else set()
     set_trainable_layers(model, config.model.trainable_layers, initialized)
-    miou = compile_model(model, config, plan.total_steps)
+    miou = compile_model(model, config, plan.total_steps, execution)
   train_data = strategy.distribute_datasets_from_function(
       lambda context: input_pipeline.train_dataset(
           train_files, batch_size=per_replica_batch, crop_size=_crop(config), canvas_size=config.input.canvas_size,
@@ -334,7 +385,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, *, data_dir: str, mode
 
   history = model.fit(
       train_data, epochs=plan.num_loops, initial_epoch=completed_loops, steps_per_epoch=plan.steps_per_loop,
-      validation_data=_eval_dataset(strategy, config, eval_files),
+      validation_data=_eval_dataset(strategy, config, eval_files, execution),
       validation_steps=config.train.eval_steps or None, validation_freq=config.train.eval_every_loops,
       callbacks=callbacks, shuffle=False, verbose=2 if chief else 0)
   losses_seen = history.history.get("loss", [])
@@ -350,7 +401,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, *, data_dir: str, mode
     return {"steps": steps}
   weights = trained_weights(model_dir)
   model.load_weights(weights)
-  report = evaluate(model, miou, config, strategy, data_dir)
+  report = evaluate(model, miou, config, strategy, data_dir, execution)
   report.update(steps=steps, weights=weights, split=config.eval_split)
   if chief:
     _write_json(os.path.join(model_dir, "metrics.json"), report)
