@@ -27,7 +27,8 @@ _TPU_NAME = flags.DEFINE_string("tpu_name", None, "TPU VM name.", required=True)
 _ZONE = flags.DEFINE_string("zone", None, "Zone of the TPU VM, e.g. us-central2-b.", required=True)
 _PROJECT = flags.DEFINE_string("project", None, "Google Cloud project; default gcloud's configured one.")
 _CREATE = flags.DEFINE_bool("create", False, "Create the TPU VM first.")
-_ACCELERATOR_TYPE = flags.DEFINE_string("accelerator_type", "v4-8", "TPU type for --create.")
+_ACCELERATOR_TYPE = flags.DEFINE_string("accelerator_type", "v4-8", "TPU type: created with --create; also what tells "
+                                        "a single-host slice from a multi-host one, so give it for an existing TPU too.")
 _RUNTIME_VERSION = flags.DEFINE_string(
     "runtime_version", None, "TPU VM software version for --create. Default: tpu-ubuntu2204-base on a single "
     "host (the project's install brings TensorFlow); a multi-host slice needs a TensorFlow pod image, "

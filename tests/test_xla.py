@@ -82,11 +82,15 @@ def test_xla_train_step_compiles_and_matches_the_default_step(restore_policy, mo
   default_loss, default_update, default_model = _first_step(config, jit_compile=False)
   assert xla_model.jit_compile is True and default_model.jit_compile is False
   assert np.isfinite(xla_loss) and np.isfinite(xla_update).all()
-  tolerance = 1e-4 if policy == "float32" else 2e-2
-  assert xla_loss == pytest.approx(default_loss, rel=tolerance)
+  # bfloat16 keeps 8 bits of mantissa: the two compilations round differently along the way (a zero or
+  # wrong-signed update would still be 1 or more).
+  loss_tolerance, update_tolerance = {"float32": (1e-4, 1e-2), "mixed_float16": (2e-2, 0.2),
+                                      "mixed_bfloat16": (2e-2, 0.5)}[policy]
+  assert xla_loss == pytest.approx(default_loss, rel=loss_tolerance)
   # The same update of the weights and batch-norm statistics (relative to its size).
   assert np.linalg.norm(default_update) > 0
-  assert np.linalg.norm(xla_update - default_update) <= 50 * tolerance * np.linalg.norm(default_update)
+  difference = np.linalg.norm(xla_update - default_update) / np.linalg.norm(default_update)
+  assert difference <= update_tolerance
 
 
 def test_xla_eval_step_counts_the_same_confusion_matrix():
@@ -136,6 +140,23 @@ def test_fixed_shape_eval_batches_are_full_and_score_every_image_once(records, r
   assert (labels[7:] == input_pipeline.IGNORE_LABEL).all()  # The filling is never scored.
 
 
+@pytest.mark.parametrize("batch_size, replicas", [(7, 1), (2, 2), (1, 3)])  # 7: exactly one full batch.
+def test_fixed_shape_eval_batches_are_the_same_in_number_on_every_input_pipeline(records, batch_size, replicas):
+  files = f"{records}/val-*.tfrecord"
+  pipelines = [list(input_pipeline.eval_dataset(
+      files, batch_size=batch_size, pad_to=128, fixed_shape_replicas=replicas,
+      input_context=tf.distribute.InputContext(num_input_pipelines=2, input_pipeline_id=i,
+                                               num_replicas_in_sync=2 * replicas))) for i in range(2)]
+  assert len(pipelines[0]) == len(pipelines[1]) and len(pipelines[0]) % replicas == 0
+  assert all(tuple(label.shape) == (batch_size, 128, 128) for batches in pipelines for _, label in batches)
+  scored = sorted(int((label.numpy() != input_pipeline.IGNORE_LABEL).sum())
+                  for batches in pipelines for _, labels in batches for label in labels if
+                  (label.numpy() != input_pipeline.IGNORE_LABEL).any())
+  plain = sorted(int((label.numpy() != input_pipeline.IGNORE_LABEL).sum())
+                 for _, label in input_pipeline.eval_dataset(files, batch_size=1, pad_to=128))
+  assert scored == plain  # Every image once, over both pipelines.
+
+
 def test_tpu_path_trains_and_evaluates_under_the_default_strategy(records, tmp_path, absl_messages):
   """What --strategy=tpu changes, run with the default strategy standing in: XLA steps, several steps per
   execution, fixed batch shapes; every validation pixel is scored once, none of the filling."""
@@ -161,6 +182,7 @@ def test_tpu_path_trains_and_evaluates_under_the_default_strategy(records, tmp_p
     ({"jit_compile": False}, True, "TPUs run only XLA-compiled steps"),
     ({"steps_per_execution": 3}, False, "config.train.steps_per_execution=3: must divide the 10 steps"),
     ({"steps_per_execution": -1}, False, "config.train.steps_per_execution=-1"),
+    ({"steps_per_execution": 5, "eval_steps": 3}, False, "config.train.eval_steps=3: must be a multiple of"),
 ])
 def test_bad_execution_settings_are_refused(fields, tpu, message):
   config = _config()

@@ -275,7 +275,8 @@ def eval_dataset(file_pattern: str, *, batch_size: int = 1, pad_to: int | tuple[
   `batch_size` is per replica when `input_context` is given. meta = {"id", "height", "width"} of the images.
   fixed_shape_replicas=R (TPUs; needs pad_to): every batch full and a multiple of R batches, the end filled
   with void images (label 255 everywhere, never scored), so that each of the pipeline's R replicas runs the
-  same number of steps on batches of one shape.
+  same number of steps on batches of one shape; with several input pipelines, each of them the same number of
+  batches. The void images count in the loss's batch average (as zeros), not in any metric.
   """
   if pad_to is None and batch_size != 1:
     raise ValueError(f"eval_dataset without pad_to yields images of different sizes: batch_size must be 1, "
@@ -283,8 +284,12 @@ def eval_dataset(file_pattern: str, *, batch_size: int = 1, pad_to: int | tuple[
   if batch_size < 1:
     raise ValueError(f"batch_size must be >= 1, got {batch_size}")
   size = None if pad_to is None else size_pair(pad_to, "pad_to")
-  dataset = _records(list_files(file_pattern), input_context=input_context, shuffle=False, seed=None,
-                     deterministic=True)
+  num_pipelines, pipeline_id = _pipeline_position(input_context)
+  # Fixed shapes over several pipelines: every pipeline reads all records, and takes its share of them after the
+  # filling, so that all run the same number of batches.
+  share_after_filling = bool(fixed_shape_replicas) and num_pipelines > 1
+  dataset = _records(list_files(file_pattern), input_context=None if share_after_filling else input_context,
+                     shuffle=False, seed=None, deterministic=True)
 
   def prepare(serialized):
     example = decode_record(serialized)
@@ -299,12 +304,15 @@ def eval_dataset(file_pattern: str, *, batch_size: int = 1, pad_to: int | tuple[
   if fixed_shape_replicas:
     if size is None or with_metadata:
       raise ValueError("fixed_shape_replicas needs pad_to and no metadata")
-    group = batch_size * fixed_shape_replicas
+    group = batch_size * fixed_shape_replicas * (num_pipelines if share_after_filling else 1)
     void = (tf.fill([size[0], size[1], 3], tf.constant(MEAN_PIXEL, tf.float32)),
             tf.fill([size[0], size[1]], tf.constant(IGNORE_LABEL, tf.int32)))
     # Up to group - 1 void images complete the last group; whole groups of void images are dropped.
     dataset = dataset.concatenate(tf.data.Dataset.from_tensors(void).repeat(group - 1))
-    dataset = dataset.batch(group, drop_remainder=True).unbatch().batch(batch_size, drop_remainder=True)
+    dataset = dataset.batch(group, drop_remainder=True).unbatch()
+    if share_after_filling:
+      dataset = dataset.shard(num_pipelines, pipeline_id)
+    dataset = dataset.batch(batch_size, drop_remainder=True)
   else:
     dataset = dataset.batch(batch_size)
   return dataset.prefetch(AUTOTUNE)

@@ -19,10 +19,12 @@ METHODS = ("mean", "minmax")  # minmax: the calibrator's own ranges.
 
 
 def _ranged_tensors(model) -> list[int]:
-  """Indices (in subgraph 0) of the tensors the calibrator gave a single (per-tensor) range."""
-  tensors = model.subgraphs[0].tensors
-  return [i for i, tensor in enumerate(tensors)
-          if tensor.quantization is not None and tensor.quantization.min is not None
+  """Indices (in subgraph 0) of the tensors the calibrator gave a single (per-tensor) range, but the model's
+  inputs: their range is what callers feed (raw pixels 0..255), not a statistic to tighten."""
+  subgraph = model.subgraphs[0]
+  inputs = set(np.asarray(subgraph.inputs).tolist())
+  return [i for i, tensor in enumerate(subgraph.tensors)
+          if i not in inputs and tensor.quantization is not None and tensor.quantization.min is not None
           and len(tensor.quantization.min) == 1]
 
 

@@ -94,13 +94,9 @@ class Execution:
   # Every batch of the same shape, the last evaluation batches padded with void images: what TPUs need.
   fixed_batch_shapes: bool
 
-  @property
-  def xla_compatible(self) -> bool:
-    """Whether the steps may be compiled by XLA (then every op in them must have an XLA kernel)."""
-    return self.jit_compile is True or (self.jit_compile == "auto" and bool(tf.config.list_logical_devices("GPU")))
-
 
 MAX_TPU_STEPS_PER_EXECUTION = 100
+DEFAULT_EXECUTION = Execution(jit_compile="auto", steps_per_execution=1, fixed_batch_shapes=False)
 
 
 def plan_execution(config: ml_collections.ConfigDict, strategy, steps_per_loop: int, *, tpu: bool | None = None
@@ -115,6 +111,9 @@ def plan_execution(config: ml_collections.ConfigDict, strategy, steps_per_loop: 
   if steps < 0 or (steps and steps_per_loop % steps):
     raise ConfigError(f"config.train.steps_per_execution={steps}: must divide the {steps_per_loop} steps of a loop "
                       f"(config.train.steps_per_loop), or 0 for automatic")
+  if config.train.eval_steps and steps and config.train.eval_steps % steps:
+    raise ConfigError(f"config.train.eval_steps={config.train.eval_steps}: must be a multiple of "
+                      f"config.train.steps_per_execution={steps} (Keras runs whole executions)")
   if not steps:
     steps = max(d for d in range(1, min(steps_per_loop, MAX_TPU_STEPS_PER_EXECUTION) + 1)
                 if steps_per_loop % d == 0) if tpu else 1
@@ -231,7 +230,7 @@ def set_trainable_layers(model: keras.Model, which: str, initialized: set[str]) 
 
 
 def compile_model(model: keras.Model, config: ml_collections.ConfigDict, total_steps: int,
-                  execution: Execution = Execution("auto", 1, False)) -> metrics_lib.MeanIoU:
+                  execution: Execution = DEFAULT_EXECUTION) -> metrics_lib.MeanIoU:
   """Compiles in place; returns the mIoU metric, whose confusion matrix the reports read."""
   try:
     optimizer = optimizers.create_optimizer(config.optimizer, total_steps)
@@ -239,9 +238,10 @@ def compile_model(model: keras.Model, config: ml_collections.ConfigDict, total_s
                                    top_k_percent_pixels=config.loss.top_k_percent_pixels)
   except ValueError as error:
     raise ConfigError(str(error)) from None
-  miou = metrics_lib.MeanIoU(config.model.num_classes, xla_compatible=execution.xla_compatible)
+  miou = metrics_lib.MeanIoU(config.model.num_classes)
   model.compile(optimizer=optimizer, loss=loss, metrics=[miou, metrics_lib.PixelAccuracy()],
                 jit_compile=execution.jit_compile, steps_per_execution=execution.steps_per_execution)
+  miou.xla_compatible = bool(model.jit_compile)  # Keras has resolved "auto" by now.
   return miou
 
 
@@ -290,7 +290,7 @@ def _validation_samples(files: str, count: int) -> list:
 
 
 def evaluate(model: keras.Model, miou: metrics_lib.MeanIoU, config: ml_collections.ConfigDict, strategy,
-             data_dir: str, execution: Execution) -> dict:
+             data_dir: str, execution: Execution = DEFAULT_EXECUTION) -> dict:
   """Validation figures over the whole eval split (padding never scored)."""
   dataset = _eval_dataset(strategy, config, split_files(data_dir, config.eval_split), execution)
   results = model.evaluate(dataset, steps=config.train.eval_steps or None, verbose=0, return_dict=True)
@@ -309,7 +309,7 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, *, data_dir: str, mod
   weights = trained_weights(model_dir)
   if weights is None:
     raise DataError(f"no trained weights in {model_dir} (looked for {BEST_WEIGHTS} and {FINAL_WEIGHTS})")
-  execution = plan_execution(config, strategy, steps_per_loop=1, tpu=tpu)
+  execution = plan_execution(config, strategy, steps_per_loop=config.train.steps_per_execution or 1, tpu=tpu)
   with strategy.scope():
     model = create_model(config)
     miou = compile_model(model, config, total_steps=1, execution=execution)
