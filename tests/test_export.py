@@ -166,6 +166,16 @@ def test_mistakes_are_one_line_errors(tiny_run, tmp_path, arguments, message):
   assert message in result.stderr.strip().splitlines()[-1]
 
 
+def _calibrated(graph, images) -> bytes:
+  """TFLite's calibrated float model of a tf.function on these images (what int8_ranges starts from)."""
+  converter = tf.lite.TFLiteConverter.from_concrete_functions([graph.get_concrete_function()], graph)
+  converter.optimizations = [tf.lite.Optimize.DEFAULT]
+  converter.representative_dataset = lambda: ([image] for image in images)
+  converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+  converter._experimental_calibrate_only = True  # pylint: disable=protected-access
+  return converter.convert()
+
+
 def test_int8_activation_ranges_are_the_mean_of_each_images_min_and_max():
   """What trainer.int8_ranges puts in place of TFLite's min/max over all calibration images, checked by hand on
   a graph whose tensors are known: y = relu(conv(x)) with a fixed filter; one image far brighter than the rest
@@ -179,12 +189,7 @@ def test_int8_activation_ranges_are_the_mean_of_each_images_min_and_max():
   rng = np.random.default_rng(0)
   images = [rng.uniform(0, 40, (1, 8, 8, 3)).astype(np.float32) for _ in range(4)]
   images.append(np.full((1, 8, 8, 3), 200.0, np.float32))  # The outlier.
-  converter = tf.lite.TFLiteConverter.from_concrete_functions([graph.get_concrete_function()], graph)
-  converter.optimizations = [tf.lite.Optimize.DEFAULT]
-  converter.representative_dataset = lambda: ([image] for image in images)
-  converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-  converter._experimental_calibrate_only = True  # pylint: disable=protected-access
-  calibrated = converter.convert()
+  calibrated = _calibrated(graph, images)
 
   ranges = int8_ranges.mean_of_per_image_ranges(calibrated, lambda: iter(images))
   outputs = [np.maximum(image.sum(-1, keepdims=True) * 0.5 - 20.0, 0.0) for image in images]
@@ -200,3 +205,64 @@ def test_int8_activation_ranges_are_the_mean_of_each_images_min_and_max():
   interpreter = tf.lite.Interpreter(model_content=quantized)
   scale, zero_point = interpreter.get_input_details()[0]["quantization"]
   assert scale == pytest.approx(200 / 255, rel=1e-3) and zero_point == 0  # The calibrator's input range.
+
+
+def _first_convolution_weights(model_bytes: bytes) -> tuple[np.ndarray, np.ndarray]:
+  """(int8 weights, per-channel scales) of the first CONV_2D of a quantized model."""
+  from tensorflow.lite.python import schema_py_generated as schema_fb  # pylint: disable=g-import-not-at-top
+  from tensorflow.lite.tools import flatbuffer_utils  # pylint: disable=g-import-not-at-top
+  model = flatbuffer_utils.convert_bytearray_to_object(model_bytes)
+  subgraph = model.subgraphs[0]
+  op = next(op for op in subgraph.operators
+            if max(model.operatorCodes[op.opcodeIndex].builtinCode,
+                   model.operatorCodes[op.opcodeIndex].deprecatedBuiltinCode) == schema_fb.BuiltinOperator.CONV_2D)
+  weight = subgraph.tensors[op.inputs[1]]
+  ints = np.frombuffer(bytes(bytearray(model.buffers[weight.buffer].data)), np.int8).reshape(weight.shape)
+  return ints, np.asarray(weight.quantization.scale)
+
+
+def test_int8_keeps_the_quantization_grid_of_imported_weights():
+  """Weights that are integer multiples of one step (as an import of an int8 file gives) stay exactly that in
+  the int8 model, where TFLite alone re-rounds them onto a grid of its own; the outputs follow the float graph
+  closer; a channel whose multiples exceed int8 keeps TFLite's grid."""
+  step = 0.0137
+  rng = np.random.default_rng(0)
+  multiples = rng.integers(-30, 31, (3, 3, 3, 4)).astype(np.float32)  # Neighbouring multiples occur.
+  multiples[..., 3] *= 4  # Channel 3 reaches 120-odd: it fits, but not with 140.
+  multiples[0, 0, 0, 3] = 140  # Channel 3 does not fit int8 on this grid.
+  kernel = tf.constant(multiples * step)
+  bias = tf.constant([0.5, -0.25, 0.1, 0.0])
+
+  @tf.function(input_signature=[tf.TensorSpec([1, 8, 8, 3], tf.float32)])
+  def graph(x):
+    return tf.nn.conv2d(x, kernel, 1, "VALID") + bias
+
+  images = [rng.uniform(0, 255, (1, 8, 8, 3)).astype(np.float32) for _ in range(8)]
+  calibrated = _calibrated(graph, images)
+  tflite_own = int8_ranges.quantize(calibrated, input_type=tf.uint8)
+  kept_model, kept, total = int8_ranges.keep_weight_grids(tflite_own, calibrated)
+  assert (kept, total) == (3, 4)
+
+  ints, scales = _first_convolution_weights(kept_model)
+  ints = np.moveaxis(ints, 0, -1)  # TFLite's [out, h, w, in] -> TF's [h, w, in, out].
+  np.testing.assert_allclose(scales[:3], step, rtol=1e-5)
+  np.testing.assert_array_equal(ints[..., :3], multiples[..., :3])  # Exactly the imported grid.
+  own_ints, own_scales = _first_convolution_weights(tflite_own)
+  assert not np.array_equal(np.moveaxis(own_ints, 0, -1)[..., :3], multiples[..., :3])  # TFLite's own re-rounds.
+  np.testing.assert_array_equal(ints[..., 3], np.moveaxis(own_ints, 0, -1)[..., 3])  # The channel that did not fit.
+  assert scales[3] == own_scales[3]
+
+  def outputs(content):
+    interpreter = tf.lite.Interpreter(model_content=content)
+    interpreter.allocate_tensors()
+    results = []
+    for image in images:
+      interpreter.set_tensor(interpreter.get_input_details()[0]["index"], np.round(image).astype(np.uint8))
+      interpreter.invoke()
+      results.append(interpreter.get_tensor(interpreter.get_output_details()[0]["index"]))
+    return np.concatenate(results)
+  exact = np.concatenate([graph(tf.constant(np.round(image))).numpy() for image in images])
+  kept_error = np.abs(outputs(kept_model)[..., :3] - exact[..., :3]).mean()
+  own_error = np.abs(outputs(tflite_own)[..., :3] - exact[..., :3]).mean()
+  assert kept_error < own_error
+  assert int8_ranges.grid_step(np.float32(rng.normal(size=(3, 3, 8, 8)))) is None  # Trained weights: no grid.

@@ -16,6 +16,7 @@ from preprocessing import make_tfrecords
 from preprocessing import synthetic_voc
 from trainer import distribute
 from trainer import evaluate
+from trainer import export
 from trainer import input_pipeline
 from trainer import metrics as metrics_lib
 from trainer import mobilenet_v2
@@ -297,3 +298,16 @@ def test_import_model_cli_prints_the_agreement(reference_tflite, voc_sample, tmp
   assert result.returncode == 0, result.stderr[-2000:]
   assert re.search(r"same class as the TFLite interpreter on (9\d\.\d\d)% of the pixels of 2 images", result.stdout)
   assert (tmp_path / "config.json").exists() and (tmp_path / train.FINAL_WEIGHTS).exists()
+
+
+def test_int8_export_of_an_import_keeps_the_files_weight_grids(reference_tflite, voc_sample_val, tmp_path, capsys):
+  """The imported weights are multiples of the file's scales; the int8 export writes them on those grids (not
+  TFLite's own re-rounding) wherever a channel's multiples fit int8."""
+  published.import_model(str(reference_tflite), str(tmp_path / "run"))
+  _, model, _ = evaluate.load_run(str(tmp_path / "run"))
+  images = [export._fit_and_pad(image, export.TFLITE_SIZE, input_pipeline.MEAN_PIXEL)[0][np.newaxis]
+            for image, _ in voc_sample_val[:2]]
+  capsys.readouterr()
+  export.convert_tflite(model, lambda: iter(images))
+  kept, total = map(int, re.search(r"int8: (\d+) of (\d+) convolution channels keep", capsys.readouterr().err).groups())
+  assert total > 10_000 and kept >= 0.95 * total, (kept, total)

@@ -119,7 +119,7 @@ def convert_tflite(model: keras.Model, representative_images: Callable[[], Itera
                    size: int = TFLITE_SIZE, ranges: str = "mean") -> bytes:
   """A 1 x size x size x 3 TFLite model that outputs uint8 class ids: float32 when `representative_images` is
   None, else full-integer int8 calibrated on its float32 [1, size, size, 3] raw-pixel images (uint8 input), with
-  activation ranges by `ranges` (int8_ranges.METHODS)."""
+  activation ranges by `ranges` (int8_ranges.METHODS) and imported weights on their own grid (int8_ranges)."""
   @tf.function(input_signature=[tf.TensorSpec([1, size, size, 3], tf.float32, name="image")])
   def class_ids(image):
     return {"classes": tf.cast(tf.argmax(model(image, training=False), axis=-1), tf.uint8)}
@@ -138,14 +138,20 @@ def convert_tflite(model: keras.Model, representative_images: Callable[[], Itera
     converter.representative_dataset = lambda: ([image] for image in representative_images())
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
     converter.inference_input_type = tf.uint8  # Like the reference; the output is integer class ids already.
-    if ranges == "minmax":
-      return converter.convert()
-    if ranges != "mean":
+    if ranges not in int8_ranges.METHODS:
       raise ValueError(f"int8 ranges {ranges!r}: use one of {', '.join(int8_ranges.METHODS)}")
     converter._experimental_calibrate_only = True  # pylint: disable=protected-access
     calibrated = converter.convert()
-  means = int8_ranges.mean_of_per_image_ranges(calibrated, representative_images)
-  return int8_ranges.quantize(int8_ranges.with_ranges(calibrated, means), input_type=tf.uint8)
+  if ranges == "mean":
+    calibrated_for_quantizer = int8_ranges.with_ranges(
+        calibrated, int8_ranges.mean_of_per_image_ranges(calibrated, representative_images))
+  else:
+    calibrated_for_quantizer = calibrated
+  quantized = int8_ranges.quantize(calibrated_for_quantizer, input_type=tf.uint8)
+  quantized, kept, total = int8_ranges.keep_weight_grids(quantized, calibrated)
+  if kept:
+    _progress(f"int8: {kept} of {total} convolution channels keep the quantization grid of their imported weights")
+  return quantized
 
 
 def _records(file_pattern: str, count: int) -> tf.data.Dataset:
