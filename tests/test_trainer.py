@@ -230,3 +230,22 @@ def test_a_data_dir_without_shards_is_a_one_line_error(tmp_path):
   assert result.returncode == 2
   assert "no shards for split 'train'" in result.stderr.strip().splitlines()[-1]
   assert "Traceback" not in result.stderr
+
+
+def test_a_loop_that_ended_in_a_non_finite_loss_is_not_committed_for_resuming(tmp_path):
+  """TerminateOnNaN stops fit, which still ends the loop: its weights must not become the resume point."""
+  import keras  # pylint: disable=g-import-not-at-top
+  from trainer import callbacks  # pylint: disable=g-import-not-at-top
+
+  def resume_callback():
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    model.compile(optimizer="sgd", loss="mse")
+    callback = callbacks.ResumeFromCheckpoint(str(tmp_path / "resume"))
+    callback.set_model(model)
+    return callback
+
+  first = resume_callback()
+  assert first.restore() == 0
+  first.on_epoch_end(0, {"loss": 0.5})
+  first.on_epoch_end(1, {"loss": float("nan")})
+  assert resume_callback().restore() == 1  # The last sound loop.

@@ -44,6 +44,9 @@ class ResumeFromCheckpoint(keras.callbacks.Callback):
     return int(self._loop.numpy())
 
   def on_epoch_end(self, epoch, logs=None):
+    loss = (logs or {}).get("loss")
+    if loss is not None and not np.isfinite(loss):
+      return  # TerminateOnNaN stopped the run: a rerun resumes from the last loop whose weights were sound.
     self._loop.assign(epoch + 1)
     self._manager.save(checkpoint_number=epoch + 1)
 
