@@ -9,6 +9,8 @@ import setuptools
 # or "" where TensorFlow is already installed (a TPU VM image with TensorFlow). Both provide the same
 # `tensorflow` module; pip, which knows nothing of that, would otherwise install the plain wheel beside them.
 TENSORFLOW = os.environ.get("SEGMENTATION_TENSORFLOW", "tensorflow>=2.21,<2.22")
+# Beam's DaskRunner (--runner=DaskRunner --dask_client_address=tcp://HOST:PORT); tested with 2026.8.
+DASK = ["apache-beam[dask]>=2.77,<3", "dask>=2024.4.2,<2027", "distributed>=2024.4.2,<2027"]
 
 setuptools.setup(
     name="segmentation-pipeline",
@@ -33,9 +35,7 @@ setuptools.setup(
     ],
     extras_require={
         # gcp-storage-emulator: a local Cloud Storage for the gs:// tests (tests/gcs_emulator.py).
-        "test": ["pytest>=8", "pytest-timeout>=2.3", "gcp-storage-emulator>=2026.7", "cryptography>=42",
-                 "apache-beam[dask]>=2.77,<3", "dask>=2024.4.2,<2027", "distributed>=2024.4.2,<2027"],
-        # Beam's DaskRunner (--runner=DaskRunner --dask_client_address=tcp://HOST:PORT); tested with 2026.8.
-        "dask": ["apache-beam[dask]>=2.77,<3", "dask>=2024.4.2,<2027", "distributed>=2024.4.2,<2027"],
+        "test": ["pytest>=8", "pytest-timeout>=2.3", "gcp-storage-emulator>=2026.7", "cryptography>=42", *DASK],
+        "dask": DASK,
     },
 )
