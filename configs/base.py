@@ -14,6 +14,9 @@ def get_config() -> ml_collections.ConfigDict:
 
   config.model = ml_collections.ConfigDict()
   config.model.num_classes = 21
+  # One name per class, background first. Empty: the names the conversion wrote beside the shards
+  # (class_names.txt), else VOC's for 21 classes, else "class_1", "class_2"...
+  config.model.class_names = ()
   config.model.output_stride = 16
   config.model.alpha = 1.0
   config.model.aspp_rates = (6, 12, 18)
@@ -70,6 +73,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.train.steps_per_loop = 0
   config.train.eval_every_loops = 1
   config.train.early_stopping_patience = 0  # In evaluations without a better val mIoU; 0 = off.
+  config.train.log_every_steps = 10  # Training scalars (loss, learning rate, images/s) in TensorBoard.
   config.train.num_triptychs = 4  # Validation pictures (image / truth / prediction) in TensorBoard.
   config.train.eval_steps = 0  # 0 = the whole eval split.
   # XLA for the train and eval steps: "auto" (Keras's choice: on a single GPU without a strategy), True or False.

@@ -5,16 +5,28 @@ import os
 import shlex
 import shutil
 import subprocess
-import sys
 import tempfile
 from typing import Sequence
 
 from absl import flags
 import yaml  # PyYAML, which Apache Beam installs.
 
+from launch import cli
+
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-EXIT_USAGE = 2  # As trainer.main and preprocessing.make_tfrecords: a bad flag, fixed by the user.
+EXIT_USAGE = cli.EXIT_USAGE  # As trainer.main and preprocessing.make_tfrecords: a bad flag, fixed by the user.
 EXIT_FAILED = 1
+
+# What Google Cloud and Kubernetes accept, checked when the flags are parsed (cli.register_check).
+MACHINE_TYPE = r"[a-z0-9]+(-[a-z0-9]+)+"
+MACHINE_TYPE_ACCEPTS = "a Compute Engine machine type such as n1-standard-8"
+IMAGE = r"\S+"
+IMAGE_ACCEPTS = "a container image URI (no spaces)"
+# Compute Engine names (TPU VMs) start with a letter; Kubernetes objects (RFC 1123 labels) may start with a digit.
+RESOURCE_NAME = r"[a-z]([-a-z0-9]{0,61}[a-z0-9])?"
+RESOURCE_NAME_ACCEPTS = "lower-case letters, digits and '-' (a letter first, no '-' last, at most 63)"
+KUBERNETES_NAME = r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?"
+KUBERNETES_NAME_ACCEPTS = "lower-case letters, digits and '-' (no '-' first or last, at most 63)"
 
 DRY_RUN = flags.DEFINE_bool("dry_run", False, "Print exactly what would be run or submitted, and stop.")
 
@@ -27,20 +39,9 @@ class LaunchError(Exception):
     self.exit_code = exit_code
 
 
-def fail(message: str, exit_code: int = EXIT_USAGE):
-  sys.stderr.write(f"error: {message}\n")
-  sys.exit(exit_code)
-
-
 def parse_flags(argv: list[str]) -> list[str]:
-  """absl's parser (which keeps what follows `--`), but a bad flag is one line with exit code 2."""
-  try:
-    return flags.FLAGS(argv)
-  except flags.Error as error:
-    message = str(error).strip().splitlines()[0]
-    if "Unknown command line flag" in message:
-      message += " (flags for the trainer or the conversion go after `--`)"
-    fail(message)
+  """The project's one-line parser (absl's keeps what follows `--`), with a hint for the flags of the target."""
+  return cli.parse_flags(argv, unknown_flag_hint="flags for the trainer or the conversion go after `--`")
 
 
 def flag_value(args: Sequence[str], name: str) -> str | None:

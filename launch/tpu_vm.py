@@ -21,6 +21,7 @@ TensorFlow pod image (--runtime_version=tpu-vm-tf-<version>-pod-pjrt), whose Ten
 from absl import app
 from absl import flags
 
+from launch import cli
 from launch import common
 
 _TPU_NAME = flags.DEFINE_string("tpu_name", None, "TPU VM name.", required=True)
@@ -39,6 +40,11 @@ _TENSORFLOW = flags.DEFINE_string(
 _FIND_LINKS = flags.DEFINE_string("find_links", "https://storage.googleapis.com/libtpu-tf-releases/index.html",
                                   "pip --find-links for tensorflow-tpu's libtpu.")
 _REMOTE_DIR = flags.DEFINE_string("remote_dir", "segmentation", "Folder on the VM (under the home) for the code.")
+cli.register_check("tpu_name", cli.matching(common.RESOURCE_NAME), f"a TPU VM name: {common.RESOURCE_NAME_ACCEPTS}")
+cli.register_check("accelerator_type", cli.matching(r"v[0-9]+[a-z]*-[0-9]+"),
+                   "a TPU type such as v4-8 or v5litepod-16 (version-cores or version-chips)")
+cli.register_check("remote_dir", cli.matching(r"[\w./~-]+"), "a folder of letters, digits and _ . / ~ - (it goes "
+                   "into the remote shell commands as it is)")
 
 SOURCES = ("setup.py", "preprocessing", "trainer", "configs", "launch")
 SINGLE_HOST_TPU_TENSORFLOW = "tensorflow-tpu~=2.21.0"
@@ -50,11 +56,7 @@ CHECK_ONE_TENSORFLOW = ("python3 -c \"import importlib.metadata as m, sys; d = s
 
 def is_multi_host(accelerator_type: str) -> bool:
   """v4-32, v5litepod-16, ...: more than the 8 cores (v2-v5p) or 8 chips (v5e, v6e) one host carries."""
-  try:
-    return int(accelerator_type.rsplit("-", 1)[1]) > 8
-  except (IndexError, ValueError):
-    raise common.LaunchError(f"--accelerator_type={accelerator_type}: expected a TPU type such as v4-8 or "
-                             f"v5litepod-16") from None
+  return int(accelerator_type.rsplit("-", 1)[1]) > 8
 
 
 def commands(trainer_args: list[str]) -> list[list[str]]:
@@ -97,7 +99,7 @@ def main(argv):
     planned = commands(argv[1:])
     common.run_commands(planned, dry_run=common.DRY_RUN.value)
   except common.LaunchError as error:
-    common.fail(str(error), error.exit_code)
+    cli.exit_with(str(error), error.exit_code)
 
 
 if __name__ == "__main__":

@@ -36,6 +36,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.options.pipeline_options import StandardOptions
 from apache_beam.runners.runner import PipelineRunner
 
+from launch import cli
 from preprocessing import download
 from preprocessing import pairs
 from preprocessing import pipeline
@@ -59,8 +60,12 @@ flags.DEFINE_integer("num_shards", None, "Shards per split; default ceil(ids / 1
                      **_OURS)
 flags.DEFINE_float("max_rejected_fraction", 0.01, "Exit non-zero (after writing) when more than this fraction "
                    "of a split's listed ids is rejected.", lower_bound=0.0, upper_bound=1.0, **_OURS)
-flags.DEFINE_integer("num_classes", voc.NUM_CLASSES, "Labels must be 0..num_classes-1 or 255.", lower_bound=1,
-                     upper_bound=255, **_OURS)
+flags.DEFINE_integer("num_classes", voc.NUM_CLASSES, "Labels must be 0..num_classes-1 or 255; default: the count "
+                     "of the class names when there are some, else VOC's 21.", lower_bound=1, upper_bound=255, **_OURS)
+flags.DEFINE_string("class_names", None, f"A text file of the classes' names, one per line, background first; "
+                    f"default voc_root/{split_outputs.CLASS_NAMES_FILE} when there is one, else VOC's names for 21 "
+                    f"classes. Written beside the shards as {split_outputs.CLASS_NAMES_FILE}, where training and "
+                    f"evaluation take them from.", **_OURS)
 flags.DEFINE_bool("download", False, "Download (or re-extract from a kept archive) VOC2012 into voc_root even "
                   "when it has data; without it, only a voc_root with no JPEGImages/ is downloaded into.", **_OURS)
 flags.DEFINE_bool("with_sbd", False, "Add SBD's SegmentationClassAug masks and the train_aug list (downloads).",
@@ -71,6 +76,12 @@ flags.DEFINE_string("voc_url", download.VOC_URL, "VOC2012 trainval tar (a mirror
 flags.DEFINE_string("voc_md5", download.VOC_MD5, "md5 of the VOC tar.", **_OURS)
 flags.DEFINE_string("sbd_url", download.SBD_URL, "SBD benchmark.tgz (a mirror may be given).", **_OURS)
 flags.DEFINE_string("sbd_md5", download.SBD_MD5, "md5 of the SBD archive.", **_OURS)
+cli.register_check("splits", cli.each(cli.matching(cli.SPLIT)), "comma-separated split names of letters, digits, "
+                   "'_', '.' or '-', e.g. train_aug,val", **_OURS)
+for _name in ("voc_url", "sbd_url"):
+  cli.register_check(_name, cli.matching(r"(https?|file)://\S+"), "an http(s):// or file:// URL", **_OURS)
+for _name in ("voc_md5", "sbd_md5"):
+  cli.register_check(_name, cli.matching(cli.MD5), cli.MD5_ACCEPTS, **_OURS)
 flags.FLAGS.append_flag_values(JOB_FLAGS)
 for _name in JOB_FLAGS:
   flags.declare_key_flag(_name)  # listed by --helpshort, as this module's own flags
@@ -90,11 +101,7 @@ class JobFailed(Exception):
 
 def parse_flags(argv: list[str]) -> list[str]:
   """app.run's flags parser: parses our flags and absl's, returns [argv[0]] + everything else (Beam's options)."""
-  try:
-    rest = flags.FLAGS(argv, known_only=True)
-  except flags.Error as e:
-    sys.stderr.write(f"make_tfrecords: error: {e} (see --helpfull)\n")
-    sys.exit(EXIT_USAGE)
+  rest = cli.parse_flags(argv, known_only=True, program="make_tfrecords")
   JOB_FLAGS.mark_as_parsed()  # same Flag objects, parsed through the global FlagValues
   return rest
 
@@ -123,13 +130,15 @@ def convert(beam_args: list[str]) -> dict[str, split_outputs.SplitSummary]:
 
   voc_root = _voc_root_ready()
   plans = [_plan(voc_root, split) for split in splits]
+  class_names = _class_names(voc_root)
   output_dir = FLAGS.output_dir
   tf.io.gfile.makedirs(output_dir)
+  split_outputs.write_class_names(output_dir, class_names)
 
   _log.info("converting %s from %s into %s", ", ".join(f"{p.split} ({len(p.ids)} ids, {p.num_shards} shard(s))"
                                                        for p in plans), voc_root, output_dir)
   p = beam.Pipeline(options=options)
-  pipeline.build(p, plans, voc_root=voc_root, output_dir=output_dir, num_classes=FLAGS.num_classes)
+  pipeline.build(p, plans, voc_root=voc_root, output_dir=output_dir, num_classes=len(class_names))
   result = p.run()
   state = result.wait_until_finish()
   if state != beam.runners.runner.PipelineState.DONE:
@@ -154,6 +163,25 @@ def convert(beam_args: list[str]) -> dict[str, split_outputs.SplitSummary]:
                     f"{detail}; the good pairs are written, reasons in {output_dir}/<split>-rejected.jsonl",
                     EXIT_TOO_MANY_REJECTED)
   return summaries
+
+
+def _class_names(voc_root: str) -> tuple[str, ...]:
+  """--class_names, else voc_root's class_names.txt, else the default names of --num_classes classes; their count
+  is the number of classes (--num_classes, when given, must agree)."""
+  source = FLAGS.class_names or split_outputs.class_names_path(voc_root)
+  names = split_outputs.read_class_names(source)
+  if FLAGS.class_names and names is None:
+    raise app.UsageError(f"--class_names={FLAGS.class_names}: no such file", exitcode=EXIT_USAGE)
+  if names is None:
+    return voc.default_class_names(FLAGS.num_classes)
+  if FLAGS["num_classes"].present and FLAGS.num_classes != len(names):
+    raise app.UsageError(f"--num_classes={FLAGS.num_classes}, but {source} names {len(names)} classes",
+                         exitcode=EXIT_USAGE)
+  if not 2 <= len(names) <= 255 or len(set(names)) != len(names):
+    raise app.UsageError(f"{source}: needs 2 to 255 distinct names, one per line (background first); it has "
+                         f"{len(names)}, {len(set(names))} distinct", exitcode=EXIT_USAGE)
+  _log.info("%d classes, names from %s: %s", len(names), source, ", ".join(names))
+  return names
 
 
 def _pipeline_options(beam_args: list[str]) -> PipelineOptions:

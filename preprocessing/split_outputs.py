@@ -3,6 +3,8 @@
     {split}-00000-of-000NN.tfrecord   the records (NN = shard count)
     {split}-rejected.jsonl            one JSON line per rejected id: {"id", "split", "reason", "detail"}
     {split}-summary.json              counts, shard files and their verified record counts
+    class_names.txt                   (one per data set) the class names, background first, one per line:
+                                      what training, evaluation, pictures and exports name the classes by
 
 The record count is verified by reading back the shards actually written: a runner can lose records without
 an error (seen with DirectRunner's multi_threading mode and WriteToTFRecord).
@@ -20,6 +22,26 @@ RECORDS_PER_SHARD = 1000  # ~100 MB shards for VOC-sized JPEGs (TF's guidance: 1
 SHARD_SUFFIX = ".tfrecord"
 SHARD_NAME_TEMPLATE = "-SSSSS-of-NNNNN"  # Beam's template: deterministic names, e.g. train-00000-of-00003
 REJECTED_SUFFIX = ".jsonl"
+
+
+CLASS_NAMES_FILE = "class_names.txt"  # Also where a VOC-layout root keeps its own classes' names.
+
+
+def class_names_path(folder: str) -> str:
+  return tf.io.gfile.join(folder, CLASS_NAMES_FILE)
+
+
+def read_class_names(path: str) -> tuple[str, ...] | None:
+  """The names in a class-names file (one per line, blank lines skipped), or None when there is no such file."""
+  if not tf.io.gfile.exists(path):
+    return None
+  with tf.io.gfile.GFile(path) as f:
+    return tuple(line.strip() for line in f.read().splitlines() if line.strip())
+
+
+def write_class_names(folder: str, names) -> None:
+  with tf.io.gfile.GFile(class_names_path(folder), "w") as f:
+    f.write("".join(f"{name}\n" for name in names))
 
 
 def default_num_shards(num_records: int) -> int:

@@ -12,6 +12,13 @@ CLASS_NAMES = (
 NUM_CLASSES = len(CLASS_NAMES)
 IGNORE_LABEL = 255  # "void": object boundaries and difficult regions, never scored.
 
+
+def default_class_names(num_classes: int) -> tuple[str, ...]:
+  """VOC's names for 21 classes; else "background", "class_1", ... (a data set that came without names)."""
+  if num_classes == NUM_CLASSES:
+    return CLASS_NAMES
+  return ("background", *(f"class_{index}" for index in range(1, num_classes)))
+
 # Folder layout of a VOCdevkit/VOC2012-style root.
 IMAGE_DIR = "JPEGImages"
 MASK_DIR = "SegmentationClass"

@@ -129,8 +129,7 @@ def test_training_on_the_bucket_checkpoints_resumes_and_evaluates(gcs, converted
   assert metrics["steps"] == 2 * steps_per_loop  # one loop from each run, none repeated
   assert metrics["weights"] == f"{model_dir}/checkpoints/best.weights.h5"
   assert fs.exists(f"{run_dir}/resume/chief/ckpt-2.index")
-  for events in ("train", "validation"):
-    assert fs.glob(f"{run_dir}/{events}/events.out.tfevents.*"), f"no TensorBoard events in {events}/"
+  assert fs.glob(f"{run_dir}/events.out.tfevents.*"), "no TensorBoard events in the run's folder"
 
   evaluation = run(gcs, "trainer.evaluate", f"--model_dir={model_dir}", f"--data_dir={converted}")
   assert evaluation.returncode == 0, evaluation.stderr[-3000:]

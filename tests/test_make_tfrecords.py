@@ -65,8 +65,9 @@ def real_run(voc_sample, tmp_path_factory):
 def test_real_sample_counts_files_and_summaries(real_run):
   output_dir, summaries = real_run
   assert sorted(os.listdir(output_dir)) == [
-      "train-00000-of-00001.tfrecord", "train-rejected.jsonl", "train-summary.json",
+      "class_names.txt", "train-00000-of-00001.tfrecord", "train-rejected.jsonl", "train-summary.json",
       "val-00000-of-00001.tfrecord", "val-rejected.jsonl", "val-summary.json"]
+  assert (output_dir / "class_names.txt").read_text().split() == list(voc.CLASS_NAMES)
   for split, count in (("train", 311), ("val", 201)):
     summary = json.loads((output_dir / f"{split}-summary.json").read_text())
     assert summary["listed"] == summary["read"] == summary["written"] == count

@@ -17,6 +17,7 @@ from preprocessing import voc
 from trainer import evaluate
 from trainer import predict
 from trainer import train
+from trainer import visualize
 from tests.conftest import REPO_ROOT
 
 NUM_REAL = 3  # VOC ids with a ground-truth mask; one more photo is stored as a PNG under an id VOC lacks
@@ -145,14 +146,17 @@ def test_overlay_and_triptych_sizes_and_the_ground_truth_panel(keras_outputs, ph
     assert overlay.shape == (height, width, 3)
     triptych = cv2.imread(str(output_dir / f"{image_id}_triptych.png"))[..., ::-1]
     mask_path = voc_sample / voc.MASK_DIR / f"{image_id}.png"
+    _, _, mask = _read_palette_png(output_dir / f"{image_id}.png")
+    panels = 3 if mask_path.exists() else 2
+    panels_height = height + 24  # titled panels, 4-pixel gaps; the legend strip below them
+    assert triptych.shape[1:] == (panels * width + 4 * (panels - 1), 3) and triptych.shape[0] > panels_height
     if mask_path.exists():
-      assert triptych.shape == (height + 24, 3 * width + 8, 3)  # titled panels, 4-pixel gaps
       _, _, truth = _read_palette_png(mask_path)
-      np.testing.assert_array_equal(triptych[24:, width + 4:2 * width + 4], voc.colorize(truth))
-      _, _, mask = _read_palette_png(output_dir / f"{image_id}.png")
-      np.testing.assert_array_equal(triptych[24:, 2 * width + 8:], voc.colorize(mask))
-    else:
-      assert triptych.shape == (height + 24, 2 * width + 4, 3)
+      np.testing.assert_array_equal(triptych[24:panels_height, width + 4:2 * width + 4], voc.colorize(truth))
+      np.testing.assert_array_equal(triptych[24:panels_height, 2 * width + 8:], voc.colorize(mask))
+    shown = np.unique(np.concatenate([mask.ravel()] + ([truth.ravel()] if mask_path.exists() else [])))
+    np.testing.assert_array_equal(triptych[panels_height:],
+                                  visualize.legend(shown, voc.CLASS_NAMES, triptych.shape[1]))
   assert sum((voc_sample / voc.MASK_DIR / f"{i}.png").exists() for i in ids) == NUM_REAL
 
 

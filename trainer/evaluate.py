@@ -19,6 +19,7 @@ import cv2
 import numpy as np
 import tensorflow as tf
 
+from launch import cli
 from trainer import input_pipeline
 from trainer import metrics as metrics_lib
 from trainer import train
@@ -28,7 +29,9 @@ _MODEL_DIR = flags.DEFINE_string("model_dir", None, "A training run's folder (co
                                  "or gs://.")
 _DATA_DIR = flags.DEFINE_string("data_dir", None, "Folder with the {split}-*.tfrecord shards; local or gs://.")
 _SPLIT = flags.DEFINE_string("split", "val", "Split to score.")
+cli.register_check("split", cli.matching(cli.SPLIT), cli.SPLIT_ACCEPTS)
 _SCALES = flags.DEFINE_list("scales", ["1.0"], "Input scales whose probabilities are averaged.")
+cli.register_check("scales", cli.each(cli.positive_number), "comma-separated numbers > 0, e.g. 0.75,1.0,1.25")
 _FLIP = flags.DEFINE_bool("flip", False, "Also average the mirrored image's probabilities.")
 _PAD_TO = flags.DEFINE_integer("pad_to", 0, "Pad each (scaled) image bottom/right to at least this square with the "
                                "mean pixel before inference, as DeepLab evaluated (513); the padding is never "
@@ -92,18 +95,19 @@ def main(argv):
     confusion = evaluate(model, _DATA_DIR.value, _SPLIT.value, config.model.num_classes, scales, _FLIP.value,
                          _PAD_TO.value)
   except (train.DataError, ValueError) as error:
-    sys.stderr.write(f"error: {error}\n")
-    sys.exit(2)
-  report = metrics_lib.summarize_confusion(confusion)
+    cli.exit_with(str(error))
+  class_names = train.class_names_of(config)
+  report = metrics_lib.summarize_confusion(confusion, class_names)
   report.update(split=_SPLIT.value, scales=scales, flip=_FLIP.value, pad_to=_PAD_TO.value, weights=weights)
-  print(f"{'class':<14}IoU")
+  width = max(14, 2 + max(len(name) for name in class_names))
+  print(f"{'class':<{width}}IoU")
   for name, value in report["per_class_iou"].items():
-    print(f"{name:<14}{'-' if value is None else f'{value:.4f}'}")
-  print(f"{'mean IoU':<14}{report['miou']:.4f}\n{'pixel acc.':<14}{report['pixel_accuracy']:.4f}")
+    print(f"{name:<{width}}{'-' if value is None else f'{value:.4f}'}")
+  print(f"{'mean IoU':<{width}}{report['miou']:.4f}\n{'pixel acc.':<{width}}{report['pixel_accuracy']:.4f}")
   stem = os.path.join(_MODEL_DIR.value, f"eval_{_SPLIT.value}" + (f"_pad{_PAD_TO.value}" if _PAD_TO.value else ""))
   with tf.io.gfile.GFile(stem + ".json", "w") as f:
     json.dump(report, f, indent=2)
-  _, png = cv2.imencode(".png", visualize.confusion_matrix_picture(confusion)[..., ::-1])
+  _, png = cv2.imencode(".png", visualize.confusion_matrix_picture(confusion, class_names)[..., ::-1])
   with tf.io.gfile.GFile(stem + "_confusion.png", "wb") as f:
     f.write(png.tobytes())
   print(f"wrote {stem}.json and {stem}_confusion.png")
@@ -112,4 +116,4 @@ def main(argv):
 if __name__ == "__main__":
   # Required only when this runs as a program: trainer.predict and trainer.export import it for its functions.
   flags.mark_flags_as_required(["model_dir", "data_dir"])
-  app.run(main)
+  app.run(main, flags_parser=cli.parse_flags)

@@ -10,6 +10,8 @@ Writes into output_dir:
   model_float32.tflite  (--tflite) 1x513x513x3 float32 raw pixels [0, 255] -> 1x513x513 uint8 class ids.
   model_int8.tflite     (--int8) the same, full-integer (int8 inside), uint8 input quantized with the input's
                         scale/zero point (1.0/0, i.e. raw pixels, when calibration images span 0..255).
+  class_names.txt       the run's class names, one per line, in class-id order (what trainer.predict names the
+                        classes of a --saved_model by).
   export_report.json    with --check_data (or --data_dir: the run's eval split): mIoU of the Keras model and of
                         each export on the same images; a table is printed too.
 TFLite has the fixed input of Google's reference model (513x513): an image is padded bottom/right with the mean
@@ -32,7 +34,9 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from launch import cli
 from preprocessing import schema
+from preprocessing import split_outputs
 from trainer import evaluate
 from trainer import input_pipeline
 from trainer import int8_ranges
@@ -59,14 +63,17 @@ def define_flags() -> None:
   flags.DEFINE_bool("tflite", False, f"Also write {FLOAT32_TFLITE}.")
   flags.DEFINE_bool("int8", False, f"Also write {INT8_TFLITE} (needs --calibration_data).")
   flags.DEFINE_string("calibration_data", None, "TFRecord glob(s) of (training) images to calibrate int8 ranges on.")
-  flags.DEFINE_integer("num_calibration", 200, "Calibration images (the first ones of the glob).")
+  flags.DEFINE_integer("num_calibration", 200, "Calibration images (the first ones of the glob).", lower_bound=1)
   flags.DEFINE_enum("int8_ranges", "mean", int8_ranges.METHODS, "Activation ranges: the mean of each calibration "
                     "image's min and max (what quantization-aware training tracks), or TFLite's min and max over "
                     "all of them.")
   flags.DEFINE_string("check_data", None, "TFRecord glob(s) to score every export on; default the run's eval "
                       "split under --data_dir, if given; neither: no check.")
-  flags.DEFINE_integer("num_check_images", 100, "Images scored by the check (0: all).")
+  flags.DEFINE_integer("num_check_images", 100, "Images scored by the check (0: all).", lower_bound=0)
   flags.mark_flags_as_required(["model_dir", "output_dir"])
+  flags.register_multi_flags_validator(
+      ["int8", "calibration_data"], lambda values: not values["int8"] or bool(values["calibration_data"]),
+      "--int8 needs --calibration_data=TFRECORD_GLOB (training images to calibrate on)")
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -319,8 +326,6 @@ def _check_data(config) -> str | None:
 
 def run(model_dir: str, output_dir: str) -> dict:
   """Writes the exports (and the check's report); returns the report."""
-  if FLAGS.int8 and not FLAGS.calibration_data:
-    raise ValueError("--int8 needs --calibration_data=TFRECORD_GLOB (training images to calibrate on)")
   if FLAGS.int8:
     try:
       input_pipeline.list_files(FLAGS.calibration_data)
@@ -329,6 +334,7 @@ def run(model_dir: str, output_dir: str) -> dict:
   config, model, weights = evaluate.load_run(model_dir, FLAGS.weights)
   check_data = _check_data(config)
   tf.io.gfile.makedirs(output_dir)
+  split_outputs.write_class_names(output_dir, train.class_names_of(config))
 
   saved_model_dir = os.path.join(output_dir, SAVED_MODEL_DIR)
   with _step(f"writing {saved_model_dir}"):
@@ -344,7 +350,8 @@ def run(model_dir: str, output_dir: str) -> dict:
       representative = calibration_images(FLAGS.calibration_data, FLAGS.num_calibration)
       _write_bytes(tflite_files["tflite_int8"], convert_tflite(model, representative, ranges=FLAGS.int8_ranges))
 
-  report = {"model_dir": model_dir, "weights": weights, "saved_model": saved_model_dir,
+  report = {"model_dir": model_dir, "weights": weights, "class_names": list(train.class_names_of(config)),
+            "saved_model": saved_model_dir,
             "tflite": {name: {"file": path, "bytes": tf.io.gfile.stat(path).length}
                        for name, path in tflite_files.items()}}
   if FLAGS.int8:
@@ -363,14 +370,12 @@ def run(model_dir: str, output_dir: str) -> dict:
 
 def main(argv):
   if len(argv) > 1:
-    sys.stderr.write(f"error: unexpected arguments {' '.join(argv[1:])}\n")
-    sys.exit(2)
+    cli.exit_with(f"unexpected arguments {' '.join(argv[1:])}")
   logging.set_verbosity(logging.WARNING)  # The SavedModel writer's INFO lines, several per export.
   try:
     report = run(FLAGS.model_dir, FLAGS.output_dir)
   except (train.DataError, ValueError) as error:  # DataError is a ValueError; both are the user's to fix.
-    sys.stderr.write(f"error: {error}\n")
-    sys.exit(2)
+    cli.exit_with(str(error))
   if "exports" in report:
     _print_table(report)
     drop = report["int8_drop_points"]
@@ -382,4 +387,4 @@ def main(argv):
 
 if __name__ == "__main__":
   define_flags()
-  app.run(main)
+  app.run(main, flags_parser=cli.parse_flags)

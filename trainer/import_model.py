@@ -10,13 +10,12 @@ a .tar/.tar.gz of either, or an http(s) URL of any of these. For a TFLite source
 model's classes with the TFLite interpreter's on those photos (both on the 513 canvas) and prints the agreement.
 """
 
-import sys
-
 from absl import app
 from absl import flags
 import cv2
 import numpy as np
 
+from launch import cli
 from trainer import input_pipeline
 from trainer import published
 
@@ -29,8 +28,11 @@ _NUM_CHECK_IMAGES = flags.DEFINE_integer("num_check_images", 20, "At most this m
                                          lower_bound=1)
 _ASPP_RATES = flags.DEFINE_list("aspp_rates", ["6", "12", "18"], "Atrous rates, for sources with atrous ASPP "
                                 "branches (the file does not record them).")
+cli.register_check("aspp_rates", cli.each(cli.positive_int, at_least_one=False),
+                   "comma-separated ints > 0, e.g. 6,12,18 (none for a source without atrous branches)")
 _OUTPUT_STRIDE = flags.DEFINE_enum("output_stride", "16", ["8", "16"], "The source's output stride.")
 _SOURCE_MD5 = flags.DEFINE_string("source_md5", None, "Expected md5 of a downloaded --source.")
+cli.register_check("source_md5", cli.matching(cli.MD5), cli.MD5_ACCEPTS)
 _DOWNLOAD_DIR = flags.DEFINE_string("download_dir", None, "Where a URL --source is downloaded (default: a "
                                     "folder under the system's temp dir; a cut download resumes there).")
 
@@ -55,8 +57,7 @@ def main(argv):
         _SOURCE.value, _MODEL_DIR.value, check_images=images, aspp_rates=tuple(int(r) for r in _ASPP_RATES.value),
         output_stride=int(_OUTPUT_STRIDE.value), download_dir=_DOWNLOAD_DIR.value, md5=_SOURCE_MD5.value)
   except ValueError as error:  # published.ImportError_ and bad images.
-    sys.stderr.write(f"error: {error}\n")
-    sys.exit(2)
+    cli.exit_with(str(error))
   print(f"imported {report['kind']} {report['source']}: {report['scopes']} DeepLab scopes into {report['layers_set']} "
         f"layers ({report['num_classes']} classes, depth {report['alpha']}, "
         f"{'DeepLabV3+' if report['decoder'] else 'DeepLabV3'})")
@@ -71,4 +72,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=cli.parse_flags)

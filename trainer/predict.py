@@ -26,7 +26,9 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from launch import cli
 from preprocessing import pairs
+from preprocessing import split_outputs
 from preprocessing import voc
 from trainer import evaluate
 from trainer import input_pipeline
@@ -160,8 +162,10 @@ def saved_model_segmenter(export_dir: str) -> Segmenter:
   return segment
 
 
-def class_names_for(num_classes: int) -> tuple[str, ...]:
-  return voc.CLASS_NAMES if num_classes == voc.NUM_CLASSES else tuple(str(i) for i in range(num_classes))
+def saved_model_class_names(export_dir: str) -> tuple[str, ...]:
+  """The names trainer.export wrote beside the SavedModel, else VOC's (an export made before it wrote them)."""
+  parent = export_dir.rstrip("/").rsplit("/", 1)[0] if "/" in export_dir.rstrip("/") else "."
+  return split_outputs.read_class_names(split_outputs.class_names_path(parent)) or voc.CLASS_NAMES
 
 
 # ---------------------------------------------------------------------------------------------------- outputs
@@ -185,7 +189,8 @@ def outputs_of(name: str, image: np.ndarray, class_ids: np.ndarray, formats: Seq
                                                 ".jpg", [cv2.IMWRITE_JPEG_QUALITY, OVERLAY_JPEG_QUALITY])
   if "triptych" in formats:
     files[f"{name}_triptych.png"] = _encode(
-        visualize.triptych(image, truth, class_ids, titles=(name, "ground truth", "prediction")), ".png")
+        visualize.triptych(image, truth, class_ids, titles=(name, "ground truth", "prediction"),
+                           class_names=class_names), ".png")
   return files
 
 
@@ -252,31 +257,25 @@ def _warn(message: str) -> None:
   sys.stderr.flush()
 
 
-def _fail(message: str, code: int):
-  sys.stdout.flush()
-  sys.stderr.write(f"error: {message}\n")
-  sys.exit(code)
-
-
 def main(argv):
   del argv
   paths = list_inputs(FLAGS.input)
   if not paths:
-    _fail(f"no file matches --input={FLAGS.input}", 2)
+    cli.exit_with(f"no file matches --input={FLAGS.input}")
   try:
     if FLAGS.saved_model:
       if any(FLAGS[name].present for name in ("scales", "flip", "weights")):
         raise ValueError("--scales, --flip and --weights need --model_dir (a SavedModel predicts at one scale)")
-      segment, class_names = saved_model_segmenter(FLAGS.saved_model), voc.CLASS_NAMES
+      segment, class_names = saved_model_segmenter(FLAGS.saved_model), saved_model_class_names(FLAGS.saved_model)
     else:
       config, model, _ = evaluate.load_run(FLAGS.model_dir, FLAGS.weights)
       segment = keras_segmenter(model, [float(s) for s in FLAGS.scales], FLAGS.flip)
-      class_names = class_names_for(config.model.num_classes)
+      class_names = train.class_names_of(config)
   except (train.DataError, ValueError, OSError, tf.errors.OpError) as error:
-    _fail(str(error).splitlines()[0] if str(error) else type(error).__name__, 2)
+    cli.exit_with(str(error).splitlines()[0] if str(error) else type(error).__name__)
   written, skipped = predict_files(paths, segment, FLAGS.output_dir, FLAGS.format, FLAGS.voc_root, class_names)
   if not written:
-    _fail(f"none of the {len(paths)} input file(s) could be read (reasons above); nothing written", 1)
+    cli.exit_with(f"none of the {len(paths)} input file(s) could be read (reasons above); nothing written", 1)
   names = [path.rsplit("/", 1)[-1] for path, _ in skipped]
   print(f"wrote {len(written)} image(s) ({','.join(FLAGS.format)}) to {FLAGS.output_dir}; skipped {len(skipped)}"
         + (f": {', '.join(names[:10])}" + (", ..." if len(names) > 10 else "") if names else ""))
@@ -284,4 +283,4 @@ def main(argv):
 
 if __name__ == "__main__":
   define_flags()
-  app.run(main)
+  app.run(main, flags_parser=cli.parse_flags)

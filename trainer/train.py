@@ -4,6 +4,7 @@ A Keras "epoch" here is a *loop* of `steps_per_loop` optimizer steps (one pass o
 validation, checkpoints and epoch-level summaries happen at loop ends, and a restarted run resumes there.
 """
 
+import copy
 import dataclasses
 import json
 import math
@@ -17,13 +18,17 @@ import numpy as np
 import tensorflow as tf
 
 from configs import base as base_config
+from preprocessing import split_outputs
+from preprocessing import voc
 from trainer import callbacks as callbacks_lib
+from trainer import config_validation
 from trainer import distribute
 from trainer import input_pipeline
 from trainer import losses
 from trainer import metrics as metrics_lib
 from trainer import model as model_lib
 from trainer import optimizers
+from trainer import summaries
 
 # Keras says this at the end of every pass over a finite, distributed validation set, where it is expected.
 warnings.filterwarnings("ignore", message="Your input ran out of data")
@@ -36,8 +41,8 @@ class DataError(ValueError):
   """The data directory does not hold what the config asks for."""
 
 
-class ConfigError(ValueError):
-  """A config value that cannot work (reported to the user in one line)."""
+# config_validation.validate raises it for a bad field; the checks here are those that need the data or the strategy.
+ConfigError = config_validation.ConfigError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,10 +81,7 @@ def count_examples(data_dir: str, split: str) -> int:
   return int(tf.data.TFRecordDataset(files).reduce(np.int64(0), lambda n, _: n + 1))
 
 
-def make_plan(config: ml_collections.ConfigDict, num_train_examples: int, num_replicas: int) -> Plan:
-  if config.batch_size % num_replicas:
-    raise ConfigError(f"batch_size {config.batch_size} (global) does not split evenly over "
-                      f"{num_replicas} replicas")
+def make_plan(config: ml_collections.ConfigDict, num_train_examples: int) -> Plan:
   steps_per_epoch = max(1, math.ceil(num_train_examples / config.batch_size))
   total = config.train.steps or config.train.epochs * steps_per_epoch
   steps_per_loop = min(config.train.steps_per_loop or steps_per_epoch, total)
@@ -124,6 +126,26 @@ def plan_execution(config: ml_collections.ConfigDict, strategy, steps_per_loop: 
       raise ConfigError("config.input.eval_pad_to=0: TPUs need fixed evaluation shapes; set it to your largest "
                         "image side")
   return Execution(jit_compile=True if tpu else jit_compile, steps_per_execution=steps, fixed_batch_shapes=tpu)
+
+
+def class_names_of(config: ml_collections.ConfigDict) -> tuple[str, ...]:
+  """The run's class names (config.model.class_names, else the default names of its number of classes)."""
+  return tuple(config.model.class_names) or voc.default_class_names(config.model.num_classes)
+
+
+def with_class_names(config: ml_collections.ConfigDict, data_dir: str) -> ml_collections.ConfigDict:
+  """A copy of `config` with model.class_names filled in: the config's own, else those the conversion wrote
+  beside the shards, else the default names. Raises ConfigError when the data names another number of classes."""
+  names, source = tuple(config.model.class_names), "config.model.class_names"
+  if not names:
+    source = split_outputs.class_names_path(data_dir)
+    names = split_outputs.read_class_names(source) or voc.default_class_names(config.model.num_classes)
+  if len(names) != config.model.num_classes:
+    raise ConfigError(f"config.model.num_classes={config.model.num_classes}, but {source} names {len(names)} "
+                      f"classes ({', '.join(names)}): set --config.model.num_classes={len(names)}")
+  config = copy.deepcopy(config)
+  config.model.class_names = names
+  return config
 
 
 def _crop(config: ml_collections.ConfigDict) -> tuple[int, int]:
@@ -294,7 +316,8 @@ def evaluate(model: keras.Model, miou: metrics_lib.MeanIoU, config: ml_collectio
   """Validation figures over the whole eval split (padding never scored)."""
   dataset = _eval_dataset(strategy, config, split_files(data_dir, config.eval_split), execution)
   results = model.evaluate(dataset, steps=config.train.eval_steps or None, verbose=0, return_dict=True)
-  return {"loss": float(results["loss"]), **metrics_lib.summarize_confusion(miou.confusion_matrix())}
+  return {"loss": float(results["loss"]),
+          **metrics_lib.summarize_confusion(miou.confusion_matrix(), class_names_of(config))}
 
 
 def trained_weights(model_dir: str) -> str | None:
@@ -306,9 +329,11 @@ def trained_weights(model_dir: str) -> str | None:
 def evaluate_checkpoint(config: ml_collections.ConfigDict, *, data_dir: str, model_dir: str,
                         strategy: tf.distribute.Strategy, tpu: bool | None = None) -> dict:
   """Evaluates the best (else the final) weights of a finished run and rewrites its metrics.json."""
+  config_validation.validate(config)  # Not the batch against the replicas: only training splits it.
   weights = trained_weights(model_dir)
   if weights is None:
     raise DataError(f"no trained weights in {model_dir} (looked for {BEST_WEIGHTS} and {FINAL_WEIGHTS})")
+  config = with_class_names(config, data_dir)
   execution = plan_execution(config, strategy, steps_per_loop=config.train.steps_per_execution or 1, tpu=tpu)
   with strategy.scope():
     model = create_model(config)
@@ -330,14 +355,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, *, data_dir: str, mode
                        strategy: tf.distribute.Strategy, evaluate_at_end: bool = True,
                        tpu: bool | None = None) -> dict:
   """`tpu`: see plan_execution."""
+  config_validation.validate(config, strategy.num_replicas_in_sync)
   chief = distribute.is_chief(strategy)
   keras.utils.set_random_seed(config.seed)  # Same initial weights on every worker, and run to run.
   train_files = split_files(data_dir, config.train_split)
   eval_files = split_files(data_dir, config.eval_split)
-  plan = make_plan(config, count_examples(data_dir, config.train_split), strategy.num_replicas_in_sync)
+  plan = make_plan(config, count_examples(data_dir, config.train_split))
   logging.info("plan: %d training examples, global batch %d over %d replicas, %d loops x %d steps = %d steps",
                plan.num_train_examples, plan.global_batch_size, strategy.num_replicas_in_sync, plan.num_loops,
                plan.steps_per_loop, plan.total_steps)
+  config = with_class_names(config, data_dir)
   execution = plan_execution(config, strategy, plan.steps_per_loop, tpu=tpu)
   logging.info("execution: jit_compile=%s, %d steps per execution%s", execution.jit_compile,
                execution.steps_per_execution, ", fixed batch shapes" if execution.fixed_batch_shapes else "")
@@ -371,13 +398,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, *, data_dir: str, mode
   if completed_loops:
     logging.info("resuming after loop %d of %d (step %d)", completed_loops, plan.num_loops,
                  int(model.optimizer.iterations.numpy()))
-  pictures = callbacks_lib.ValidationPictures(
-      model_dir, miou, _validation_samples(eval_files, config.train.num_triptychs) if chief else [], write=chief)
-  callbacks = [callbacks_lib.TrainingStats(config.batch_size, plan.steps_per_loop), pictures,
-               keras.callbacks.TerminateOnNaN()]
+  tensorboard = summaries.TensorBoardLog(
+      model_dir, config=config, class_names=class_names_of(config), miou=miou,
+      samples=_validation_samples(eval_files, config.train.num_triptychs) if chief else [], write=chief)
+  callbacks = [tensorboard, keras.callbacks.TerminateOnNaN()]
   if chief:
-    callbacks += [keras.callbacks.TensorBoard(model_dir, write_graph=False, profile_batch=0),
-                  callbacks_lib.BestCheckpoint(os.path.join(model_dir, BEST_WEIGHTS))]
+    callbacks.append(callbacks_lib.BestCheckpoint(os.path.join(model_dir, BEST_WEIGHTS)))
   if config.train.early_stopping_patience:
     callbacks.append(keras.callbacks.EarlyStopping(monitor="val_miou", mode="max",
                                                    patience=config.train.early_stopping_patience))
@@ -405,4 +431,5 @@ def train_and_evaluate(config: ml_collections.ConfigDict, *, data_dir: str, mode
   report.update(steps=steps, weights=weights, split=config.eval_split)
   if chief:
     _write_json(os.path.join(model_dir, "metrics.json"), report)
+    tensorboard.write_final(report)
   return report
