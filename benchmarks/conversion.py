@@ -8,7 +8,7 @@ Both convert the same ids with the same validation and encoding (`preprocessing.
               shards + rejected.jsonl, then reading the shards back to verify the count and writing summaries.
   beam fixed  the same job on a 1-pair split: Beam's (and the verification's) fixed cost per run.
   loop        for each id: convert, then `tf.io.TFRecordWriter.write` into one file; nothing else.
-Python/TensorFlow/Beam import time (~3 s) is paid by both and excluded. The three are measured in turns,
+Python/TensorFlow/Beam import time is paid by both and excluded. The three are measured in turns,
 --rounds times, and the medians reported, so other load on the machine hits them alike.
 """
 
@@ -22,12 +22,16 @@ import time
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
-import preprocessing  # noqa: F401,E402  (imports TensorFlow and Beam quietly)
+from contracts import quiet_imports  # noqa: E402
+
+quiet_imports.import_quietly("apache_beam")
 
 from absl import app, flags  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from preprocessing import make_tfrecords, pairs, voc  # noqa: E402
+from contracts import voc  # noqa: E402
+from preprocessing import conversion
+from preprocessing import make_tfrecords, pairs  # noqa: E402
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 DEFAULT_VOC = pathlib.Path(os.environ.get("SEG_SHARED_DIR", REPO_ROOT.parent / "shared")) / "data" / "voc_sample"
@@ -46,7 +50,7 @@ def one_pair_root(voc_dir: pathlib.Path, split: str, work: pathlib.Path) -> path
   for folder in (voc.IMAGE_DIR, voc.MASK_DIR):
     if not (root / folder).exists():
       (root / folder).symlink_to(voc_dir / folder)
-  first_id = pairs.read_split_ids(str(voc_dir), split)[0]
+  first_id = voc.read_split_ids(str(voc_dir), split)[0]
   (root / voc.SPLIT_DIR / f"{split}.txt").write_text(first_id + "\n")
   return root
 
@@ -59,7 +63,7 @@ def time_beam(voc_dir: pathlib.Path, split: str, output_dir: pathlib.Path) -> tu
 
 
 def time_loop(voc_dir: pathlib.Path, split: str, output_dir: pathlib.Path) -> tuple[float, int]:
-  ids, _ = pairs.partition_repeats(pairs.read_split_ids(str(voc_dir), split))
+  ids, _ = pairs.partition_repeats(voc.read_split_ids(str(voc_dir), split))
   output_dir.mkdir(parents=True, exist_ok=True)
   written = 0
   start = time.perf_counter()
@@ -75,7 +79,7 @@ def time_loop(voc_dir: pathlib.Path, split: str, output_dir: pathlib.Path) -> tu
 def main(argv: list[str]) -> None:
   del argv
   voc_dir, split, rounds, json_out = pathlib.Path(FLAGS.voc_dir), FLAGS.split, FLAGS.rounds, FLAGS.json_out
-  make_tfrecords.quiet_beam_logging()
+  conversion.quiet_beam_logging()
   times: dict[str, list[float]] = {"beam job": [], "beam fixed (1 pair)": [], "loop": []}
   pairs_done = {}
   with tempfile.TemporaryDirectory() as work_dir:

@@ -5,20 +5,17 @@
 
 Contenders, all 1x513x513x3 in, class ids out, on the TFLite interpreter (LiteRT's when ai-edge-litert is
 installed, else tf.lite's) with --num_threads (2) threads:
-  ours float32  `trainer.export.convert_tflite(model)`: float32 raw pixels in;
+  ours float32  `inference.serving.convert_tflite(model)`: float32 raw pixels in;
   ours int8     the same, full-integer, calibrated on the first --num_calibration training images; uint8 in;
   reference     --reference, by default ../shared/models/deeplabv3_mnv2_pascal_quant.tflite (DeepLabV3,
                 MobileNetV2 1.0, VOC train_aug + COCO; uint8 raw pixels in).
-The TFLite files come from --exports_dir (what `python -m trainer.export --tflite --int8` wrote) when given, else
+The TFLite files come from --exports_dir (what `python -m inference.export --tflite --int8` wrote) when given, else
 are converted here. mIoU: the first --num_images (0: all) val images, each padded bottom/right to 513 (the
-reference with 128 as ../shared/NOTES.md does, ours with the mean pixel through `trainer.export.tflite_predict`),
+reference with 128 as ../shared/NOTES.md does, ours with the mean pixel through `inference.serving.tflite_predict`),
 the prediction cropped back, 255 ignored. Latency: median of `invoke()` alone, batch 1, on one padded val image;
 the contenders take turns each round (--rounds), so that other load on the machine slows all alike.
 
-Seen (2-core dev machine, quiet; runs/voc_sample = configs/voc_sample_finetune.py, 468 steps on the 311 train images
-of ../shared/data/voc_sample; exports from `trainer.export --tflite --int8` with 200 calibration images; all 201 val
-images, 20 rounds): ours float32 8.6 MB 45 ms mIoU 0.385, ours int8 2.7 MB 22 ms 0.382, reference 2.1 MB 30 ms
-0.760 (trained on 10k+ VOC and COCO images).
+The figures are in the README's results.
 """
 
 import json
@@ -36,23 +33,23 @@ from absl import app, flags  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from trainer import evaluate  # noqa: E402
-from trainer import export  # noqa: E402
-from trainer import tflite_interpreter  # noqa: E402
+from inference import published  # noqa: E402
+from inference import serving  # noqa: E402
+from inference import tflite_interpreter  # noqa: E402
 from trainer import input_pipeline  # noqa: E402
 from trainer import metrics as metrics_lib  # noqa: E402
-from trainer import published  # noqa: E402
+from trainer import runs  # noqa: E402
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 REFERENCE = (pathlib.Path(os.environ.get("SEG_SHARED_DIR", REPO_ROOT.parent / "shared")) / "models" /
              "deeplabv3_mnv2_pascal_quant.tflite")
 
 FLAGS = flags.FLAGS
-flags.declare_key_flag("model_dir")  # trainer.evaluate's: a training run's folder.
+flags.DEFINE_string("model_dir", None, "A training run's folder (or an imported published model's).")
 flags.DEFINE_integer("num_calibration", 200, "int8 calibration images, when converting here (no --exports_dir).")
 flags.DEFINE_string("records_dir", str(REPO_ROOT / "data" / "voc_sample"),
                     "Folder with the run's train-*/val-*.tfrecord shards.")
-flags.DEFINE_string("exports_dir", None, "Where trainer.export wrote model_float32.tflite and model_int8.tflite; "
+flags.DEFINE_string("exports_dir", None, "Where inference.export wrote model_float32.tflite and model_int8.tflite; "
                                          "default: convert here.")
 flags.DEFINE_integer("num_images", 0, "Val images scored (0: all).")
 flags.DEFINE_integer("num_threads", 2, "Interpreter threads.")
@@ -64,12 +61,12 @@ flags.DEFINE_string("reference", str(REFERENCE), "Google's TFLite file to compar
 def our_tflite_models(model_dir: str) -> dict[str, bytes]:
   if FLAGS.exports_dir:
     return {name: tf.io.gfile.GFile(f"{FLAGS.exports_dir}/{file}", "rb").read()
-            for name, file in (("ours float32", export.FLOAT32_TFLITE), ("ours int8", export.INT8_TFLITE))}
-  _, model, weights = evaluate.load_run(model_dir)
+            for name, file in (("ours float32", serving.FLOAT32_TFLITE), ("ours int8", serving.INT8_TFLITE))}
+  _, model, weights = runs.load_run(model_dir)
   print(f"converting {weights} to TFLite float32 and int8 ({FLAGS.num_calibration} calibration images) ...",
         file=sys.stderr, flush=True)
-  calibration = export.calibration_images(f"{FLAGS.records_dir}/train-*.tfrecord", FLAGS.num_calibration)
-  return {"ours float32": export.convert_tflite(model), "ours int8": export.convert_tflite(model, calibration)}
+  calibration = serving.calibration_images(f"{FLAGS.records_dir}/train-*.tfrecord", FLAGS.num_calibration)
+  return {"ours float32": serving.convert_tflite(model), "ours int8": serving.convert_tflite(model, calibration)}
 
 
 def score(predictors: dict, file_pattern: str, num_images: int, num_classes: int = 21) -> dict[str, dict]:
@@ -110,7 +107,7 @@ def main(argv):
   contents = {**our_tflite_models(FLAGS.model_dir), "reference": pathlib.Path(FLAGS.reference).read_bytes()}
   interpreters = {name: tflite_interpreter.make_interpreter(content, FLAGS.num_threads)
                   for name, content in contents.items()}
-  predictors = {name: (lambda image, i=interpreter: export.tflite_predict(i, image))
+  predictors = {name: (lambda image, i=interpreter: serving.tflite_predict(i, image))
                 for name, interpreter in interpreters.items() if name != "reference"}
   predictors["reference"] = lambda image: published.tflite_classes(interpreters["reference"], image)
   scores = score(predictors, val, FLAGS.num_images)

@@ -25,27 +25,11 @@ iterator after a warm-up (a live iterator keeps filling its autotuned buffers wh
 the figures. With other jobs on the machine, compare (a) and (b) by CPU time per image (both use both cores);
 (c) runs on one core, so (b)/(c) in rates is about twice their CPU ratio on 2 free cores.
 
-Seen with the first command on the 2-core dev machine (2026-11-25; it ran 15-22% slower than on 11-24, when
-(a) was 1456/s), images/s (median of 3 rounds): (a) 1133, (a') 1000, (b) 1002, (b+) 168, (c) 34.9, (c') 51.1, (d) 177;
-CPU ms per image: (a) 1.72, (a') 1.89, (b) 1.91; (b)/(a) = 0.88 (CPU ratio 0.90), (a')/(a) = 0.88,
-(b)/(c) = 28.7x, (b)/(c') = 19.6x. Run to run on that machine (b)/(a) spread over 0.82-0.88 and (a')/(a) over
-0.87-0.90; an A/B of 6 rounds gave (a) 1245/s, (a') 0.89, (b) 0.86 (0.84 with the geometry drawn per image, as
-before). The 0.90 target sits at the copy bound (a'): a pipeline that batches cannot reach it here with anything
-else to do (shuffling, the fit check, the draws). On this CPU the train step's gathers cost ~9 ms CPU per image,
-~1.5% of a 512 training step's CPU (benchmarks/model_throughput.py), and (b+) about equals (d).
-Where the host's time goes beyond (a) (variants timed like this): the copy of each picture into its padded batch
-canvas ~0.15-0.17 ms per image, i.e. (a'); the shuffle buffer and the fit check ~0.04; drawing the geometry per
-image instead of per batch cost another ~0.03. Decoding only the window the crop needs (decode_and_crop_jpeg,
-mask sliced to it, so that the copy shrinks too) was no faster on VOC's <= 500 px photos: libjpeg still
-entropy-decodes the rows above the window, a third of the draws (scale <= 1) need the whole image, and the
-window's extra per-image ops eat the rest. Rows only, slicing the window out before batching, or ragged batches
-were slower. When the host also resized (the previous design) it spent 2.59 ms per image against (a)'s 1.33:
-the bilinear resize alone was ~0.5-0.67 ms, and no TF resize op or OpenCV-in-numpy_function was cheaper.
+The figures, what they mean and the variants tried are in the README's results.
 """
 
 import functools
 import gc
-import io
 import os
 import pathlib
 import statistics
@@ -64,7 +48,7 @@ import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from preprocessing import schema, voc  # noqa: E402
+from contracts import schema, voc  # noqa: E402
 from trainer import augment, input_pipeline  # noqa: E402
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -73,29 +57,18 @@ DEFAULT_VOC = pathlib.Path(os.environ.get("SEG_SHARED_DIR", REPO_ROOT.parent / "
 flags.DEFINE_string("voc_dir", str(DEFAULT_VOC), "VOCdevkit-layout folder: source files for (c) and the records.")
 flags.DEFINE_string("data_dir", None, "Folder with {split}-*.tfrecord; default: built from --voc_dir in a temp dir.")
 flags.DEFINE_string("split", "trainval", "Split (ImageSets/Segmentation/{split}.txt and shard prefix).")
-flags.DEFINE_integer("num_shards", 4, "Shards when building the records.")
-flags.DEFINE_integer("batch_size", 8, "Batch of (a) and (b).")
-flags.DEFINE_integer("crop_size", 513, "Crop of (b).")
-flags.DEFINE_integer("images", 2048, "Images timed per measurement of (a) and (b), after a warm-up.")
-flags.DEFINE_integer("sequence_images", 200, "Images timed per measurement of (c).")
-flags.DEFINE_integer("rounds", 3, "Measurements of each, in turns.")
+flags.DEFINE_integer("num_shards", 4, "Shards when building the records.", lower_bound=1)
+flags.DEFINE_integer("batch_size", 8, "Batch of (a) and (b).", lower_bound=1)
+flags.DEFINE_integer("crop_size", 513, "Crop of (b).", lower_bound=1)
+flags.DEFINE_integer("images", 2048, "Images timed per measurement of (a) and (b), after a warm-up.", lower_bound=1)
+flags.DEFINE_integer("sequence_images", 200, "Images timed per measurement of (c).", lower_bound=1)
+flags.DEFINE_integer("rounds", 3, "Measurements of each, in turns.", lower_bound=1)
 FLAGS = flags.FLAGS
-
-
-def read_ids(voc_dir: pathlib.Path, split: str) -> list[str]:
-  return (voc_dir / voc.SPLIT_DIR / f"{split}.txt").read_text().split()
-
-
-def mask_png(path: pathlib.Path) -> bytes:
-  """Palette PNG -> single-channel PNG of its class ids (the DeepLab record format)."""
-  buffer = io.BytesIO()
-  Image.fromarray(np.asarray(Image.open(path))).save(buffer, format="PNG")
-  return buffer.getvalue()
 
 
 def write_records(voc_dir: pathlib.Path, split: str, out_dir: pathlib.Path, num_shards: int) -> str:
   """{split}-0000i-of-0000n.tfrecord from the source files (JPEG bytes as they are); returns the glob."""
-  ids = read_ids(voc_dir, split)
+  ids = voc.read_split_ids(str(voc_dir), split)
   writers = [tf.io.TFRecordWriter(str(out_dir / f"{split}-{i:05d}-of-{num_shards:05d}.tfrecord"))
              for i in range(num_shards)]
   for n, image_id in enumerate(ids):
@@ -103,7 +76,8 @@ def write_records(voc_dir: pathlib.Path, split: str, out_dir: pathlib.Path, num_
     jpeg = jpeg_path.read_bytes()
     width, height = Image.open(jpeg_path).size
     example = schema.make_example(image=jpeg, image_format="jpeg", filename=image_id, height=height, width=width,
-                                  mask_png=mask_png(voc_dir / voc.MASK_DIR / f"{image_id}.png"))
+                                  mask_png=voc.encode_label_png(
+                                      np.asarray(Image.open(voc_dir / voc.MASK_DIR / f"{image_id}.png"))))
     writers[n % num_shards].write(example.SerializeToString())
   for writer in writers:
     writer.close()
@@ -141,7 +115,7 @@ def decode_and_batch(file_pattern: str, batch_size: int, canvas: int = 512) -> t
   dataset = dataset.map(decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=False)
   dataset = dataset.padded_batch(batch_size, padded_shapes=([canvas, canvas, 3], [canvas, canvas]),
                                  padding_values=(tf.constant(input_pipeline.TRAIN_PAD_PIXEL, tf.uint8),
-                                                 tf.constant(input_pipeline.IGNORE_LABEL, tf.uint8)))
+                                                 tf.constant(voc.IGNORE_LABEL, tf.uint8)))
   return dataset.prefetch(tf.data.AUTOTUNE)
 
 
@@ -233,10 +207,10 @@ def main(argv):
     copy_bound = functools.partial(decode_and_batch, pattern, FLAGS.batch_size)
     ours = functools.partial(input_pipeline.train_dataset, pattern, batch_size=FLAGS.batch_size,
                              crop_size=FLAGS.crop_size, seed=0)
-    loader = SequenceLoader(voc_dir, read_ids(voc_dir, FLAGS.split))
-    lean_loader = SequenceLoader(voc_dir, read_ids(voc_dir, FLAGS.split), lean_one_hot=True)
+    loader = SequenceLoader(voc_dir, voc.read_split_ids(str(voc_dir), FLAGS.split))
+    lean_loader = SequenceLoader(voc_dir, voc.read_split_ids(str(voc_dir), FLAGS.split), lean_one_hot=True)
     crop = (FLAGS.crop_size, FLAGS.crop_size)
-    resample = tf.function(lambda *batch: augment.scale_crop_flip(*batch, crop=crop))  # As in the train step.
+    resample = tf.function(augment.crops_of(crop))  # As in the train step.
     plain = functools.partial(scale_then_crop, pattern, FLAGS.batch_size, FLAGS.crop_size)
     results = {key: [] for key in ("ceiling", "copy bound", "ours", "ours + resampling", "sequence",
                                    "lean sequence", "plain")}

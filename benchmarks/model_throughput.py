@@ -1,6 +1,6 @@
 """Training / inference images/s, parameters and FLOPs of our DeepLabV3+ beside tensorflow/models' official one.
 
-  .venv/bin/python -m benchmarks.model_throughput        # from the repo root; ~12 min on 2 busy cores
+  .venv/bin/python -m benchmarks.model_throughput        # from the repo root
   .venv/bin/python -m benchmarks.model_throughput --heads=lean --rounds=2
 
 Contenders, per head setting (lean: image pooling + 1x1, DeepLab's mobile head; aspp: rates 6/12/18,
@@ -9,36 +9,17 @@ the backbone's BN frozen (our trainer's default) and once with every BN layer tr
 Each runs in its own process that times steps on request (harness.serve); official needs TensorFlow 2.20
 (tf-models-official 2.20), so its process (benchmarks/peers/official_deeplabv3plus.py) runs in its own venv,
 created at .venv-peers/ when missing. All: random init, synthetic data, the same train step and loss
-(benchmarks/peers/harness.py). The four processes together hold ~14 GB at 512x512 batch 4.
+(benchmarks/peers/harness.py). The four processes together need a machine with plenty of RAM at 512x512 batch 4.
 
 Each setting is warmed up, then timed in --rounds rounds of --steps_per_round steps that take turns between
 the contenders, so that a busy machine slows all alike; figures are the median step over the rounds. Beside
 images/s the table gives process CPU seconds per image: the work done, which other processes on the
 machine barely disturb (images/s they do), so its ratio is the steadier one on a shared machine.
 
-Seen on the quiet 2-core dev CPU (the first command, ~19 min), images/s train 512 b4 / train 256 b8 / infer 512 b4:
-  lean, backbone BN frozen: ours 3.67 / 14.3 / 12.5, official 3.24 / 12.4 / 12.5 (1.13x / 1.15x / 1.00x)
-  lean, all BN training:    ours 3.04 / 11.9 / 12.7, official 2.98 / 11.7 / 12.5 (1.02x / 1.02x / 1.02x)
-  aspp, backbone BN frozen: ours 3.45 / 13.1 / 11.6, official 3.02 / 11.4 / 11.5 (1.14x / 1.15x / 1.01x)
-  aspp, all BN training:    ours 2.91 / 11.1 / 11.7, official 2.82 / 10.5 / 11.6 (1.03x / 1.05x / 1.01x)
-  (CPU-time ratios agree within 0.01.) On a shared CPU (load ~7) the CPU-time ratios were within 0.04 of these.
-A second run, `--heads=lean` on 2026-11-25 (that machine ~15-20% slower than before): BN frozen ours 3.09 / 12.1 /
-  10.7, official 2.72 / 10.2 / 10.8 (1.14x / 1.18x / 1.00x); all BN training 2.58 / 9.69 / 10.6 against 2.57 / 9.41 /
-  10.6 (1.00x / 1.03x / 0.99x).
-With every BN training the two models run the same graph on the same oneDNN kernels (profiled: the same
-conv, depthwise, batch-norm, activation, resize and loss ops, equal in number), so parity is what to expect;
-the frozen-backbone gain is ours alone (a frozen BN's input gradient is dy * scale, not FusedBatchNormGradV3:
-see mobilenet_v2.FusedBatchNormalization). Where a 256x256 batch-8 all-training step goes (tf.profiler op
-self time, lean head, both alike): 1x1/dense convs 47% (the decoder's 1x1 convs at stride 4 alone ~21%, near
-the CPU's GEMM peak), batch norm 18%, depthwise convs 17%, loss at full resolution 6%, ReLU/ReLU6 5%,
-bilinear resizes 2%, concat 1.4%, the rest (optimizer, residual adds, dropout, rescaling) 2.4%. Ruled out,
-measured: XLA (`jit_compile=True`, ~12x more CPU per step), 1x1 convs as MatMul/einsum (no faster), Keras's
-BN formula with or without XLA (2-4x slower than FusedBatchNormV3), native dilated depthwise convs (forward
-faster than space_to_batch, but TF's CPU backprop kernels ignore dilations: wrong gradients), ASPP dropout
-(no measurable cost), one inter-op thread (TF_NUM_INTEROP_THREADS=1: 3-10% slower for both), glibc malloc
-keeping freed blocks (GLIBC_TUNABLES as in NOTES.md: within run-to-run noise for both). Keras fit itself adds
-nothing over this step with the trainer's loss alone; its training metrics (mIoU + pixel accuracy on every step)
-add ~8-10% CPU.
+With every BN training the two models run the same graph on the same oneDNN kernels, so parity is what to
+expect; the frozen-backbone gain is ours alone (a frozen BN's input gradient is dy * scale, not
+FusedBatchNormGradV3: see mobilenet_v2.FusedBatchNormalization). The figures, where a step's time goes, and what
+was ruled out are in the README's results.
 """
 
 import argparse
@@ -77,7 +58,7 @@ class Served:
   """One contender in its own process, driven over stdin/stdout (harness.serve).
 
   Separate processes also keep each model's oneDNN primitive caches to itself: two models timed in turn in one
-  process evict each other's and both run ~1.5x slower.
+  process evict each other's and both run slower.
   """
 
   def __init__(self, command: list[str]):

@@ -36,6 +36,7 @@ def _measure(spec: dict) -> dict:
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   from configs import deeplab_voc  # pylint: disable=g-import-not-at-top
   from trainer import augment  # pylint: disable=g-import-not-at-top
+  from trainer import runs  # pylint: disable=g-import-not-at-top
   from trainer import train  # pylint: disable=g-import-not-at-top
 
   keras.mixed_precision.set_global_policy(spec["policy"])
@@ -43,7 +44,7 @@ def _measure(spec: dict) -> dict:
   config.model.backbone_weights = ""
   config.input.crop_size = spec["crop"]
   keras.utils.set_random_seed(0)
-  model = train.create_model(config)
+  model = runs.create_model(config)
   train.compile_model(model, config, total_steps=100,
                       execution=train.Execution(spec["jit_compile"], steps_per_execution=1, fixed_batch_shapes=False))
   batch, canvas = spec["batch"], spec["crop"]
@@ -53,7 +54,7 @@ def _measure(spec: dict) -> dict:
   sizes = tf.constant([[canvas, canvas]] * batch)
   geometry = augment.draw_geometry(sizes, sizes, tf.constant([0, 1], tf.int64), crop=(canvas, canvas),
                                    min_scale=0.5, max_scale=2.0, flip=True)
-  data = tf.data.Dataset.from_tensors((images, labels, geometry)).repeat()
+  data = tf.data.Dataset.from_tensors(({"image": images, "geometry": geometry}, labels)).repeat()
   iterator = iter(data)
   model.make_train_function()
   step = model.train_function

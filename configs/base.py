@@ -32,7 +32,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.align_corners = False  # True: TF1's corner-aligned bilinear resizes (published DeepLab weights).
   config.model.depth_divisor = 8  # Channel rounding; 1 for research/deeplab's depth-0.5 MobileNetV2.
   # A run directory (or a .weights.h5 inside one) whose layers of the same name and shape start this model;
-  # the rest start fresh. E.g. a published model imported by python -m trainer.import_model.
+  # the rest start fresh. E.g. a published model imported by python -m inference.import_model.
   config.model.init_from = ""
   # Which layers train: "all"; "new" (those init_from did not provide); "head" (ASPP, decoder, logits).
   config.model.trainable_layers = "all"

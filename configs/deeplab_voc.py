@@ -14,12 +14,7 @@ def get_config():
   config.train_split = "train_aug"
   config.batch_size = 16
   config.input.crop_size = 513
-  config.optimizer.name = "sgd"
-  config.optimizer.learning_rate = 0.007
-  config.optimizer.momentum = 0.9
-  config.optimizer.schedule = "poly"
-  config.optimizer.power = 0.9
-  config.optimizer.warmup_steps = 500
+  config.optimizer.update(name="sgd", learning_rate=0.007, momentum=0.9, schedule="poly", power=0.9, warmup_steps=500)
   config.train.steps = 30000
   config.train.steps_per_loop = 1000
   # At batch 16 the batch statistics are trustworthy enough to train the backbone's batch norm.

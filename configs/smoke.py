@@ -16,10 +16,7 @@ def get_config():
   config.input.eval_pad_to = 512
   config.batch_size = 4
   config.eval_batch_size = 4
-  config.optimizer.name = "adam"
-  config.optimizer.learning_rate = 1e-3
-  config.optimizer.weight_decay = 0.0
-  config.optimizer.schedule = "constant"
+  config.optimizer.update(name="adam", learning_rate=1e-3, weight_decay=0.0, schedule="constant")
   config.train.epochs = 2
   config.train.num_triptychs = 2
   return config

@@ -16,10 +16,6 @@ def get_config():
   config.input.crop_size = 321
   config.batch_size = 8
   config.eval_batch_size = 8
-  config.optimizer.name = "adam"
-  config.optimizer.learning_rate = 2e-4
-  config.optimizer.weight_decay = 0.0
-  config.optimizer.schedule = "poly"
-  config.optimizer.warmup_steps = 20
+  config.optimizer.update(name="adam", learning_rate=2e-4, weight_decay=0.0, schedule="poly", warmup_steps=20)
   config.train.epochs = 12
   return config

@@ -11,13 +11,13 @@ from typing import Sequence
 from absl import flags
 import yaml  # PyYAML, which Apache Beam installs.
 
-from launch import cli
+from contracts import console
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-EXIT_USAGE = cli.EXIT_USAGE  # As trainer.main and preprocessing.make_tfrecords: a bad flag, fixed by the user.
+EXIT_USAGE = console.EXIT_USAGE  # As trainer.main and preprocessing.make_tfrecords: a bad flag, fixed by the user.
 EXIT_FAILED = 1
 
-# What Google Cloud and Kubernetes accept, checked when the flags are parsed (cli.register_check).
+# What Google Cloud and Kubernetes accept, checked when the flags are parsed (console.register_check).
 MACHINE_TYPE = r"[a-z0-9]+(-[a-z0-9]+)+"
 MACHINE_TYPE_ACCEPTS = "a Compute Engine machine type such as n1-standard-8"
 IMAGE = r"\S+"
@@ -28,6 +28,7 @@ RESOURCE_NAME_ACCEPTS = "lower-case letters, digits and '-' (a letter first, no 
 KUBERNETES_NAME = r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?"
 KUBERNETES_NAME_ACCEPTS = "lower-case letters, digits and '-' (no '-' first or last, at most 63)"
 
+# Every launcher's flag, defined once here: the tests import several launchers into one process.
 DRY_RUN = flags.DEFINE_bool("dry_run", False, "Print exactly what would be run or submitted, and stop.")
 
 
@@ -41,7 +42,7 @@ class LaunchError(Exception):
 
 def parse_flags(argv: list[str]) -> list[str]:
   """The project's one-line parser (absl's keeps what follows `--`), with a hint for the flags of the target."""
-  return cli.parse_flags(argv, unknown_flag_hint="flags for the trainer or the conversion go after `--`")
+  return console.parse_flags(argv, unknown_flag_hint="flags for the trainer or the conversion go after `--`")
 
 
 def flag_value(args: Sequence[str], name: str) -> str | None:

@@ -18,7 +18,7 @@ import sys
 from absl import app
 from absl import flags
 
-from launch import cli
+from contracts import console
 from launch import common
 
 _PROJECT = flags.DEFINE_string("project", None, "Google Cloud project.", required=True)
@@ -29,10 +29,10 @@ _JOB_NAME = flags.DEFINE_string("job_name", None, "Dataflow job name; default Be
 _MAX_NUM_WORKERS = flags.DEFINE_integer("max_num_workers", 4, "Upper bound for Dataflow's autoscaling.",
                                         lower_bound=1)
 _MACHINE_TYPE = flags.DEFINE_string("machine_type", None, "Worker machine type; default Dataflow's.")
-cli.register_check("temp_location", lambda path: path.startswith("gs://"), "a gs:// folder (Dataflow stages there)")
-cli.register_check("job_name", cli.matching(r"[a-z]([-a-z0-9]*[a-z0-9])?"),
-                   "a Dataflow job name: lower-case letters, digits and '-', a letter first, no '-' last")
-cli.register_check("machine_type", cli.matching(common.MACHINE_TYPE), common.MACHINE_TYPE_ACCEPTS)
+console.register_check("temp_location", lambda path: path.startswith("gs://"), "a gs:// folder (Dataflow stages there)")
+console.register_check("job_name", console.matching(r"[a-z]([-a-z0-9]*[a-z0-9])?"),
+                       "a Dataflow job name: lower-case letters, digits and '-', a letter first, no '-' last")
+console.register_check("machine_type", console.matching(common.MACHINE_TYPE), common.MACHINE_TYPE_ACCEPTS)
 
 
 def command(conversion_args: list[str]) -> list[str]:
@@ -57,7 +57,7 @@ def main(argv):
   try:
     common.run_commands([command(argv[1:])], dry_run=common.DRY_RUN.value)
   except common.LaunchError as error:
-    cli.exit_with(str(error), error.exit_code)
+    console.exit_with(str(error), error.exit_code)
 
 
 if __name__ == "__main__":

@@ -24,8 +24,8 @@ import time
 from absl import app
 from absl import flags
 
-from launch import cli
-from preprocessing import voc
+from contracts import console
+from contracts import voc
 
 DEMO_CLASSES = 6  # configs/demo.py's config.model.num_classes.
 
@@ -37,7 +37,7 @@ _CONFIG = flags.DEFINE_string("config", None, "Training config; default configs/
 _EPOCHS = flags.DEFINE_integer("epochs", None, "Training epochs for the demo run; default the config's.",
                                lower_bound=1)
 _NUM_PHOTOS = flags.DEFINE_integer("num_photos", 8, "Validation photos to draw predictions for.", lower_bound=1)
-cli.register_check("workdir", bool, "a folder (not empty)")
+console.register_check("workdir", bool, "a folder (not empty)")
 
 
 def _run(*command: str) -> None:
@@ -49,9 +49,8 @@ def _run(*command: str) -> None:
 
 
 def _copy_val_photos(voc_root: str, folder: str, count: int) -> str:
-  """The first `count` validation photos, in a folder of their own (what trainer.predict takes)."""
-  with open(os.path.join(voc_root, voc.SPLIT_DIR, "val.txt")) as f:
-    ids = [line.strip() for line in f if line.strip()][:count]
+  """The first `count` validation photos, in a folder of their own (what inference.predict takes)."""
+  ids = voc.read_split_ids(voc_root, "val")[:count]
   os.makedirs(folder, exist_ok=True)
   for image_id in ids:
     shutil.copy(os.path.join(voc_root, voc.IMAGE_DIR, f"{image_id}.jpg"), folder)
@@ -72,10 +71,10 @@ def main(argv):
   config = _CONFIG.value or ("configs/smoke.py" if _VOC_ROOT.value else "configs/demo.py")
   _run(python, "-m", "trainer.main", f"--config={config}", f"--data_dir={records}", f"--model_dir={model_dir}",
        *([f"--config.train.epochs={_EPOCHS.value}"] if _EPOCHS.value else []), *trainer_flags)
-  _run(python, "-m", "trainer.evaluate", f"--model_dir={model_dir}", f"--data_dir={records}", "--flip")
+  _run(python, "-m", "inference.evaluate", f"--model_dir={model_dir}", f"--data_dir={records}", "--flip")
   photos = _copy_val_photos(voc_root, os.path.join(workdir, "photos"), _NUM_PHOTOS.value)
   predictions = os.path.join(workdir, "predictions")
-  _run(python, "-m", "trainer.predict", f"--model_dir={model_dir}", f"--input={photos}",
+  _run(python, "-m", "inference.predict", f"--model_dir={model_dir}", f"--input={photos}",
        f"--output_dir={predictions}", "--format=mask,overlay,triptych", f"--voc_root={voc_root}")
   where = [
       (f"{records}/*-summary.json", "what the conversion wrote and rejected"),
@@ -91,4 +90,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main, flags_parser=cli.parse_flags)
+  app.run(main, flags_parser=console.parse_flags)

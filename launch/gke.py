@@ -21,7 +21,7 @@ does this on one machine).
 from absl import app
 from absl import flags
 
-from launch import cli
+from contracts import console
 from launch import common
 
 _NAME = flags.DEFINE_string("name", "deeplab-training", "TFJob name (lower case, digits and '-').")
@@ -33,9 +33,10 @@ _GPUS_PER_WORKER = flags.DEFINE_integer("gpus_per_worker", 1, "nvidia.com/gpu pe
 _MAX_RESTARTS = flags.DEFINE_integer("max_restarts", 3, "Pod restarts before the job is marked failed.",
                                      lower_bound=0)
 _MANIFEST_FILE = flags.DEFINE_string("manifest_file", None, "Where the manifest is written; default TMP/NAME.yaml.")
-cli.register_check("name", cli.matching(common.KUBERNETES_NAME), f"a TFJob name: {common.KUBERNETES_NAME_ACCEPTS}")
-cli.register_check("namespace", cli.matching(common.KUBERNETES_NAME), common.KUBERNETES_NAME_ACCEPTS)
-cli.register_check("image", cli.matching(common.IMAGE), common.IMAGE_ACCEPTS)
+console.register_check("name", console.matching(common.KUBERNETES_NAME),
+                       f"a TFJob name: {common.KUBERNETES_NAME_ACCEPTS}")
+console.register_check("namespace", console.matching(common.KUBERNETES_NAME), common.KUBERNETES_NAME_ACCEPTS)
+console.register_check("image", console.matching(common.IMAGE), common.IMAGE_ACCEPTS)
 
 
 def manifest(trainer_args: list[str]) -> dict:
@@ -63,7 +64,7 @@ def main(argv):
     build = common.image_commands(_IMAGE.value) if _BUILD.value else []
     common.submit(spec, path, [*build, ["kubectl", "apply", "-f", path]], dry_run=common.DRY_RUN.value)
   except common.LaunchError as error:
-    cli.exit_with(str(error), error.exit_code)
+    console.exit_with(str(error), error.exit_code)
 
 
 if __name__ == "__main__":

@@ -27,7 +27,7 @@ from typing import Sequence, TextIO
 from absl import app
 from absl import flags
 
-from launch import cli
+from contracts import console
 from launch import common
 
 _NUM_WORKERS = flags.DEFINE_integer("num_workers", 2, "Worker processes.", lower_bound=1)
@@ -138,10 +138,10 @@ def main(argv):
       raise common.LaunchError("--model_dir is required after `--` (the workers checkpoint there to resume)")
     command = trainer_command(trainer_args)
   except common.LaunchError as error:
-    cli.exit_with(str(error), error.exit_code)
+    console.exit_with(str(error), error.exit_code)
   log_dir = flags.FLAGS.log_dir or os.path.join(model_dir, "logs")  # absl's own --log_dir flag.
   if "://" in log_dir:
-    cli.exit_with(f"the worker logs go to a local folder, not {log_dir}: give --log_dir")
+    console.exit_with(f"the worker logs go to a local folder, not {log_dir}: give --log_dir")
   if common.DRY_RUN.value:
     example = [f"127.0.0.1:{port}" for port in range(12345, 12345 + _NUM_WORKERS.value)]
     print(f"# {_NUM_WORKERS.value} workers; free ports are picked at each start, output is appended to the logs; "
@@ -158,9 +158,10 @@ def main(argv):
       print(f"all {_NUM_WORKERS.value} workers finished (attempt {attempt})", flush=True)
       return
     if code == common.EXIT_USAGE:
-      cli.exit_with(f"a worker stopped on a bad flag, config or data (exit code 2): see {log_dir}", common.EXIT_USAGE)
+      console.exit_with(f"a worker stopped on a bad flag, config or data (exit code 2): see {log_dir}",
+                        common.EXIT_USAGE)
     if attempt > _MAX_RESTARTS.value:
-      cli.exit_with(f"a worker failed and --max_restarts={_MAX_RESTARTS.value} restarts are used up: see {log_dir}",
+      console.exit_with(f"a worker failed and --max_restarts={_MAX_RESTARTS.value} restarts are used up: see {log_dir}",
                   common.EXIT_FAILED)
     print(f"restarting all workers ({attempt}/{_MAX_RESTARTS.value}); training resumes from the last checkpoint",
           flush=True)

@@ -21,15 +21,16 @@ TensorFlow pod image (--runtime_version=tpu-vm-tf-<version>-pod-pjrt), whose Ten
 from absl import app
 from absl import flags
 
-from launch import cli
+from contracts import console
 from launch import common
 
 _TPU_NAME = flags.DEFINE_string("tpu_name", None, "TPU VM name.", required=True)
 _ZONE = flags.DEFINE_string("zone", None, "Zone of the TPU VM, e.g. us-central2-b.", required=True)
 _PROJECT = flags.DEFINE_string("project", None, "Google Cloud project; default gcloud's configured one.")
 _CREATE = flags.DEFINE_bool("create", False, "Create the TPU VM first.")
-_ACCELERATOR_TYPE = flags.DEFINE_string("accelerator_type", "v4-8", "TPU type: created with --create; also what tells "
-                                        "a single-host slice from a multi-host one, so give it for an existing TPU too.")
+_ACCELERATOR_TYPE = flags.DEFINE_string("accelerator_type", "v4-8", "TPU type: created with --create; also what "
+                                        "tells a single-host slice from a multi-host one, so give it for an existing "
+                                        "TPU too.")
 _RUNTIME_VERSION = flags.DEFINE_string(
     "runtime_version", None, "TPU VM software version for --create. Default: tpu-ubuntu2204-base on a single "
     "host (the project's install brings TensorFlow); a multi-host slice needs a TensorFlow pod image, "
@@ -40,13 +41,14 @@ _TENSORFLOW = flags.DEFINE_string(
 _FIND_LINKS = flags.DEFINE_string("find_links", "https://storage.googleapis.com/libtpu-tf-releases/index.html",
                                   "pip --find-links for tensorflow-tpu's libtpu.")
 _REMOTE_DIR = flags.DEFINE_string("remote_dir", "segmentation", "Folder on the VM (under the home) for the code.")
-cli.register_check("tpu_name", cli.matching(common.RESOURCE_NAME), f"a TPU VM name: {common.RESOURCE_NAME_ACCEPTS}")
-cli.register_check("accelerator_type", cli.matching(r"v[0-9]+[a-z]*-[0-9]+"),
-                   "a TPU type such as v4-8 or v5litepod-16 (version-cores or version-chips)")
-cli.register_check("remote_dir", cli.matching(r"[\w./~-]+"), "a folder of letters, digits and _ . / ~ - (it goes "
-                   "into the remote shell commands as it is)")
+console.register_check("tpu_name", console.matching(common.RESOURCE_NAME),
+                       f"a TPU VM name: {common.RESOURCE_NAME_ACCEPTS}")
+console.register_check("accelerator_type", console.matching(r"v[0-9]+[a-z]*-[0-9]+"),
+                       "a TPU type such as v4-8 or v5litepod-16 (version-cores or version-chips)")
+console.register_check("remote_dir", console.matching(r"[\w./~-]+"),
+                       "a folder of letters, digits and _ . / ~ - (it goes into the remote shell commands as it is)")
 
-SOURCES = ("setup.py", "preprocessing", "trainer", "configs", "launch")
+SOURCES = ("setup.py", "contracts", "preprocessing", "trainer", "inference", "configs", "launch")
 SINGLE_HOST_TPU_TENSORFLOW = "tensorflow-tpu~=2.21.0"
 SINGLE_HOST_RUNTIME = "tpu-ubuntu2204-base"
 # After the install: exactly one installed distribution provides the `tensorflow` module.
@@ -99,7 +101,7 @@ def main(argv):
     planned = commands(argv[1:])
     common.run_commands(planned, dry_run=common.DRY_RUN.value)
   except common.LaunchError as error:
-    cli.exit_with(str(error), error.exit_code)
+    console.exit_with(str(error), error.exit_code)
 
 
 if __name__ == "__main__":

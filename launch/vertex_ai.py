@@ -17,7 +17,7 @@ restarts restarts the whole job (restartJobOnWorkerRestart), which resumes from 
 from absl import app
 from absl import flags
 
-from launch import cli
+from contracts import console
 from launch import common
 
 _PROJECT = flags.DEFINE_string("project", None, "Google Cloud project.", required=True)
@@ -30,12 +30,12 @@ _MACHINE_TYPE = flags.DEFINE_string("machine_type", "n1-standard-8", "Compute En
 _ACCELERATOR_TYPE = flags.DEFINE_string("accelerator_type", None, "GPU type, e.g. NVIDIA_TESLA_T4, NVIDIA_L4.")
 _ACCELERATOR_COUNT = flags.DEFINE_integer("accelerator_count", 0, "GPUs per worker.", lower_bound=0)
 _SPEC_FILE = flags.DEFINE_string("spec_file", None, "Where the job spec is written; default TMP/DISPLAY_NAME.yaml.")
-cli.register_check("image", cli.matching(common.IMAGE), common.IMAGE_ACCEPTS)
-cli.register_check("display_name", lambda name: 0 < len(name) <= 128 and name.strip() == name,
-                   "a job name of 1 to 128 characters, without spaces at either end")
-cli.register_check("machine_type", cli.matching(common.MACHINE_TYPE), common.MACHINE_TYPE_ACCEPTS)
-cli.register_check("accelerator_type", cli.matching(r"[A-Z][A-Z0-9_]*"),
-                   "a Vertex AI accelerator type such as NVIDIA_L4 or NVIDIA_TESLA_T4")
+console.register_check("image", console.matching(common.IMAGE), common.IMAGE_ACCEPTS)
+console.register_check("display_name", lambda name: 0 < len(name) <= 128 and name.strip() == name,
+                       "a job name of 1 to 128 characters, without spaces at either end")
+console.register_check("machine_type", console.matching(common.MACHINE_TYPE), common.MACHINE_TYPE_ACCEPTS)
+console.register_check("accelerator_type", console.matching(r"[A-Z][A-Z0-9_]*"),
+                       "a Vertex AI accelerator type such as NVIDIA_L4 or NVIDIA_TESLA_T4")
 
 
 def strategy_for(num_workers: int, gpus_per_worker: int) -> str:
@@ -76,7 +76,7 @@ def main(argv):
     build = common.image_commands(_IMAGE.value) if _BUILD.value else []
     common.submit(spec, path, [*build, submit], dry_run=common.DRY_RUN.value)
   except common.LaunchError as error:
-    cli.exit_with(str(error), error.exit_code)
+    console.exit_with(str(error), error.exit_code)
 
 
 if __name__ == "__main__":

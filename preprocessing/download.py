@@ -16,13 +16,13 @@ import shutil
 import sys
 import tarfile
 import tempfile
-import time
 import urllib.error
 import urllib.request
 from typing import TextIO
 
+from contracts import console
+from contracts import voc
 from preprocessing import sbd
-from preprocessing import voc
 
 VOC_URL = "http://host.robots.ox.ac.uk/pascal/VOC/voc2012/VOCtrainval_11-May-2012.tar"
 VOC_MD5 = "6cd6e144f989b92b3379bac3b3de84fd"  # the published checksum of that tar
@@ -152,7 +152,8 @@ def _download_to_part(url: str, part: str, option: str, stream: TextIO) -> None:
       length = response.headers.get("Content-Length")
       total = int(length) if length else None
 
-    progress = _Progress(os.path.basename(part).removesuffix(".part"), total, offset, stream)
+    progress = console.Progress(os.path.basename(part).removesuffix(".part"), total, start=offset, sizes=True,
+                                stream=stream)
     done = offset
     try:
       with open(part, "ab" if offset else "wb") as out:
@@ -161,58 +162,13 @@ def _download_to_part(url: str, part: str, option: str, stream: TextIO) -> None:
           done += len(chunk)
           progress.update(done)
     except (OSError, http.client.HTTPException) as e:
-      raise DownloadError(f"download of {url} stopped at {_size(done)} ({e}); re-run to resume from {part}") from e
+      raise DownloadError(f"download of {url} stopped at {console.size_text(done)} ({e}); re-run to resume from "
+                          f"{part}") from e
     finally:
       progress.close()
     if total is not None and done < total:
-      raise DownloadError(f"download of {url} was cut off at {_size(done)} of {_size(total)}; "
+      raise DownloadError(f"download of {url} was cut off at {console.size_text(done)} of {console.size_text(total)}; "
                           f"re-run to resume from {part}")
-
-
-class _Progress:
-  """Bytes, % and rate on stderr: one rewritten line on a terminal, else a line per 10% to keep logs short."""
-
-  def __init__(self, label: str, total: int | None, done: int, stream: TextIO):
-    self.label, self.total, self.stream = label, total, stream
-    self.start_done, self.start_time = done, time.monotonic()
-    self.tty = getattr(stream, "isatty", lambda: False)()
-    self.done = self.printed = done
-    self.last_time, self.last_step = 0.0, self._step(done)
-
-  def _step(self, done: int) -> int:
-    return done * 10 // self.total if self.total else done // (100 * _CHUNK)  # 10% or 100 MB steps
-
-  def update(self, done: int) -> None:
-    self.done = done
-    if self.tty and time.monotonic() - self.last_time >= 0.5:
-      self._print()
-    elif not self.tty and self._step(done) != self.last_step:
-      self._print()
-
-  def close(self) -> None:
-    """Prints where it ended (100%, or where the connection stopped)."""
-    if self.printed != self.done:
-      self._print()
-    if self.tty:
-      self.stream.write("\n")
-      self.stream.flush()
-
-  def _print(self) -> None:
-    now = time.monotonic()
-    self.printed, self.last_time, self.last_step = self.done, now, self._step(self.done)
-    rate = (self.done - self.start_done) / max(now - self.start_time, 1e-6)
-    of_total = f" / {_size(self.total)} ({100 * self.done / self.total:.0f}%)" if self.total else ""
-    line = f"{self.label}: {_size(self.done)}{of_total}, {_size(rate)}/s"
-    self.stream.write(f"\r{line}\x1b[K" if self.tty else line + "\n")
-    self.stream.flush()
-
-
-def _size(num_bytes: float) -> str:
-  for unit in ("B", "KB", "MB"):
-    if num_bytes < 1000:
-      return f"{num_bytes:.0f} {unit}" if unit == "B" else f"{num_bytes:.1f} {unit}"
-    num_bytes /= 1000
-  return f"{num_bytes:.2f} GB"
 
 
 def _refuse_unsafe(member: tarfile.TarInfo, dest: str) -> tarfile.TarInfo | None:

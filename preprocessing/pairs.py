@@ -11,13 +11,13 @@ import dataclasses
 import io
 import re
 
-import cv2
 import numpy as np
 import tensorflow as tf
 from PIL import Image
 
-from preprocessing import schema
-from preprocessing import voc
+from contracts import console
+from contracts import schema
+from contracts import voc
 
 # Stable reason codes of rejected pairs (they name the rejected.jsonl "reason" field and Beam counters).
 MISSING_IMAGE = "missing_image"
@@ -39,11 +39,6 @@ IMAGE_EXTENSION = ".jpg"
 MASK_EXTENSION = ".png"
 MASK_DIRS = (voc.MASK_DIR, voc.AUG_MASK_DIR)  # looked up in this order: official masks win over SBD's
 
-# Formats the DeepLab readers decode (tf.io.decode_image / decode_jpeg handle both). Others are recognised only
-# to say so instead of calling them corrupt.
-_SUPPORTED_SIGNATURES = ((b"\xff\xd8\xff", "jpeg"), (b"\x89PNG\r\n\x1a\n", "png"))
-_OTHER_SIGNATURES = ((b"GIF87a", "gif"), (b"GIF89a", "gif"), (b"BM", "bmp"), (b"II*\x00", "tiff"),
-                     (b"MM\x00*", "tiff"), (b"RIFF", "webp/riff"))
 _DIRECT_MASK_MODES = ("P", "L", "I", "I;16")  # pixel values are class ids
 _COLOUR_MASK_MODES = ("RGB", "RGBA")  # VOC colours, mapped back to ids through the palette
 # Packed 0xRRGGBB -> id for all 256 VOC colours (the colour map is one-to-one; 255 is the void colour).
@@ -70,10 +65,6 @@ class Rejection:
 
 # ----------------------------------------------------------------------------------------------- split lists
 
-def split_list_path(voc_root: str, split: str) -> str:
-  return tf.io.gfile.join(voc_root, voc.SPLIT_DIR, f"{split}.txt")
-
-
 def available_splits(voc_root: str) -> list[str]:
   """Names of the id lists under ImageSets/Segmentation (empty when the folder is missing)."""
   pattern = tf.io.gfile.join(voc_root, voc.SPLIT_DIR, "*.txt")
@@ -81,12 +72,6 @@ def available_splits(voc_root: str) -> list[str]:
     return sorted(re.sub(r"\.txt$", "", path.rsplit("/", 1)[-1]) for path in tf.io.gfile.glob(pattern))
   except tf.errors.NotFoundError:
     return []
-
-
-def read_split_ids(voc_root: str, split: str) -> list[str]:
-  """The ids of one split list, in file order, repeats included (first token of each non-blank line)."""
-  with tf.io.gfile.GFile(split_list_path(voc_root, split), "r") as f:
-    return [line.split()[0] for line in f.read().splitlines() if line.strip()]
 
 
 def partition_repeats(ids: list[str]) -> tuple[list[str], list[str]]:
@@ -111,7 +96,7 @@ def convert(voc_root: str, image_id: str, num_classes: int = voc.NUM_CLASSES) ->
   except PairError as e:
     return Rejection(image_id, e.reason, e.detail)
   except Exception as e:  # noqa: BLE001  (one odd pair must not stop the job; the detail keeps the cause)
-    return Rejection(image_id, UNEXPECTED_ERROR, f"{type(e).__name__}: {_one_line(e)}")
+    return Rejection(image_id, UNEXPECTED_ERROR, f"{type(e).__name__}: {console.one_line(e)}")
 
 
 def convert_or_raise(voc_root: str, image_id: str, num_classes: int = voc.NUM_CLASSES) -> bytes:
@@ -133,16 +118,16 @@ def convert_or_raise(voc_root: str, image_id: str, num_classes: int = voc.NUM_CL
   if class_ids.shape != (height, width):
     raise PairError(SIZE_MISMATCH, f"image is {height}x{width}, mask {mask_path.rsplit('/', 1)[-1]} is "
                                    f"{class_ids.shape[0]}x{class_ids.shape[1]} (HxW)")
-  example = schema.make_example(image=image_bytes, image_format=image_format, mask_png=encode_mask(class_ids),
+  example = schema.make_example(image=image_bytes, image_format=image_format, mask_png=voc.encode_label_png(class_ids),
                                 filename=image_id, height=height, width=width, channels=3)
   return example.SerializeToString()
 
 
 def validate_image(data: bytes) -> tuple[str, tuple[int, int]]:
   """(format, (height, width)) of an image the trainer can decode; PairError when it cannot."""
-  image_format = next((name for magic, name in _SUPPORTED_SIGNATURES if data.startswith(magic)), None)
+  image_format = schema.image_format(data)
   if image_format is None:
-    other = next((name for magic, name in _OTHER_SIGNATURES if data.startswith(magic)), None)
+    other = schema.other_image_format(data)
     if other is not None:
       raise PairError(UNSUPPORTED_IMAGE_FORMAT, f"a {other} file; only JPEG and PNG images are stored")
     raise PairError(CORRUPT_IMAGE, f"not a JPEG or PNG file ({len(data)} bytes starting {data[:8]!r})")
@@ -150,18 +135,19 @@ def validate_image(data: bytes) -> tuple[str, tuple[int, int]]:
     # The trainer's decode: raises on truncated JPEGs ("Premature end of JPEG data") and PNGs.
     pixels = tf.io.decode_image(data, channels=3, expand_animations=False)
   except (tf.errors.InvalidArgumentError, tf.errors.DataLossError) as e:
-    raise PairError(CORRUPT_IMAGE, f"TensorFlow cannot decode this {image_format}: {_tf_error_text(e)}") from None
+    raise PairError(CORRUPT_IMAGE,
+                    f"TensorFlow cannot decode this {image_format}: {console.op_error_text(e)}") from None
   return image_format, (int(pixels.shape[0]), int(pixels.shape[1]))
 
 
 def mask_class_ids(data: bytes, num_classes: int = voc.NUM_CLASSES) -> np.ndarray:
   """Class ids (uint8 [H, W]; 255 = void) of a palette, grayscale or VOC-coloured RGB(A) PNG mask."""
-  if not data.startswith(b"\x89PNG\r\n\x1a\n"):
+  if schema.image_format(data) != "png":
     raise PairError(CORRUPT_MASK, f"not a PNG file ({len(data)} bytes starting {data[:8]!r})")
   try:
     tf.io.decode_png(data)  # strict: Pillow accepts a PNG cut off near its end, libpng does not
   except (tf.errors.InvalidArgumentError, tf.errors.DataLossError) as e:
-    raise PairError(CORRUPT_MASK, f"TensorFlow cannot decode this PNG: {_tf_error_text(e)}") from None
+    raise PairError(CORRUPT_MASK, f"TensorFlow cannot decode this PNG: {console.op_error_text(e)}") from None
   try:
     with Image.open(io.BytesIO(data)) as image:
       mode = image.mode
@@ -173,7 +159,7 @@ def mask_class_ids(data: bytes, num_classes: int = voc.NUM_CLASSES) -> np.ndarra
         raise PairError(UNSUPPORTED_MASK_FORMAT, f"a mode {mode} PNG; masks are palette (P), grayscale (L) or "
                                                  f"VOC-coloured RGB(A)")
   except (OSError, SyntaxError, ValueError) as e:  # Pillow's errors for damaged files
-    raise PairError(CORRUPT_MASK, f"Pillow cannot read this PNG: {_one_line(e)}") from None
+    raise PairError(CORRUPT_MASK, f"Pillow cannot read this PNG: {console.one_line(e)}") from None
   if mode in _COLOUR_MASK_MODES:
     values = colours_to_class_ids(values[..., :3])
   check_labels(values, num_classes)
@@ -204,29 +190,9 @@ def check_labels(class_ids: np.ndarray, num_classes: int) -> None:
                                         f"{voc.IGNORE_LABEL} (void)")
 
 
-def encode_mask(class_ids: np.ndarray) -> bytes:
-  """Single-channel 8-bit PNG of class ids (what DeepLab readers decode with tf.io.decode_png)."""
-  ok, encoded = cv2.imencode(".png", np.ascontiguousarray(class_ids, dtype=np.uint8))
-  if not ok:
-    raise RuntimeError(f"OpenCV could not PNG-encode a {class_ids.shape} mask")
-  return encoded.tobytes()
-
-
-# ------------------------------------------------------------------------------------------------- helpers
-
 def _read_or_none(path: str) -> bytes | None:
   try:
     with tf.io.gfile.GFile(path, "rb") as f:
       return f.read()
   except tf.errors.NotFoundError:
     return None
-
-
-def _tf_error_text(error: tf.errors.OpError) -> str:
-  """The op's message without TF's '{{function_node ...}}' prefix and trailing op name."""
-  text = re.sub(r"\{\{function_node [^}]*\}\}\s*", "", error.message)
-  return _one_line(re.sub(r"\s*\[Op:\w+\].*$", "", text, flags=re.S))
-
-
-def _one_line(error: BaseException | str) -> str:
-  return " ".join(str(error).split())[:500]

@@ -12,14 +12,17 @@ import dataclasses
 import json
 import logging
 import threading
-import time
 import uuid
 
-import apache_beam as beam
-from apache_beam.metrics.metric import MetricsFilter
+from contracts import quiet_imports
 
+quiet_imports.import_quietly("apache_beam")
+import apache_beam as beam  # noqa: E402
+from apache_beam.metrics.metric import MetricsFilter  # noqa: E402
+
+from contracts import console  # noqa: E402
+from contracts import shards
 from preprocessing import pairs
-from preprocessing import split_outputs
 
 _log = logging.getLogger(__name__)
 
@@ -49,35 +52,19 @@ class SplitPlan:
     return len(self.ids) + len(self.repeats)
 
 
-class _Progress:
-  """Pairs done per split in this process (shared by the DoFn instances of its threads), logged every few s."""
+_progress_lock = threading.Lock()
+_progress_by_run_and_split: dict[tuple[str, str], console.Progress] = {}
 
-  _lock = threading.Lock()
-  _by_run_and_split: dict[tuple[str, str], "_Progress"] = {}
 
-  def __init__(self, split: str, total: int):
-    self.split, self.total = split, total
-    self.done, self.start = 0, time.monotonic()
-    self.last_log = self.start
-
-  @classmethod
-  def for_split(cls, run_id: str, split: str, total: int) -> "_Progress":
-    with cls._lock:
-      key = (run_id, split)
-      if key not in cls._by_run_and_split:
-        cls._by_run_and_split[key] = cls(split, total)
-      return cls._by_run_and_split[key]
-
-  def tick(self) -> None:
-    with self._lock:
-      self.done += 1
-      now = time.monotonic()
-      if now - self.last_log < PROGRESS_INTERVAL_S and self.done != self.total:
-        return
-      self.last_log = now
-      done, elapsed = self.done, now - self.start
-    # On a multi-worker runner each worker reports its own share; the total is the split's.
-    _log.info("%s: %d/%d pairs (%.0f pairs/s)", self.split, done, self.total, done / max(elapsed, 1e-9))
+def _split_progress(run_id: str, split: str, total: int) -> console.Progress:
+  """One progress line per split in this process, shared by the DoFn instances of its threads, logged every few
+  seconds. On a multi-worker runner each worker reports its own share; the total is the split's."""
+  with _progress_lock:
+    key = (run_id, split)
+    if key not in _progress_by_run_and_split:
+      _progress_by_run_and_split[key] = console.Progress(split, total, unit="pairs", every_seconds=PROGRESS_INTERVAL_S,
+                                                         write=_log.info)
+    return _progress_by_run_and_split[key]
 
 
 class ConvertPairs(beam.DoFn):
@@ -93,12 +80,12 @@ class ConvertPairs(beam.DoFn):
     self._rejected = beam.metrics.Metrics.counter(namespace, REJECTED)
 
   def setup(self):
-    self._progress = _Progress.for_split(self.run_id, self.split, self.total)
+    self._progress = _split_progress(self.run_id, self.split, self.total)
 
   def process(self, image_id: str):
     self._read.inc()
     result = pairs.convert(self.voc_root, image_id, self.num_classes)
-    self._progress.tick()
+    self._progress.add()
     if isinstance(result, pairs.Rejection):
       self._rejected.inc()
       beam.metrics.Metrics.counter(metrics_namespace(self.split), rejected_counter_name(result.reason)).inc()
@@ -131,8 +118,8 @@ def add_split(p: beam.Pipeline, plan: SplitPlan, *, voc_root: str, output_dir: s
   records = converted | f"{split}/Records" >> beam.FlatMap(_of_kind, RECORD)
   rejected = converted | f"{split}/Rejections" >> beam.FlatMap(_of_kind, REJECTED)
   record_files = records | f"{split}/WriteRecords" >> beam.io.WriteToTFRecord(
-      split_outputs.shard_prefix(output_dir, split), file_name_suffix=split_outputs.SHARD_SUFFIX,
-      num_shards=plan.num_shards, shard_name_template=split_outputs.SHARD_NAME_TEMPLATE)
+      shards.shard_prefix(output_dir, split), file_name_suffix=shards.SHARD_SUFFIX,
+      num_shards=plan.num_shards, shard_name_template=shards.SHARD_NAME_TEMPLATE)
   repeats = (
       p
       | f"{split}/ListRepeats" >> beam.Create(plan.repeats)
@@ -141,7 +128,7 @@ def add_split(p: beam.Pipeline, plan: SplitPlan, *, voc_root: str, output_dir: s
       (rejected, repeats)
       | f"{split}/AllRejected" >> beam.Flatten()
       | f"{split}/WriteRejected" >> beam.io.WriteToText(
-          split_outputs.rejected_prefix(output_dir, split), file_name_suffix=split_outputs.REJECTED_SUFFIX,
+          shards.rejected_prefix(output_dir, split), file_name_suffix=shards.REJECTED_SUFFIX,
           num_shards=1, shard_name_template=""))
   return record_files, rejected_files
 

@@ -13,16 +13,11 @@ import numpy as np
 import scipy.io
 from PIL import Image
 
-from preprocessing import voc
+from contracts import voc
 
 TRAIN_AUG_FILE = "train_aug.txt"
 
 _log = logging.getLogger(__name__)
-
-
-def read_ids(path: str) -> list[str]:
-  with open(path) as f:
-    return [line.strip() for line in f if line.strip()]
 
 
 def read_sbd_mask(mat_path: str) -> np.ndarray:
@@ -57,10 +52,10 @@ def build_train_aug(voc_root: str, sbd_dataset_dir: str, *, log_every: int = 100
   go to a temporary folder renamed into place, and train_aug.txt is written last: it marks a finished job.
   """
   split_dir = os.path.join(voc_root, voc.SPLIT_DIR)
-  voc_train = set(read_ids(os.path.join(split_dir, "train.txt")))
-  voc_val = set(read_ids(os.path.join(split_dir, "val.txt")))
-  sbd_ids = set(read_ids(os.path.join(sbd_dataset_dir, "train.txt")))
-  sbd_ids |= set(read_ids(os.path.join(sbd_dataset_dir, "val.txt")))
+  voc_train = set(voc.read_id_list(os.path.join(split_dir, "train.txt")))
+  voc_val = set(voc.read_id_list(os.path.join(split_dir, "val.txt")))
+  sbd_ids = set(voc.read_id_list(os.path.join(sbd_dataset_dir, "train.txt")))
+  sbd_ids |= set(voc.read_id_list(os.path.join(sbd_dataset_dir, "val.txt")))
   mask_dir = os.path.join(voc_root, voc.MASK_DIR)
   official = {name[:-4] for name in os.listdir(mask_dir) if name.endswith(".png")}
   train_aug = sorted((sbd_ids | voc_train) - voc_val)

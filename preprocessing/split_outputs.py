@@ -1,10 +1,5 @@
-"""What one split's conversion leaves in output_dir, and the checks made on it after the pipeline has run.
-
-    {split}-00000-of-000NN.tfrecord   the records (NN = shard count)
-    {split}-rejected.jsonl            one JSON line per rejected id: {"id", "split", "reason", "detail"}
-    {split}-summary.json              counts, shard files and their verified record counts
-    class_names.txt                   (one per data set) the class names, background first, one per line:
-                                      what training, evaluation, pictures and exports name the classes by
+"""The checks made on what one split's conversion left in output_dir (contracts/shards.py names the files),
+after the pipeline has run.
 
 The record count is verified by reading back the shards actually written: a runner can lose records without
 an error (seen with DirectRunner's multi_threading mode and WriteToTFRecord).
@@ -12,75 +7,15 @@ an error (seen with DirectRunner's multi_threading mode and WriteToTFRecord).
 
 import dataclasses
 import json
-import math
 import re
 
-import numpy as np
 import tensorflow as tf
 
-RECORDS_PER_SHARD = 1000  # ~100 MB shards for VOC-sized JPEGs (TF's guidance: 100-200 MB per file)
-SHARD_SUFFIX = ".tfrecord"
-SHARD_NAME_TEMPLATE = "-SSSSS-of-NNNNN"  # Beam's template: deterministic names, e.g. train-00000-of-00003
-REJECTED_SUFFIX = ".jsonl"
-
-
-CLASS_NAMES_FILE = "class_names.txt"  # Also where a VOC-layout root keeps its own classes' names.
-
-
-def class_names_path(folder: str) -> str:
-  return tf.io.gfile.join(folder, CLASS_NAMES_FILE)
-
-
-def read_class_names(path: str) -> tuple[str, ...] | None:
-  """The names in a class-names file (one per line, blank lines skipped), or None when there is no such file."""
-  if not tf.io.gfile.exists(path):
-    return None
-  with tf.io.gfile.GFile(path) as f:
-    return tuple(line.strip() for line in f.read().splitlines() if line.strip())
-
-
-def write_class_names(folder: str, names) -> None:
-  with tf.io.gfile.GFile(class_names_path(folder), "w") as f:
-    f.write("".join(f"{name}\n" for name in names))
-
-
-def default_num_shards(num_records: int) -> int:
-  return max(1, math.ceil(num_records / RECORDS_PER_SHARD))
-
-
-def shard_prefix(output_dir: str, split: str) -> str:
-  return tf.io.gfile.join(output_dir, split)
-
-
-def shard_paths(output_dir: str, split: str, num_shards: int) -> list[str]:
-  return [f"{shard_prefix(output_dir, split)}-{i:05d}-of-{num_shards:05d}{SHARD_SUFFIX}" for i in range(num_shards)]
-
-
-def shard_pattern(output_dir: str, split: str) -> str:
-  """A glob for the split's shards, whatever their count (what readers of the split use)."""
-  return f"{shard_prefix(output_dir, split)}-?????-of-?????{SHARD_SUFFIX}"
-
-
-def rejected_prefix(output_dir: str, split: str) -> str:
-  return tf.io.gfile.join(output_dir, f"{split}-rejected")
-
-
-def rejected_path(output_dir: str, split: str) -> str:
-  return rejected_prefix(output_dir, split) + REJECTED_SUFFIX
-
-
-def summary_path(output_dir: str, split: str) -> str:
-  return tf.io.gfile.join(output_dir, f"{split}-summary.json")
-
-
-def count_records(path: str) -> int:
-  """Records in one TFRecord file (CRC-checked; a damaged file raises tf.errors.DataLossError)."""
-  dataset = tf.data.TFRecordDataset(path, buffer_size=8 << 20)
-  return int(dataset.reduce(np.int64(0), lambda count, _: count + 1))
+from contracts import shards
 
 
 def read_rejected(output_dir: str, split: str) -> list[dict]:
-  path = rejected_path(output_dir, split)
+  path = shards.rejected_path(output_dir, split)
   if not tf.io.gfile.exists(path):
     return []
   with tf.io.gfile.GFile(path, "r") as f:
@@ -91,16 +26,16 @@ def rewrite_rejected_sorted(output_dir: str, split: str, rejected: list[dict]) -
   """Rewrites rejected.jsonl in (id, reason) order: the runner writes it in arbitrary order, people diff it."""
   ordered = sorted(rejected, key=lambda r: (r["id"], r["reason"], r.get("detail", "")))
   if ordered != rejected:
-    with tf.io.gfile.GFile(rejected_path(output_dir, split), "w") as f:
+    with tf.io.gfile.GFile(shards.rejected_path(output_dir, split), "w") as f:
       f.write("".join(json.dumps(r) + "\n" for r in ordered))
   return ordered
 
 
 def stale_shards(output_dir: str, split: str, num_shards: int) -> list[str]:
   """Shards of this split with another shard count, left by an earlier run (a glob would mix them in)."""
-  current = {p.rsplit("/", 1)[-1] for p in shard_paths(output_dir, split, num_shards)}
-  name = re.compile(re.escape(split) + r"-\d{5}-of-\d{5}" + re.escape(SHARD_SUFFIX) + "$")
-  return sorted(path for path in tf.io.gfile.glob(shard_pattern(output_dir, split))
+  current = {p.rsplit("/", 1)[-1] for p in shards.shard_paths(output_dir, split, num_shards)}
+  name = re.compile(re.escape(split) + r"-\d{5}-of-\d{5}" + re.escape(shards.SHARD_SUFFIX) + "$")
+  return sorted(path for path in tf.io.gfile.glob(shards.shard_pattern(output_dir, split))
                 if name.match(path.rsplit("/", 1)[-1]) and path.rsplit("/", 1)[-1] not in current)
 
 
@@ -149,17 +84,17 @@ def verify_and_summarise(*, output_dir: str, split: str, num_shards: int, listed
   read / expected_* come from the pipeline's counters; None (a runner without metrics) derives them from the
   input and rejected.jsonl instead, which still catches lost records.
   """
-  problems, shards = [], []
-  for path in shard_paths(output_dir, split, num_shards):
+  problems, shard_counts = [], []
+  for path in shards.shard_paths(output_dir, split, num_shards):
     name = path.rsplit("/", 1)[-1]
     if not tf.io.gfile.exists(path):
       problems.append(f"shard {name} is missing")
       continue
     try:
-      shards.append({"file": name, "records": count_records(path)})
+      shard_counts.append({"file": name, "records": shards.count_records(path)})
     except tf.errors.OpError as e:
       problems.append(f"shard {name} is unreadable ({type(e).__name__}: {e.message[:200]})")
-  written = sum(shard["records"] for shard in shards)
+  written = sum(shard["records"] for shard in shard_counts)
   rejected = rewrite_rejected_sorted(output_dir, split, read_rejected(output_dir, split))
   repeats = listed - distinct
   if read is None:
@@ -180,8 +115,9 @@ def verify_and_summarise(*, output_dir: str, split: str, num_shards: int, listed
   summary = SplitSummary(
       split=split, listed=listed, read=read, expected_written=expected_written, written=written,
       rejected=len(rejected), rejected_by_reason=dict(sorted(by_reason.items())), num_shards=num_shards,
-      shards=shards, rejected_file=rejected_path(output_dir, split).rsplit("/", 1)[-1], verified=not problems,
+      shards=shard_counts, rejected_file=shards.rejected_path(output_dir, split).rsplit("/", 1)[-1],
+      verified=not problems,
       problems=problems)
-  with tf.io.gfile.GFile(summary_path(output_dir, split), "w") as f:
+  with tf.io.gfile.GFile(shards.summary_path(output_dir, split), "w") as f:
     f.write(summary.to_json())
   return summary

@@ -13,15 +13,13 @@ class_names.txt (background first) that the conversion carries to training; opti
 extra ids have masks only in SegmentationClassAug/ (grayscale, as SBD's converted masks).
 """
 
-import io
 
 import cv2
 import numpy as np
 import tensorflow as tf
-from PIL import Image
 
-from preprocessing import split_outputs
-from preprocessing import voc
+from contracts import shards
+from contracts import voc
 
 JPEG_QUALITY = 90
 # A class's texture: (pattern, period in pixels). Classes 1.. take them in order; past the first five, the
@@ -108,12 +106,6 @@ def encode_jpeg(rgb: np.ndarray, quality: int = JPEG_QUALITY) -> bytes:
   return data.tobytes()
 
 
-def encode_grayscale_png(class_ids: np.ndarray) -> bytes:
-  buffer = io.BytesIO()
-  Image.fromarray(np.asarray(class_ids, np.uint8)).save(buffer, format="PNG")  # 2-D uint8 -> mode L
-  return buffer.getvalue()
-
-
 def write_dataset(root: str, *, num_train: int = 24, num_val: int = 8, num_aug_only: int = 0, height: int = 96,
                   width: int = 128, seed: int = 0, num_classes: int = voc.NUM_CLASSES) -> dict[str, list[str]]:
   """Writes the dataset under root (local or gs://); returns {split: ids} of the lists written.
@@ -133,7 +125,7 @@ def write_dataset(root: str, *, num_train: int = 24, num_val: int = 8, num_aug_o
     if index < num_train + num_val:
       _write(tf.io.gfile.join(root, voc.MASK_DIR, f"{image_id}.png"), voc.encode_palette_png(class_ids))
     else:
-      _write(tf.io.gfile.join(root, voc.AUG_MASK_DIR, f"{image_id}.png"), encode_grayscale_png(class_ids))
+      _write(tf.io.gfile.join(root, voc.AUG_MASK_DIR, f"{image_id}.png"), voc.encode_label_png(class_ids))
   splits = {"train": ids[:num_train], "val": ids[num_train:num_train + num_val]}
   splits["trainval"] = splits["train"] + splits["val"]
   if num_aug_only:
@@ -141,7 +133,7 @@ def write_dataset(root: str, *, num_train: int = 24, num_val: int = 8, num_aug_o
   for split, split_ids in splits.items():
     write_split_list(root, split, split_ids)
   if num_classes != voc.NUM_CLASSES:
-    split_outputs.write_class_names(root, class_names(num_classes))
+    shards.write_class_names(root, class_names(num_classes))
   return splits
 
 

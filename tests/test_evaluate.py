@@ -1,4 +1,4 @@
-"""trainer.evaluate: native-size scoring of a finished run, multi-scale and mirrored inference, its files."""
+"""inference.evaluate: native-size scoring of a finished run, multi-scale and mirrored inference, its files."""
 
 import json
 import subprocess
@@ -9,13 +9,14 @@ import pytest
 import tensorflow as tf
 
 from configs import smoke
+from inference import scoring
 from preprocessing import make_tfrecords
 from preprocessing import synthetic_voc
-from trainer import distribute
-from trainer import evaluate
-from trainer import input_pipeline
-from trainer import train
 from tests.conftest import REPO_ROOT
+from trainer import distribute
+from trainer import input_pipeline
+from trainer import runs
+from trainer import train
 
 
 @pytest.fixture(scope="module")
@@ -37,9 +38,9 @@ def trained_run(tmp_path_factory):
 
 def test_native_size_confusion_counts_every_valid_pixel_of_the_model_prediction(trained_run):
   records, model_dir = trained_run
-  config, model, weights = evaluate.load_run(model_dir)
+  config, model, weights = runs.load_run(model_dir)
   assert weights.endswith("best.weights.h5")
-  confusion = evaluate.evaluate(model, records, "val", config.model.num_classes, scales=[1.0], flip=False)
+  confusion = scoring.confusion_of_split(model, records, "val", config.model.num_classes, scales=[1.0], flip=False)
   expected = np.zeros_like(confusion)
   for image, label in input_pipeline.eval_dataset(f"{records}/val-*.tfrecord", batch_size=1):
     assert image.shape[1:3] == (90, 117)  # scored at the native size, never padded
@@ -52,20 +53,20 @@ def test_native_size_confusion_counts_every_valid_pixel_of_the_model_prediction(
 
 def test_multi_scale_and_flip_average_probabilities_at_the_native_size(trained_run):
   records, model_dir = trained_run
-  _, model, _ = evaluate.load_run(model_dir)
+  _, model, _ = runs.load_run(model_dir)
   image = tf.random.uniform([90, 117, 3], 0, 255, seed=1)
-  single = evaluate.make_predictor(model, [1.0], flip=False)(image).numpy()
-  mirrored = evaluate.make_predictor(model, [1.0], flip=True)(image).numpy()
-  flipped_alone = evaluate.make_predictor(model, [1.0], flip=False)(tf.reverse(image, [1])).numpy()[:, ::-1]
+  single = scoring.make_predictor(model, [1.0], flip=False)(image).numpy()
+  mirrored = scoring.make_predictor(model, [1.0], flip=True)(image).numpy()
+  flipped_alone = scoring.make_predictor(model, [1.0], flip=False)(tf.reverse(image, [1])).numpy()[:, ::-1]
   np.testing.assert_allclose(mirrored, single + flipped_alone, atol=1e-4)
-  several = evaluate.make_predictor(model, [0.5, 1.0, 1.5], flip=True)(image).numpy()
+  several = scoring.make_predictor(model, [0.5, 1.0, 1.5], flip=True)(image).numpy()
   assert several.shape == (90, 117, 21)
   np.testing.assert_allclose(several.sum(-1), 6.0, atol=1e-3)  # 3 scales x 2 mirrors of probabilities
 
 
 def test_command_prints_the_table_and_writes_json_and_picture(trained_run):
   records, model_dir = trained_run
-  result = subprocess.run([sys.executable, "-m", "trainer.evaluate", f"--model_dir={model_dir}",
+  result = subprocess.run([sys.executable, "-m", "inference.evaluate", f"--model_dir={model_dir}",
                            f"--data_dir={records}", "--scales=0.75,1.0", "--flip"],
                           cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
   assert result.returncode == 0, result.stderr[-2000:]
@@ -78,7 +79,7 @@ def test_command_prints_the_table_and_writes_json_and_picture(trained_run):
 
 
 def test_a_folder_that_is_not_a_run_is_a_one_line_error(tmp_path):
-  result = subprocess.run([sys.executable, "-m", "trainer.evaluate", f"--model_dir={tmp_path}",
+  result = subprocess.run([sys.executable, "-m", "inference.evaluate", f"--model_dir={tmp_path}",
                            f"--data_dir={tmp_path}"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
   assert result.returncode == 2
   assert "has no config.json" in result.stderr.strip().splitlines()[-1]

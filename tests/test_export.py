@@ -1,7 +1,9 @@
-"""trainer.export: the SavedModel's serving signature, the TFLite float32/int8 models and the command's check.
+"""inference.export: the SavedModel's serving signature, the TFLite float32/int8 models and the command's check.
 
-One tiny run (alpha 0.35, lean head, random init) is exported once by the command, on a few real VOC pairs
-(calibration: 3 training images; check: 2 val images); the tests inspect what it wrote.
+One tiny run (alpha 0.35, lean head, random init) is exported by the command on a few VOC-layout pairs
+(calibration: 3 training images; check: 2 val images); the tests inspect what it wrote. Once on generated pairs
+(conftest's voc_data), so that a clone without ../shared covers the export, and once more on real VOC pairs where
+../shared is.
 """
 
 import io
@@ -16,32 +18,32 @@ import pytest
 import tensorflow as tf
 
 from configs import smoke
+from contracts import run_dir
+from contracts import voc
+from inference import int8_ranges
+from inference import serving
+from inference import tflite_interpreter
 from preprocessing import pairs
-from preprocessing import voc
-from trainer import evaluate
-from trainer import export
-from trainer import int8_ranges
-from trainer import tflite_interpreter
-from trainer import input_pipeline
-from trainer import train
 from tests.conftest import REPO_ROOT
+from trainer import runs
+from trainer import augment
 
 TRAIN_IDS = 3
 VAL_IDS = 2
 
 
-def _split_ids(voc_sample, split: str, count: int) -> list[str]:
-  return (voc_sample / voc.SPLIT_DIR / f"{split}.txt").read_text().split()[:count]
+def _split_ids(voc_root, split: str, count: int) -> list[str]:
+  return (voc_root / voc.SPLIT_DIR / f"{split}.txt").read_text().split()[:count]
 
 
 @pytest.fixture(scope="module")
-def records(voc_sample, tmp_path_factory):
-  """A few real VOC pairs as {split}-*.tfrecord shards, converted as the Beam job converts them."""
+def records(voc_data, tmp_path_factory):
+  """A few VOC pairs as {split}-*.tfrecord shards, converted as the Beam job converts them."""
   output = tmp_path_factory.mktemp("records")
   for split, count in (("train", TRAIN_IDS), ("val", VAL_IDS)):
     with tf.io.TFRecordWriter(str(output / f"{split}-00000-of-00001.tfrecord")) as writer:
-      for image_id in _split_ids(voc_sample, split, count):
-        writer.write(pairs.convert_or_raise(str(voc_sample), image_id))
+      for image_id in _split_ids(voc_data, split, count):
+        writer.write(pairs.convert_or_raise(str(voc_data), image_id))
   return output
 
 
@@ -51,9 +53,9 @@ def tiny_run(tmp_path_factory):
   model_dir = tmp_path_factory.mktemp("run")
   config = smoke.get_config()
   keras.utils.set_random_seed(0)
-  model = train.create_model(config)
+  model = runs.create_model(config)
   (model_dir / "checkpoints").mkdir()
-  model.save_weights(str(model_dir / train.FINAL_WEIGHTS))
+  model.save_weights(str(model_dir / run_dir.FINAL_WEIGHTS))
   (model_dir / "config.json").write_text(config.to_json_best_effort(indent=2))
   return model_dir
 
@@ -62,7 +64,7 @@ def tiny_run(tmp_path_factory):
 def exported(tiny_run, records, tmp_path_factory):
   output_dir = tmp_path_factory.mktemp("export")
   result = subprocess.run(
-      [sys.executable, "-m", "trainer.export", f"--model_dir={tiny_run}", f"--output_dir={output_dir}", "--tflite",
+      [sys.executable, "-m", "inference.export", f"--model_dir={tiny_run}", f"--output_dir={output_dir}", "--tflite",
        "--int8", f"--calibration_data={records}/train-*.tfrecord", f"--num_calibration={TRAIN_IDS}",
        f"--data_dir={records}", "--num_check_images=0"],
       cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
@@ -72,7 +74,7 @@ def exported(tiny_run, records, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def keras_model(tiny_run):
-  return evaluate.load_run(str(tiny_run))[1]
+  return runs.load_run(str(tiny_run))[1]
 
 
 def _keras_classes(model, image: np.ndarray) -> np.ndarray:
@@ -80,22 +82,26 @@ def _keras_classes(model, image: np.ndarray) -> np.ndarray:
 
 
 def test_saved_model_answers_a_jpeg_and_a_png_of_other_sizes_with_the_keras_masks(exported, keras_model,
-                                                                                   voc_sample):
+                                                                                   voc_data):
   output_dir, _ = exported
-  jpeg_path = voc_sample / voc.IMAGE_DIR / f"{_split_ids(voc_sample, 'val', 1)[0]}.jpg"
+  jpeg_path = voc_data / voc.IMAGE_DIR / f"{_split_ids(voc_data, 'val', 1)[0]}.jpg"
   jpeg = jpeg_path.read_bytes()
   jpeg_image = np.asarray(Image.open(jpeg_path).convert("RGB"))  # libjpeg ISLOW, as the pipeline decodes
-  png_image = np.asarray(Image.open(voc_sample / voc.IMAGE_DIR / f"{_split_ids(voc_sample, 'train', 1)[0]}.jpg")
-                         .convert("RGB"))[:201, :157]
+  train_image = np.asarray(Image.open(voc_data / voc.IMAGE_DIR / f"{_split_ids(voc_data, 'train', 1)[0]}.jpg")
+                           .convert("RGB"))
+  # A crop (201x157 of a photo, 10 pixels short of a generated picture), so that it differs from the JPEG in size.
+  png_image = train_image[:min(201, train_image.shape[0] - 10), :min(157, train_image.shape[1] - 10)]
+  assert png_image.shape != jpeg_image.shape
   buffer = io.BytesIO()
   Image.fromarray(png_image).save(buffer, format="PNG")
 
-  serve = tf.saved_model.load(str(output_dir / export.SAVED_MODEL_DIR)).signatures["serving_default"]
+  serve = tf.saved_model.load(str(output_dir / serving.SAVED_MODEL_DIR)).signatures["serving_default"]
   out = serve(image_bytes=tf.constant([jpeg, buffer.getvalue()]))
   masks, heights, widths = out["masks"].numpy(), out["heights"].numpy(), out["widths"].numpy()
 
   assert masks.dtype == np.uint8 and heights.dtype == np.int32 and widths.dtype == np.int32
-  assert list(heights) == [jpeg_image.shape[0], 201] and list(widths) == [jpeg_image.shape[1], 157]
+  assert list(heights) == [jpeg_image.shape[0], png_image.shape[0]]
+  assert list(widths) == [jpeg_image.shape[1], png_image.shape[1]]
   assert masks.shape == (2, max(heights), max(widths))
   for mask, image, height, width in zip(masks, (jpeg_image, png_image), heights, widths):
     expected = _keras_classes(keras_model, image)
@@ -108,8 +114,8 @@ def _all_tensor_dtypes(interpreter) -> set:
   return {np.dtype(t["dtype"]) for t in interpreter.get_tensor_details()}
 
 
-@pytest.mark.parametrize("name, input_dtype", [(export.FLOAT32_TFLITE, np.float32), (export.INT8_TFLITE, np.uint8)])
-def test_tflite_models_run_in_the_interpreter_on_a_513_input_and_give_class_ids(exported, keras_model, voc_sample,
+@pytest.mark.parametrize("name, input_dtype", [(serving.FLOAT32_TFLITE, np.float32), (serving.INT8_TFLITE, np.uint8)])
+def test_tflite_models_run_in_the_interpreter_on_a_513_input_and_give_class_ids(exported, keras_model, voc_data,
                                                                                   name, input_dtype):
   output_dir, _ = exported
   interpreter = tflite_interpreter.make_interpreter(str(output_dir / name), num_threads=2)
@@ -117,11 +123,11 @@ def test_tflite_models_run_in_the_interpreter_on_a_513_input_and_give_class_ids(
   assert list(input_details["shape"]) == [1, 513, 513, 3] and input_details["dtype"] == input_dtype
   assert list(output_details["shape"]) == [1, 513, 513] and output_details["dtype"] == np.uint8
 
-  image = np.asarray(Image.open(voc_sample / voc.IMAGE_DIR / f"{_split_ids(voc_sample, 'val', 1)[0]}.jpg")
+  image = np.asarray(Image.open(voc_data / voc.IMAGE_DIR / f"{_split_ids(voc_data, 'val', 1)[0]}.jpg")
                      .convert("RGB"))
-  classes = export.tflite_predict(interpreter, image)
+  classes = serving.tflite_predict(interpreter, image)
   assert classes.shape == image.shape[:2] and classes.max() < 21
-  padded = np.full((513, 513, 3), input_pipeline.MEAN_PIXEL, np.float32)
+  padded = np.full((513, 513, 3), augment.MEAN_PIXEL, np.float32)
   padded[:image.shape[0], :image.shape[1]] = image
   keras_classes = _keras_classes(keras_model, padded)[:image.shape[0], :image.shape[1]]
   agreement = (classes == keras_classes).mean()
@@ -136,7 +142,7 @@ def test_tflite_models_run_in_the_interpreter_on_a_513_input_and_give_class_ids(
 
 def test_command_checks_every_export_on_the_same_images_and_writes_the_report(exported):
   output_dir, result = exported
-  report = json.loads((output_dir / export.REPORT).read_text())
+  report = json.loads((output_dir / serving.REPORT).read_text())
   assert report["images"] == VAL_IDS and report["scored_pixels"] > 0
   exports = report["exports"]
   assert list(exports) == ["keras", "saved_model", "keras_513", "tflite_float32", "tflite_int8"]
@@ -160,7 +166,7 @@ def test_command_checks_every_export_on_the_same_images_and_writes_the_report(ex
 ])
 def test_mistakes_are_one_line_errors(tiny_run, tmp_path, arguments, message):
   arguments = [a.format(tmp=tmp_path, run=tiny_run) for a in arguments]
-  result = subprocess.run([sys.executable, "-m", "trainer.export", f"--output_dir={tmp_path}/out", *arguments],
+  result = subprocess.run([sys.executable, "-m", "inference.export", f"--output_dir={tmp_path}/out", *arguments],
                           cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
   assert result.returncode == 2, result.stderr[-2000:]
   assert message in result.stderr.strip().splitlines()[-1]
@@ -177,7 +183,7 @@ def _calibrated(graph, images) -> bytes:
 
 
 def test_int8_activation_ranges_are_the_mean_of_each_images_min_and_max():
-  """What trainer.int8_ranges puts in place of TFLite's min/max over all calibration images, checked by hand on
+  """What inference.int8_ranges puts in place of TFLite's min/max over all calibration images, checked by hand on
   a graph whose tensors are known: y = relu(conv(x)) with a fixed filter; one image far brighter than the rest
   widens TFLite's ranges but moves the means by a fraction."""
   kernel = tf.constant(np.full((1, 1, 3, 2), 0.5, np.float32))

@@ -5,6 +5,7 @@ import pytest
 from configs import voc_sample_finetune
 from preprocessing import make_tfrecords
 from trainer import distribute
+from trainer import runs
 from trainer import train
 
 
@@ -27,7 +28,7 @@ def test_fine_tuning_from_imagenet_lowers_the_loss_and_raises_miou(real_records,
   strategy = distribute.create_strategy("default")
 
   with strategy.scope():
-    untrained = train.create_model(config)
+    untrained = runs.create_model(config)
     miou = train.compile_model(untrained, config, total_steps=1)
   before = train.evaluate(untrained, miou, config, strategy, real_records)
 

@@ -2,7 +2,7 @@
 
 The conversion writes shards to a bucket (from a local and from a gs:// voc_root), training reads them and
 writes checkpoints, TensorBoard events and metrics back, a second run resumes from the bucket's checkpoint, and
-trainer.evaluate reads the run from the bucket. TensorFlow's own GCS client, Beam's (google-cloud-storage)
+inference.evaluate reads the run from the bucket. TensorFlow's own GCS client, Beam's (google-cloud-storage)
 and gcsfs all talk to the emulator (tests/gcs_emulator.py says how); nothing leaves the machine.
 """
 
@@ -15,7 +15,7 @@ import sys
 import pytest
 import tensorflow as tf
 
-from preprocessing import schema
+from contracts import schema
 from preprocessing import synthetic_voc
 from tests.gcs_emulator import GcsEmulator
 
@@ -131,7 +131,7 @@ def test_training_on_the_bucket_checkpoints_resumes_and_evaluates(gcs, converted
   assert fs.exists(f"{run_dir}/resume/chief/ckpt-2.index")
   assert fs.glob(f"{run_dir}/events.out.tfevents.*"), "no TensorBoard events in the run's folder"
 
-  evaluation = run(gcs, "trainer.evaluate", f"--model_dir={model_dir}", f"--data_dir={converted}")
+  evaluation = run(gcs, "inference.evaluate", f"--model_dir={model_dir}", f"--data_dir={converted}")
   assert evaluation.returncode == 0, evaluation.stderr[-3000:]
   report = json.loads(fs.cat(f"{run_dir}/eval_val.json"))
   assert report["weights"] == metrics["weights"] and 0.0 <= report["miou"] <= 1.0

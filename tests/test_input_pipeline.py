@@ -1,9 +1,13 @@
-"""The tf.data pipelines on records made from the real VOC sample: exact decoding, each eval image once,
-padding that never scores, augmentation that really scales/flips with nearest-neighbour labels, sharding."""
+"""The tf.data pipelines on records made from VOC-layout pairs: exact decoding, each eval image once, padding that
+never scores, augmentation that really scales/flips with nearest-neighbour labels, sharding.
+
+Every test runs on generated pairs (conftest's voc_data), so that a clone without ../shared covers the pipeline,
+and again on the real VOC sample where ../shared is."""
 
 import functools
 import io
 import pathlib
+import re
 
 import cv2
 import keras
@@ -12,7 +16,8 @@ from PIL import Image
 import pytest
 import tensorflow as tf
 
-from preprocessing import schema, voc
+from contracts import schema, voc
+from tests.conftest import is_voc_sample
 from trainer import augment, input_pipeline, losses, metrics, model
 
 
@@ -58,11 +63,12 @@ def _write_shards(directory: pathlib.Path, split: str, records: list[bytes], num
   return str(directory / f"{split}-*.tfrecord")
 
 
-@pytest.fixture(scope="session")
-def shards(voc_sample, tmp_path_factory) -> dict[str, str]:
-  """train (311 records, 2 shards) and val (201 records, 3 shards) of the whole sample."""
+@pytest.fixture(scope="module")
+def shards(voc_data, tmp_path_factory) -> dict[str, str]:
+  """train (2 shards) and val (3 shards) of the whole root: 311 and 201 records of the real sample, 16 and 8
+  generated."""
   directory = tmp_path_factory.mktemp("records")
-  return {split: _write_shards(directory, split, [_example(voc_sample, i) for i in _ids(voc_sample, split)], shards)
+  return {split: _write_shards(directory, split, [_example(voc_data, i) for i in _ids(voc_data, split)], shards)
           for split, shards in (("train", 2), ("val", 3))}
 
 
@@ -76,29 +82,29 @@ def _one_record_file(directory: pathlib.Path, voc_dir: pathlib.Path, image_id: s
 # --- decoding --------------------------------------------------------------------------------------------------
 
 
-def test_decode_record_equals_opencv_and_pillow_on_all_sample_images(voc_sample, shards):
+def test_decode_record_equals_opencv_and_pillow_on_all_sample_images(voc_data, shards):
   files = input_pipeline.list_files(f"{shards['train']},{shards['val']}")
   seen = []
   for example in tf.data.TFRecordDataset(files).map(input_pipeline.decode_record):
     image_id = example["id"].numpy().decode()
     image, label = example["image"].numpy(), example["label"].numpy()
     assert image.dtype == np.uint8 and label.dtype == np.uint8
-    np.testing.assert_array_equal(image, _source_rgb(voc_sample, image_id), err_msg=image_id)
-    np.testing.assert_array_equal(label, _source_mask(voc_sample, image_id), err_msg=image_id)
+    np.testing.assert_array_equal(image, _source_rgb(voc_data, image_id), err_msg=image_id)
+    np.testing.assert_array_equal(label, _source_mask(voc_data, image_id), err_msg=image_id)
     assert (int(example["height"]), int(example["width"])) == label.shape
     seen.append(image_id)
-  assert sorted(seen) == sorted(_ids(voc_sample, "trainval"))
+  assert sorted(seen) == sorted(_ids(voc_data, "trainval"))
 
 
-def test_png_images_decode_like_jpeg_ones(voc_sample, tmp_path):
-  image_id = _ids(voc_sample, "val")[0]
-  path = _one_record_file(tmp_path, voc_sample, image_id, image_format="png")
+def test_png_images_decode_like_jpeg_ones(voc_data, tmp_path):
+  image_id = _ids(voc_data, "val")[0]
+  path = _one_record_file(tmp_path, voc_data, image_id, image_format="png")
   example = input_pipeline.decode_record(next(iter(tf.data.TFRecordDataset(path))))
-  np.testing.assert_array_equal(example["image"].numpy(), _source_rgb(voc_sample, image_id))
+  np.testing.assert_array_equal(example["image"].numpy(), _source_rgb(voc_data, image_id))
 
 
-def test_palette_masks_are_refused_not_read_as_grey(voc_sample, tmp_path):
-  path = _one_record_file(tmp_path, voc_sample, _ids(voc_sample, "val")[0], palette_mask=True)
+def test_palette_masks_are_refused_not_read_as_grey(voc_data, tmp_path):
+  path = _one_record_file(tmp_path, voc_data, _ids(voc_data, "val")[0], palette_mask=True)
   with pytest.raises(tf.errors.InvalidArgumentError, match="single-channel"):
     input_pipeline.decode_record(next(iter(tf.data.TFRecordDataset(path))))
 
@@ -117,19 +123,19 @@ def test_a_pattern_matching_nothing_is_an_error_naming_it(shards, tmp_path):
 # --- evaluation ------------------------------------------------------------------------------------------------
 
 
-def test_eval_yields_every_val_image_once_at_native_size(voc_sample, shards):
+def test_eval_yields_every_val_image_once_at_native_size(voc_data, shards):
   seen = []
   for image, label, meta in input_pipeline.eval_dataset(shards["val"], with_metadata=True):
     image_id = meta["id"].numpy()[0].decode()
     assert image.dtype == tf.float32 and label.dtype == tf.int32
-    np.testing.assert_array_equal(image.numpy()[0], _source_rgb(voc_sample, image_id).astype(np.float32))
-    np.testing.assert_array_equal(label.numpy()[0], _source_mask(voc_sample, image_id))
+    np.testing.assert_array_equal(image.numpy()[0], _source_rgb(voc_data, image_id).astype(np.float32))
+    np.testing.assert_array_equal(label.numpy()[0], _source_mask(voc_data, image_id))
     assert (int(meta["height"][0]), int(meta["width"][0])) == label.shape[1:]
     seen.append(image_id)
-  assert sorted(seen) == sorted(_ids(voc_sample, "val"))
+  assert sorted(seen) == sorted(_ids(voc_data, "val"))
 
 
-def test_eval_pad_to_pads_image_with_mean_and_label_with_ignore(voc_sample, shards):
+def test_eval_pad_to_pads_image_with_mean_and_label_with_ignore(voc_data, shards):
   count = 0
   for images, labels, meta in input_pipeline.eval_dataset(shards["val"], batch_size=8, pad_to=513,
                                                           with_metadata=True):
@@ -137,18 +143,26 @@ def test_eval_pad_to_pads_image_with_mean_and_label_with_ignore(voc_sample, shar
     for image, label, image_id, height, width in zip(images.numpy(), labels.numpy(), meta["id"].numpy(),
                                                      meta["height"].numpy(), meta["width"].numpy()):
       image_id = image_id.decode()
-      np.testing.assert_array_equal(image[:height, :width], _source_rgb(voc_sample, image_id))
-      np.testing.assert_array_equal(label[:height, :width], _source_mask(voc_sample, image_id))
+      np.testing.assert_array_equal(image[:height, :width], _source_rgb(voc_data, image_id))
+      np.testing.assert_array_equal(label[:height, :width], _source_mask(voc_data, image_id))
       valid = np.zeros((513, 513), bool)
       valid[:height, :width] = True
       assert np.all(image[~valid] == 127.5) and np.all(label[~valid] == 255)
       count += 1
-  assert count == 201
+  assert count == len(_ids(voc_data, "val"))
+  if is_voc_sample(voc_data):
+    assert count == 201
 
 
-def test_eval_image_larger_than_pad_to_fails_naming_it(shards):
-  with pytest.raises(tf.errors.InvalidArgumentError, match=r"larger than pad_to[\s\S]*20\d\d_\d{6}"):
-    for _ in input_pipeline.eval_dataset(shards["val"], pad_to=300):
+def test_eval_image_larger_than_pad_to_fails_naming_it(voc_data, shards):
+  """300 for the real photos (500 pixels at most), less than the first image's longer side for generated ones; the
+  error names one of the val images that do not fit."""
+  ids = _ids(voc_data, "val")
+  pad_to = min(300, max(_source_mask(voc_data, ids[0]).shape) - 1)
+  too_large = [i for i in ids if max(_source_mask(voc_data, i).shape) > pad_to]
+  with pytest.raises(tf.errors.InvalidArgumentError,
+                     match=rf"larger than pad_to[\s\S]*({'|'.join(map(re.escape, too_large))})"):
+    for _ in input_pipeline.eval_dataset(shards["val"], pad_to=pad_to):
       pass
 
 
@@ -175,31 +189,36 @@ def _reference_crop(source: np.ndarray, mask: np.ndarray, geometry: np.ndarray, 
 
 
 def _crops(batch, crop: int):
-  images, labels, geometry = batch
-  images, labels = augment.scale_crop_flip(images, labels, geometry, crop=(crop, crop))
-  return images.numpy(), labels.numpy(), np.asarray(geometry)
+  features, labels = batch
+  images, labels = augment.crops_of((crop, crop))(features, labels)
+  return images.numpy(), labels.numpy(), np.asarray(features["geometry"])
 
 
-def test_train_batches_are_uint8_canvases_with_geometry(voc_sample, shards):
+def test_train_batches_are_uint8_canvases_with_geometry(voc_data, shards):
   """What crosses to the accelerator: each decoded picture, exact, at the top-left of a padded canvas."""
   dataset = input_pipeline.train_dataset(shards["train"], batch_size=4, seed=1, canvas_size=512, repeat=False)
-  images, labels, geometry = (t.numpy() for t in next(iter(dataset)))
+  features, labels = next(iter(dataset))
+  assert set(features) == {"image", "geometry"}
+  images, labels, geometry = features["image"].numpy(), labels.numpy(), features["geometry"].numpy()
   assert images.shape == (4, 512, 512, 3) and images.dtype == np.uint8
   assert labels.shape == (4, 512, 512) and labels.dtype == np.uint8
   assert geometry.shape == (4, augment.GEOMETRY_SIZE) and geometry.dtype == np.float32
-  sources = {_source_mask(voc_sample, i).tobytes(): i for i in _ids(voc_sample, "train")}
+  sources = {_source_mask(voc_data, i).tobytes(): i for i in _ids(voc_data, "train")}
   for image, label, (height, width) in zip(images, labels, geometry[:, :2].astype(int)):
     image_id = sources[label[:height, :width].tobytes()]  # The mask identifies the picture.
-    np.testing.assert_array_equal(image[:height, :width], _source_rgb(voc_sample, image_id))
+    np.testing.assert_array_equal(image[:height, :width], _source_rgb(voc_data, image_id))
     assert np.all(image[height:] == input_pipeline.TRAIN_PAD_PIXEL) and np.all(label[:, width:] == 255)
 
 
-def test_train_crops_are_the_reference_resize_pad_crop_flip(voc_sample, shards):
-  """Every random draw over 48 real images: the same pixels as scaling the whole image and mask, padding,
-  cropping and flipping them (float rounding apart), and the draws cover scales, offsets and flips."""
-  crop = 513
+def test_train_crops_are_the_reference_resize_pad_crop_flip(voc_data, shards):
+  """Every random draw over 48 images: the same pixels as scaling the whole image and mask, padding,
+  cropping and flipping them (float rounding apart), and the draws cover scales, offsets and flips.
+
+  VOC's 513 crop for the real photos, 65 for the ~100-pixel generated ones: either way some scaled pictures are
+  larger than the crop (random offsets) and some smaller (padding)."""
+  crop = 513 if is_voc_sample(voc_data) else 65
   dataset = input_pipeline.train_dataset(shards["train"], batch_size=8, crop_size=crop, seed=3, canvas_size=512)
-  sources = {_source_mask(voc_sample, i).tobytes(): i for i in _ids(voc_sample, "train")}
+  sources = {_source_mask(voc_data, i).tobytes(): i for i in _ids(voc_data, "train")}
   draws = []
   for batch in dataset.take(6):
     canvases = batch[1].numpy()
@@ -207,8 +226,8 @@ def test_train_crops_are_the_reference_resize_pad_crop_flip(voc_sample, shards):
     for canvas, image, label, draw in zip(canvases, images, labels, geometry):
       height, width = draw[:2].astype(int)
       image_id = sources[canvas[:height, :width].tobytes()]
-      expected_image, expected_label = _reference_crop(_source_rgb(voc_sample, image_id),
-                                                       _source_mask(voc_sample, image_id), draw, crop)
+      expected_image, expected_label = _reference_crop(_source_rgb(voc_data, image_id),
+                                                       _source_mask(voc_data, image_id), draw, crop)
       np.testing.assert_allclose(image, expected_image, atol=1e-3, err_msg=image_id)
       np.testing.assert_array_equal(label, expected_label, err_msg=image_id)
       draws.append(draw)
@@ -221,15 +240,15 @@ def test_train_crops_are_the_reference_resize_pad_crop_flip(voc_sample, shards):
 
 
 def test_the_train_step_crops_on_the_device_as_on_the_host(shards):
-  """SegmentationModel.train_step on (canvases, labels, geometry) makes the same update as a step on crops made
-  beforehand: the geometry is applied, to the crop size the trainer sets."""
+  """SegmentationModel.train_step on ({"image": canvases, "geometry": g}, labels) makes the same update as a step
+  on crops made beforehand: the geometry is applied, to the crop size in the model's config."""
   batch = next(iter(input_pipeline.train_dataset(shards["train"], batch_size=2, crop_size=65, seed=4)))
-  images, labels = augment.scale_crop_flip(*batch, crop=(65, 65))
+  images, labels = augment.crops_of((65, 65))(*batch)
   updated = []
   for data in (batch, (images, labels)):
     keras.utils.set_random_seed(0)
-    net = model.build_deeplabv3plus(alpha=0.35, aspp_rates=(), freeze_backbone_bn=False)
-    net.train_crop_size = (65, 65)
+    net = model.build_deeplabv3plus(alpha=0.35, aspp_rates=(), freeze_backbone_bn=False, train_crop_size=(65, 65))
+    assert net.get_config()["train_crop_size"] == (65, 65)
     net.compile(optimizer=keras.optimizers.SGD(0.1), loss=losses.SegmentationLoss(voc.NUM_CLASSES),
                 metrics=[metrics.MeanIoU(voc.NUM_CLASSES)])
     logs = net.train_on_batch(*data, return_dict=True)
@@ -242,17 +261,16 @@ def test_the_train_step_crops_on_the_device_as_on_the_host(shards):
 
 def test_scale_crop_flip_compiles_with_xla_for_tpus(shards):
   batch = next(iter(input_pipeline.train_dataset(shards["train"], batch_size=2, crop_size=97, seed=5)))
-  compiled = tf.function(lambda *b: augment.scale_crop_flip(*b, crop=(97, 97)), jit_compile=True)(*batch)
-  eager = augment.scale_crop_flip(*batch, crop=(97, 97))
+  compiled = tf.function(augment.crops_of((97, 97)), jit_compile=True)(*batch)
+  eager = augment.crops_of((97, 97))(*batch)
   np.testing.assert_allclose(compiled[0], eager[0], atol=1e-2)
   np.testing.assert_array_equal(compiled[1], eager[1])
 
 
 def test_uint8_canvases_feed_the_model_loss_and_metrics_like_float32_int32(shards):
   """The model casts its input, the loss and metrics their labels: uint8 batches need no cast in the pipeline."""
-  images, labels, _ = next(iter(input_pipeline.train_dataset(shards["train"], batch_size=2, canvas_size=64,
-                                                             seed=4)))
-  images, labels = images.numpy(), labels.numpy()
+  features, labels = next(iter(input_pipeline.train_dataset(shards["train"], batch_size=2, canvas_size=64, seed=4)))
+  images, labels = features["image"].numpy(), labels.numpy()
   net = model.build_deeplabv3plus(alpha=0.35, aspp_rates=())
   logits = net(images, training=False).numpy()
   np.testing.assert_array_equal(logits, net(images.astype(np.float32), training=False).numpy())
@@ -265,23 +283,23 @@ def test_uint8_canvases_feed_the_model_loss_and_metrics_like_float32_int32(shard
     assert float(with_uint8.result()) == pytest.approx(float(with_int32.result()))
 
 
-def test_train_labels_are_resized_nearest_neighbour_only(voc_sample, tmp_path):
+def test_train_labels_are_resized_nearest_neighbour_only(voc_data, tmp_path):
   """Random scales (up and down) never create a class id that the source mask does not hold."""
-  for n, image_id in enumerate(_ids(voc_sample, "train")[:5]):
-    path = _one_record_file(tmp_path, voc_sample, image_id)
+  for n, image_id in enumerate(_ids(voc_data, "train")[:5]):
+    path = _one_record_file(tmp_path, voc_data, image_id)
     dataset = input_pipeline.train_dataset(path, batch_size=4, crop_size=257, seed=n, shuffle_buffer=0)
-    allowed = set(np.unique(_source_mask(voc_sample, image_id))) | {255}
+    allowed = set(np.unique(_source_mask(voc_data, image_id))) | {255}
     for batch in dataset.take(3):
       assert set(np.unique(_crops(batch, 257)[1])) <= allowed, image_id
 
 
 @pytest.mark.parametrize("image_format", ["jpeg", "png"])
-def test_train_scale_half_pads_with_mean_pixel_and_ignore_label(voc_sample, tmp_path, image_format):
-  image_id = _ids(voc_sample, "train")[0]
-  path = _one_record_file(tmp_path, voc_sample, image_id, image_format=image_format)
-  source, mask = _source_rgb(voc_sample, image_id), _source_mask(voc_sample, image_id)
+def test_train_scale_half_pads_with_mean_pixel_and_ignore_label(voc_data, tmp_path, image_format):
+  image_id = _ids(voc_data, "train")[0]
+  path = _one_record_file(tmp_path, voc_data, image_id, image_format=image_format)
+  source, mask = _source_rgb(voc_data, image_id), _source_mask(voc_data, image_id)
   height, width = mask.shape[0] // 2, mask.shape[1] // 2
-  expected_image = np.full((513, 513, 3), input_pipeline.MEAN_PIXEL, np.float32)
+  expected_image = np.full((513, 513, 3), augment.MEAN_PIXEL, np.float32)
   expected_image[:height, :width] = tf.image.resize(source.astype(np.float32), (height, width)).numpy()
   expected_label = np.full((513, 513), 255, np.int32)
   expected_label[:height, :width] = tf.image.resize(mask[..., None], (height, width), method="nearest")[..., 0]
@@ -292,38 +310,40 @@ def test_train_scale_half_pads_with_mean_pixel_and_ignore_label(voc_sample, tmp_
     np.testing.assert_array_equal(label, expected_label)
 
 
-def test_images_larger_than_the_canvas_are_shrunk_to_fit_it(voc_sample, tmp_path):
-  """A 500-pixel photo on a 250 canvas: the picture is halved on the host, its scale still counts from 500."""
-  image_id = _ids(voc_sample, "train")[0]
-  path = _one_record_file(tmp_path, voc_sample, image_id)
-  mask = _source_mask(voc_sample, image_id)
-  dataset = input_pipeline.train_dataset(path, batch_size=2, crop_size=321, canvas_size=250, min_scale=0.5,
+def test_images_larger_than_the_canvas_are_shrunk_to_fit_it(voc_data, tmp_path):
+  """A photo on a canvas half its longer side (a 500-pixel photo on 250, cropped to 321): the picture is halved on
+  the host, its scale still counts from its own size."""
+  image_id = _ids(voc_data, "train")[0]
+  path = _one_record_file(tmp_path, voc_data, image_id)
+  mask = _source_mask(voc_data, image_id)
+  canvas, crop = max(mask.shape) // 2, max(mask.shape) * 321 // 500
+  dataset = input_pipeline.train_dataset(path, batch_size=2, crop_size=crop, canvas_size=canvas, min_scale=0.5,
                                          max_scale=0.5, flip=False, seed=0)
   batch = next(iter(dataset))
-  canvases, geometry = batch[0].numpy(), batch[2].numpy()
-  factor = min(250 / n for n in mask.shape)
+  canvases, geometry = batch[0]["image"].numpy(), batch[0]["geometry"].numpy()
+  factor = min(canvas / n for n in mask.shape)
   shrunk = [int(n * factor) for n in mask.shape]
   np.testing.assert_array_equal(geometry[0, :4], shrunk + [n // 2 for n in mask.shape])
-  assert canvases.shape[1:3] == (250, 250)
-  images, labels, _ = _crops(batch, 321)
-  expected_image, expected_label = _reference_crop(_source_rgb(voc_sample, image_id), mask, geometry[0], 321)
+  assert canvases.shape[1:3] == (canvas, canvas)
+  images, labels, _ = _crops(batch, crop)
+  expected_image, expected_label = _reference_crop(_source_rgb(voc_data, image_id), mask, geometry[0], crop)
   assert np.abs(images[0] - expected_image).mean() < 4.0  # Shrunk then scaled: close to scaled once.
   assert set(np.unique(labels)) <= set(np.unique(mask)) | {255}
   assert (labels[0] == expected_label).mean() > 0.95
 
 
-def test_photometric_jitter_changes_colours_not_padding_or_labels(voc_sample, tmp_path):
-  image_id = _ids(voc_sample, "train")[2]
-  path = _one_record_file(tmp_path, voc_sample, image_id)
+def test_photometric_jitter_changes_colours_not_padding_or_labels(voc_data, tmp_path):
+  image_id = _ids(voc_data, "train")[2]
+  path = _one_record_file(tmp_path, voc_data, image_id)
   options = dict(batch_size=4, min_scale=0.5, max_scale=0.5, flip=False, seed=3, shuffle_buffer=0)
   plain, labels, _ = _crops(next(iter(input_pipeline.train_dataset(path, **options))), 513)
   jittered, jittered_labels, _ = _crops(next(iter(input_pipeline.train_dataset(path, photometric=True, **options))),
                                         513)
   np.testing.assert_array_equal(labels, jittered_labels)
-  height, width = (n // 2 for n in _source_mask(voc_sample, image_id).shape)
+  height, width = (n // 2 for n in _source_mask(voc_data, image_id).shape)
   padding = np.ones((4, 513, 513), bool)
   padding[:, :height, :width] = False
-  assert np.all(jittered[padding] == input_pipeline.MEAN_PIXEL)
+  assert np.all(jittered[padding] == augment.MEAN_PIXEL)
   assert np.abs(jittered - plain)[~padding].mean() > 1.0
 
 
@@ -331,7 +351,8 @@ def test_deterministic_with_seed_repeats_batches_exactly(shards):
   def batches(seed):
     dataset = input_pipeline.train_dataset(shards["train"], batch_size=4, crop_size=129, seed=seed,
                                            deterministic=True, shuffle_buffer=64)
-    return [tuple(t.numpy() for t in batch) for batch in dataset.take(3)]
+    return [(features["image"].numpy(), labels.numpy(), features["geometry"].numpy())
+            for features, labels in dataset.take(3)]
 
   first, second, other = batches(7), batches(7), batches(8)
   for batch_a, batch_b in zip(first, second):
@@ -361,12 +382,12 @@ def _train_record_ids(file_pattern: str, **kwargs) -> list[str]:
 
 
 @pytest.mark.parametrize("layout", ["3 shards: by file", "1 shard: by record"])
-def test_input_pipelines_read_disjoint_parts_that_cover_everything(voc_sample, shards, tmp_path, layout):
+def test_input_pipelines_read_disjoint_parts_that_cover_everything(voc_data, shards, tmp_path, layout):
   if layout.startswith("3"):
-    pattern, expected = shards["val"], _ids(voc_sample, "val")
+    pattern, expected = shards["val"], _ids(voc_data, "val")
   else:
-    expected = _ids(voc_sample, "val")[:40]
-    pattern = _write_shards(tmp_path, "small", [_example(voc_sample, i) for i in expected], 1)
+    expected = _ids(voc_data, "val")[:40]
+    pattern = _write_shards(tmp_path, "small", [_example(voc_data, i) for i in expected], 1)
   for read in (_eval_ids, functools.partial(_train_record_ids, seed=None)):
     parts = [read(pattern, input_context=_context(i)) for i in range(2)]
     assert not set(parts[0]) & set(parts[1])

@@ -135,7 +135,8 @@ def test_tpu_vm_installs_one_tensorflow_and_checks_it():
   assert result.returncode == 0, result.stderr
   _, _, install, _ = commands(result.stdout)
   remote = install[-1].removeprefix("--command=")
-  assert remote.count("pip install") == 1 and "SEGMENTATION_TENSORFLOW='tensorflow-tpu~=2.21.0' python3 -m pip" in remote
+  assert remote.count("pip install") == 1
+  assert "SEGMENTATION_TENSORFLOW='tensorflow-tpu~=2.21.0' python3 -m pip" in remote
   check = remote.rsplit(" && ", 1)[1]
   assert check == tpu_vm.CHECK_ONE_TENSORFLOW
   # The check passes here (one TensorFlow) and names the distributions where there are two.

@@ -1,4 +1,7 @@
-"""The Beam conversion job end to end: real VOC pairs, injected faults, exit codes, verification, stale shards."""
+"""The Beam conversion job end to end: VOC pairs, injected faults, exit codes, verification, stale shards.
+
+The conversion of a whole VOC root runs on generated pairs (conftest's voc_data), so that a clone without ../shared
+covers it, and again on the real VOC sample where ../shared is."""
 
 import hashlib
 import io
@@ -15,12 +18,14 @@ import tensorflow as tf
 from absl import app
 from PIL import Image
 
+from contracts import schema
+from contracts import shards
+from contracts import voc
+from preprocessing import conversion
 from preprocessing import make_tfrecords
 from preprocessing import pairs
-from preprocessing import schema
-from preprocessing import split_outputs
 from preprocessing import synthetic_voc
-from preprocessing import voc
+from tests.conftest import is_voc_sample
 from tests.http_fixtures import ArchiveServer
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -33,7 +38,7 @@ def _run(voc_root, output_dir, *extra: str):
 def _records(output_dir: pathlib.Path, split: str) -> dict[str, dict]:
   """{filename: parsed features} of every record of a split (all its shards)."""
   records = {}
-  for record in tf.data.TFRecordDataset(sorted(tf.io.gfile.glob(split_outputs.shard_pattern(str(output_dir), split)))):
+  for record in tf.data.TFRecordDataset(sorted(tf.io.gfile.glob(shards.shard_pattern(str(output_dir), split)))):
     features = {key: value.numpy() for key, value in schema.parse_example(record).items()}
     image_id = features[schema.IMAGE_FILENAME].decode()
     assert image_id not in records, f"{image_id} written twice"
@@ -54,21 +59,22 @@ def _rejected(output_dir: pathlib.Path, split: str) -> list[dict]:
   return [json.loads(line) for line in (output_dir / f"{split}-rejected.jsonl").read_text().splitlines()]
 
 
-# ------------------------------------------------------------------------------------------- the real sample
+# --------------------------------------------------------------------------- a whole root (real or generated)
 
 @pytest.fixture(scope="module")
-def real_run(voc_sample, tmp_path_factory):
-  output_dir = tmp_path_factory.mktemp("voc_sample_tfrecords")
-  return output_dir, _run(voc_sample, output_dir, "--splits=train,val")
+def real_run(voc_data, tmp_path_factory):
+  output_dir = tmp_path_factory.mktemp("voc_tfrecords")
+  return output_dir, _run(voc_data, output_dir, "--splits=train,val")
 
 
-def test_real_sample_counts_files_and_summaries(real_run):
+def test_real_sample_counts_files_and_summaries(real_run, voc_data):
   output_dir, summaries = real_run
   assert sorted(os.listdir(output_dir)) == [
       "class_names.txt", "train-00000-of-00001.tfrecord", "train-rejected.jsonl", "train-summary.json",
       "val-00000-of-00001.tfrecord", "val-rejected.jsonl", "val-summary.json"]
   assert (output_dir / "class_names.txt").read_text().split() == list(voc.CLASS_NAMES)
-  for split, count in (("train", 311), ("val", 201)):
+  for split, count in (("train", 311), ("val", 201)) if is_voc_sample(voc_data) else (("train", 16), ("val", 8)):
+    assert count == len(voc.read_split_ids(str(voc_data), split))
     summary = json.loads((output_dir / f"{split}-summary.json").read_text())
     assert summary["listed"] == summary["read"] == summary["written"] == count
     assert summary["rejected"] == 0 and summary["rejected_by_reason"] == {}
@@ -78,15 +84,15 @@ def test_real_sample_counts_files_and_summaries(real_run):
     assert summaries[split].written == count
 
 
-def test_real_sample_records_are_the_source_bytes_and_palette_indices(real_run, voc_sample):
+def test_real_sample_records_are_the_source_bytes_and_palette_indices(real_run, voc_data):
   output_dir, _ = real_run
   for split in ("train", "val"):
     records = _records(output_dir, split)
-    assert sorted(records) == sorted(pairs.read_split_ids(str(voc_sample), split))
+    assert sorted(records) == sorted(voc.read_split_ids(str(voc_data), split))
     for image_id, features in records.items():
-      assert features[schema.IMAGE_ENCODED] == (voc_sample / voc.IMAGE_DIR / f"{image_id}.jpg").read_bytes()
+      assert features[schema.IMAGE_ENCODED] == (voc_data / voc.IMAGE_DIR / f"{image_id}.jpg").read_bytes()
       assert features[schema.IMAGE_FORMAT] == b"jpeg"
-      indices = _indices(voc_sample / voc.MASK_DIR / f"{image_id}.png")
+      indices = _indices(voc_data / voc.MASK_DIR / f"{image_id}.png")
       np.testing.assert_array_equal(_mask(features), indices, err_msg=image_id)
       assert (features[schema.IMAGE_HEIGHT], features[schema.IMAGE_WIDTH]) == indices.shape
 
@@ -139,7 +145,7 @@ def _inject_faults(root: pathlib.Path, train_ids: list[str]) -> tuple[list[str],
   _write(masks / "good_rgb_mask.png", _encode(voc.colorize(rgb_ids), "PNG"))
   gray_image, gray_ids = synthetic_voc.make_pair(rng, 40, 56)
   _write(images / "good_gray_mask.jpg", synthetic_voc.encode_jpeg(gray_image))
-  _write(masks / "good_gray_mask.png", synthetic_voc.encode_grayscale_png(gray_ids))
+  _write(masks / "good_gray_mask.png", voc.encode_label_png(gray_ids))
 
   bad = {"bad_missing_image": pairs.MISSING_IMAGE, "bad_missing_mask": pairs.MISSING_MASK,
          "bad_corrupt_image": pairs.CORRUPT_IMAGE, "bad_truncated_jpeg": pairs.CORRUPT_IMAGE,
@@ -231,7 +237,7 @@ def test_too_many_rejected_exits_nonzero_with_one_line_after_writing(small_voc, 
       [sys.executable, "-m", "preprocessing.make_tfrecords", f"--voc_root={root}", f"--output_dir={tmp_path}",
        "--splits=train", "--max_rejected_fraction=0.1", "--direct_running_mode=in_memory"],
       cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
-  assert process.returncode == make_tfrecords.EXIT_TOO_MANY_REJECTED, process.stderr
+  assert process.returncode == conversion.EXIT_TOO_MANY_REJECTED, process.stderr
   last_line = process.stderr.strip().splitlines()[-1]
   assert last_line.startswith("make_tfrecords: error: too many rejected pairs"), process.stderr
   assert "train: 1/5 rejected (20.0%)" in last_line
@@ -246,11 +252,11 @@ def test_a_shortfall_in_the_written_shards_fails_verification(small_voc, tmp_pat
   root, _ = small_voc
   stale = tmp_path / "val-00000-of-00003.tfrecord"
   stale.write_bytes(b"")
-  real_count = split_outputs.count_records
-  monkeypatch.setattr(split_outputs, "count_records", lambda path: real_count(path) - 1)  # a record lost
-  with pytest.raises(make_tfrecords.JobFailed) as failure:
+  real_count = shards.count_records
+  monkeypatch.setattr(shards, "count_records", lambda path: real_count(path) - 1)  # a record lost
+  with pytest.raises(conversion.JobFailed) as failure:
     _run(root, tmp_path, "--splits=val")
-  assert failure.value.exit_code == make_tfrecords.EXIT_VERIFICATION
+  assert failure.value.exit_code == conversion.EXIT_VERIFICATION
   assert "val: verification failed: 1 records in the shards, 2 were sent to the writer" in str(failure.value)
   assert "\n" not in str(failure.value)
   summary = json.loads((tmp_path / "val-summary.json").read_text())
@@ -263,16 +269,16 @@ def test_count_records_reads_what_was_written(tmp_path):
   with tf.io.TFRecordWriter(path) as writer:
     for index in range(7):
       writer.write(str(index).encode())
-  assert split_outputs.count_records(path) == 7
+  assert shards.count_records(path) == 7
   data = pathlib.Path(path).read_bytes()
   pathlib.Path(path).write_bytes(data[:-3])
   with pytest.raises(tf.errors.DataLossError):
-    split_outputs.count_records(path)
+    shards.count_records(path)
 
 
 def test_setup_errors_say_what_to_do(small_voc, tmp_path):
   root, _ = small_voc
-  with pytest.raises(make_tfrecords.JobFailed) as failure:
+  with pytest.raises(conversion.JobFailed) as failure:
     _run(root, tmp_path / "out", "--splits=train,train_aug")
   assert "no list for split 'train_aug'" in str(failure.value)
   assert "available splits: train, trainval, val" in str(failure.value)
@@ -303,8 +309,8 @@ def test_a_missing_voc_root_is_downloaded_verified_and_converted(small_voc, tmp_
     assert len(server.requests) == 1  # the second run finds the folder and does not download
 
     server.add("/missing.tar", status=404)
-    with pytest.raises(make_tfrecords.JobFailed) as failure:
+    with pytest.raises(conversion.JobFailed) as failure:
       _run(tmp_path / "elsewhere", tmp_path / "out3", f"--voc_url={server.url('/missing.tar')}")
-  assert failure.value.exit_code == make_tfrecords.EXIT_SETUP
+  assert failure.value.exit_code == conversion.EXIT_SETUP
   assert str(failure.value).startswith("download failed:") and "404" in str(failure.value)
   assert "\n" not in str(failure.value)

@@ -1,13 +1,19 @@
 """DeepLabV3+ / MobileNetV2 (trainer/model.py, trainer/mobilenet_v2.py): shapes, atrous strides, ImageNet weights,
-mixed precision, frozen batch norm, FLOPs."""
+mixed precision, frozen batch norm, FLOPs.
+
+The tests of backbone weight files run on a generated file (random weights) and a generated photo, so that a clone
+without ../shared covers the loading, and again on the ImageNet file and a real VOC photo where ../shared is."""
 
 import math
+import pathlib
+import typing
 
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
+from preprocessing import synthetic_voc
 from trainer import mobilenet_v2
 from trainer import model as model_lib
 
@@ -30,11 +36,39 @@ def restore_policy():
   keras.mixed_precision.set_global_policy(policy)
 
 
-@pytest.fixture(scope="module")
-def voc_image(voc_sample):
-  """A real VOC photo as float RGB [H, W, 3] in [0, 255]."""
+class Backbone(typing.NamedTuple):
+  weights: pathlib.Path  # A no-top MobileNetV2 (alpha 1.0) .weights.h5.
+  photo: tf.Tensor  # float RGB [H, W, 3] in [0, 255].
+  imagenet: bool  # The shared ImageNet file (dequantized uint8 kernels, folded batch norm) and a real VOC photo.
+
+
+def _random_weights_file(path: pathlib.Path) -> pathlib.Path:
+  """keras.applications' no-top MobileNetV2 with every weight random, batch-norm statistics too (Keras starts
+  them all at 0 and 1): a layer left at its initialisation cannot pass for one copied from the file."""
+  keras.utils.set_random_seed(5)
+  net = keras.applications.MobileNetV2(input_shape=(224, 224, 3), include_top=False, weights=None)
+  rng = np.random.default_rng(5)
+  for layer in net.layers:
+    if isinstance(layer, keras.layers.BatchNormalization):
+      gamma, beta, mean, variance = layer.get_weights()
+      layer.set_weights([rng.uniform(0.5, 1.5, gamma.shape), rng.normal(0.0, 0.1, beta.shape),
+                         rng.normal(0.0, 0.1, mean.shape), rng.uniform(0.5, 1.5, variance.shape)])
+  net.save_weights(str(path))
+  return path
+
+
+@pytest.fixture(scope="module", params=["generated", "imagenet"])
+def backbone(request, tmp_path_factory) -> Backbone:
+  """A weights file and a photo: generated always, the ImageNet file and a real VOC photo where ../shared is
+  (only that instance skips without it)."""
+  if request.param == "generated":
+    weights = _random_weights_file(tmp_path_factory.mktemp("weights") / "mobilenet_v2_1.0_random_no_top.weights.h5")
+    photo, _ = synthetic_voc.make_pair(np.random.default_rng(0), 281, 500)  # The size of the real photo below.
+    return Backbone(weights, tf.constant(photo, tf.float32), imagenet=False)
+  weights, voc_sample = request.getfixturevalue("imagenet_weights"), request.getfixturevalue("voc_sample")
   path = sorted((voc_sample / "JPEGImages").glob("*.jpg"))[0]
-  return tf.cast(tf.io.decode_jpeg(tf.io.read_file(str(path)), channels=3), tf.float32)
+  return Backbone(weights, tf.cast(tf.io.decode_jpeg(tf.io.read_file(str(path)), channels=3), tf.float32),
+                  imagenet=True)
 
 
 @pytest.mark.parametrize("config, batch, height, width", [
@@ -83,36 +117,43 @@ def test_bad_output_stride_is_refused():
 
 
 @pytest.fixture(scope="module")
-def keras_mobilenet_v2(imagenet_weights):
+def keras_mobilenet_v2(backbone):
   return keras.applications.MobileNetV2(input_shape=(224, 224, 3), include_top=False,
-                                        weights=str(imagenet_weights))
+                                        weights=str(backbone.weights))
 
 
-def test_imagenet_weights_are_copied_by_name(imagenet_weights, keras_mobilenet_v2):
-  model = model_lib.build_deeplabv3plus(backbone_weights=str(imagenet_weights), aspp_rates=())
+def test_imagenet_weights_are_copied_by_name(backbone, keras_mobilenet_v2):
+  model = model_lib.build_deeplabv3plus(backbone_weights=str(backbone.weights), aspp_rates=())
   reference = {layer.name: layer for layer in keras_mobilenet_v2.layers if layer.weights}
   ours = {layer.name: layer for layer in model.layers if layer.name in reference}
   assert set(ours) == set(reference) - UNUSED_CLASSIFIER_LAYERS
   for name, layer in ours.items():
     for mine, theirs in zip(layer.get_weights(), reference[name].get_weights(), strict=True):
       np.testing.assert_array_equal(mine, theirs, err_msg=name)
-  # And they are the file's (not two equal initialisations): dequantized uint8 kernels, folded batch norm.
+  # And they are the file's (not two equal initialisations): random batch-norm statistics in the generated file...
+  if not backbone.imagenet:
+    fresh = model_lib.build_deeplabv3plus(aspp_rates=())
+    for name in ("bn_Conv1", "block_7_depthwise_BN", "block_16_project_BN"):
+      for mine, initial in zip(model.get_layer(name).get_weights(), fresh.get_layer(name).get_weights()):
+        assert not np.allclose(mine, initial), name
+    return
+  # ...dequantized uint8 kernels and folded batch norm in ImageNet's.
   for name in ("Conv1", "block_7_depthwise", "block_16_project"):
     assert len(np.unique(model.get_layer(name).get_weights()[0])) <= 256, name
   np.testing.assert_allclose(model.get_layer("block_9_expand_BN").moving_variance, 1 - 1e-3)
 
 
 @pytest.mark.parametrize("size", [224, 225])
-def test_features_agree_with_keras_applications_on_a_voc_photo(imagenet_weights, voc_image, size):
+def test_features_agree_with_keras_applications_on_a_voc_photo(backbone, size):
   """At output stride 32 our encoder is MobileNetV2; at 16 it is, up to the first stride it replaces."""
-  image = tf.image.resize(voc_image, (size, size))[None]
+  image = tf.image.resize(backbone.photo, (size, size))[None]
   # A static size makes keras.applications pad stride-2 convs as TF's SAME, for odd sizes too.
   reference = keras.applications.MobileNetV2(input_shape=(size, size, 3), include_top=False,
-                                             weights=str(imagenet_weights))
+                                             weights=str(backbone.weights))
   names = ["block_2_depthwise_relu", "block_12_add", "block_16_project_BN"]
   expected = _features(reference, names, keras.applications.mobilenet_v2.preprocess_input(image.numpy()))
   for output_stride, compared in ((32, names), (16, names[:2])):
-    model = model_lib.build_deeplabv3plus(output_stride=output_stride, backbone_weights=str(imagenet_weights),
+    model = model_lib.build_deeplabv3plus(output_stride=output_stride, backbone_weights=str(backbone.weights),
                                           aspp_rates=())
     actual = _features(model, compared, image)  # Raw pixels: the model scales them itself.
     for name, mine, theirs in zip(compared, actual, expected):
@@ -124,9 +165,9 @@ def test_features_agree_with_keras_applications_on_a_voc_photo(imagenet_weights,
 
 
 @pytest.mark.filterwarnings("ignore:Skipping nested container")  # Keras says it per layer before we refuse.
-def test_weights_of_another_width_fail_clearly(imagenet_weights):
+def test_weights_of_another_width_fail_clearly(backbone):
   with pytest.raises(ValueError, match=r"alpha=0\.35"):
-    model_lib.build_deeplabv3plus(alpha=0.35, backbone_weights=str(imagenet_weights))
+    model_lib.build_deeplabv3plus(alpha=0.35, backbone_weights=str(backbone.weights))
 
 
 def test_garbage_or_missing_weights_fail_clearly(tmp_path):

@@ -11,14 +11,15 @@ import pytest
 from absl import app
 
 from configs import smoke
+from contracts import shards
+from contracts import voc
 from preprocessing import make_tfrecords
-from preprocessing import split_outputs
 from preprocessing import synthetic_voc
-from preprocessing import voc
+from tests.conftest import REPO_ROOT
+from trainer import config_validation
 from trainer import distribute
 from trainer import train
 from trainer import visualize
-from tests.conftest import REPO_ROOT
 
 NAMES = ("background", "road", "tree")
 
@@ -28,7 +29,7 @@ def own_voc(tmp_path_factory):
   """A VOC-layout folder with 3 classes whose names are in its class_names.txt, and its conversion."""
   root = tmp_path_factory.mktemp("own_voc")
   synthetic_voc.write_dataset(str(root), num_train=8, num_val=4, height=72, width=96, num_classes=3, seed=4)
-  split_outputs.write_class_names(str(root), NAMES)
+  shards.write_class_names(str(root), NAMES)
   records = tmp_path_factory.mktemp("own_records")
   make_tfrecords.run(["make_tfrecords", f"--voc_root={root}", f"--output_dir={records}"])  # No --num_classes.
   return root, records
@@ -51,7 +52,7 @@ def own_run(own_voc, tmp_path_factory):
 
 def test_conversion_carries_the_names_beside_the_shards(own_voc):
   _, records = own_voc
-  assert split_outputs.read_class_names(split_outputs.class_names_path(str(records))) == NAMES
+  assert shards.read_class_names(shards.class_names_path(str(records))) == NAMES
 
 
 def test_conversion_refuses_a_class_count_that_disagrees_with_the_names(own_voc, tmp_path):
@@ -80,7 +81,7 @@ def test_training_names_the_classes_in_its_report_config_and_tensorboard(own_run
 def test_a_config_for_another_class_count_is_refused_naming_the_fix(own_voc, tmp_path):
   _, records = own_voc
   config = smoke.get_config()  # 21 classes
-  with pytest.raises(train.ConfigError, match=r"num_classes=21, but .*class_names.txt names 3 classes .*"
+  with pytest.raises(config_validation.ConfigError, match=r"num_classes=21, but .*class_names.txt names 3 classes .*"
                                                 r"--config.model.num_classes=3"):
     train.train_and_evaluate(config, data_dir=str(records), model_dir=str(tmp_path),
                              strategy=distribute.create_strategy("default"))
@@ -109,7 +110,7 @@ def voc_mask(path) -> np.ndarray:
 def test_evaluation_table_predict_legend_and_export_use_the_names(own_voc, own_run, tmp_path):
   root, records = own_voc
   model_dir, _ = own_run
-  table = _python("trainer.evaluate", f"--model_dir={model_dir}", f"--data_dir={records}").stdout
+  table = _python("inference.evaluate", f"--model_dir={model_dir}", f"--data_dir={records}").stdout
   for name in NAMES:
     assert any(line.split()[:1] == [name] for line in table.splitlines()), table
   assert list(json.loads((model_dir / "eval_val.json").read_text())["per_class_iou"]) == list(NAMES)
@@ -120,12 +121,12 @@ def test_evaluation_table_predict_legend_and_export_use_the_names(own_voc, own_r
   photos.mkdir()
   (photos / f"{image_id}.jpg").write_bytes((root / voc.IMAGE_DIR / f"{image_id}.jpg").read_bytes())
   exports = tmp_path / "export"
-  _python("trainer.export", f"--model_dir={model_dir}", f"--output_dir={exports}")
-  assert split_outputs.read_class_names(split_outputs.class_names_path(str(exports))) == NAMES
+  _python("inference.export", f"--model_dir={model_dir}", f"--output_dir={exports}")
+  assert shards.read_class_names(shards.class_names_path(str(exports))) == NAMES
   assert json.loads((exports / "export_report.json").read_text())["class_names"] == list(NAMES)
   for source in (f"--model_dir={model_dir}", f"--saved_model={exports}/saved_model"):
     out = tmp_path / source.split("=")[0].strip("-")
-    _python("trainer.predict", source, f"--input={photos}", f"--output_dir={out}", "--format=mask,triptych",
+    _python("inference.predict", source, f"--input={photos}", f"--output_dir={out}", "--format=mask,triptych",
             f"--voc_root={root}")
     strip, expected = _legend_of(out / f"{image_id}_triptych.png", out / f"{image_id}.png", truth, NAMES)
     np.testing.assert_array_equal(strip, expected)

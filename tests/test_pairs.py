@@ -1,4 +1,7 @@
-"""One image/mask pair -> record or rejection (preprocessing.pairs), on real VOC files and injected faults."""
+"""One image/mask pair -> record or rejection (preprocessing.pairs), on VOC files and injected faults.
+
+The tests on VOC files run on generated pairs (conftest's voc_data), so that a clone without ../shared covers
+them, and again on the real VOC sample where ../shared is."""
 
 import io
 import pathlib
@@ -8,10 +11,11 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
+from contracts import schema
+from contracts import voc
 from preprocessing import pairs
-from preprocessing import schema
 from preprocessing import synthetic_voc
-from preprocessing import voc
+from tests.conftest import is_voc_sample
 
 
 def _indices(png_path: pathlib.Path) -> np.ndarray:
@@ -61,14 +65,14 @@ def _reason(root: pathlib.Path, image_id: str, num_classes: int = voc.NUM_CLASSE
   return result.reason
 
 
-def test_real_pairs_keep_the_jpeg_bytes_and_the_palette_indices(voc_sample):
-  image_ids = pairs.read_split_ids(str(voc_sample), "val")[:4]
+def test_real_pairs_keep_the_jpeg_bytes_and_the_palette_indices(voc_data):
+  image_ids = voc.read_split_ids(str(voc_data), "val")[:4]
   for image_id in image_ids:
-    record = pairs.convert(str(voc_sample), image_id)
+    record = pairs.convert(str(voc_data), image_id)
     assert isinstance(record, bytes), record
     features = _parse(record)
-    jpeg = (voc_sample / voc.IMAGE_DIR / f"{image_id}.jpg").read_bytes()
-    indices = _indices(voc_sample / voc.MASK_DIR / f"{image_id}.png")
+    jpeg = (voc_data / voc.IMAGE_DIR / f"{image_id}.jpg").read_bytes()
+    indices = _indices(voc_data / voc.MASK_DIR / f"{image_id}.png")
     assert features[schema.IMAGE_ENCODED] == jpeg
     assert features[schema.IMAGE_FILENAME] == image_id.encode()
     assert features[schema.IMAGE_FORMAT] == b"jpeg"
@@ -76,14 +80,17 @@ def test_real_pairs_keep_the_jpeg_bytes_and_the_palette_indices(voc_sample):
     mask = tf.io.decode_png(features[schema.MASK_ENCODED]).numpy()
     assert mask.shape == indices.shape + (1,)
     np.testing.assert_array_equal(mask[..., 0], indices)
-  assert {255} < set(np.unique(indices).tolist())  # real masks have void edges; they stay 255
+  assert {255} < set(np.unique(indices).tolist())  # VOC masks (and generated ones) have void edges; they stay 255
 
 
-def test_split_lists_of_the_real_sample(voc_sample):
-  assert pairs.available_splits(str(voc_sample)) == ["train", "trainval", "val"]
-  train = pairs.read_split_ids(str(voc_sample), "train")
-  assert len(train) == 311 and len(set(train)) == 311 and train[0] == "2007_000032"
-  assert pairs.available_splits(str(voc_sample / "nowhere")) == []
+def test_split_lists_of_the_real_sample(voc_data):
+  assert pairs.available_splits(str(voc_data)) == ["train", "trainval", "val"]
+  train = voc.read_split_ids(str(voc_data), "train")
+  if is_voc_sample(voc_data):
+    assert len(train) == 311 and len(set(train)) == 311 and train[0] == "2007_000032"
+  else:
+    assert train == [f"synthetic_{index:06d}" for index in range(16)]  # write_dataset's ids, in order
+  assert pairs.available_splits(str(voc_data / "nowhere")) == []
 
 
 def test_repeated_ids_keep_their_first_occurrence():
@@ -102,7 +109,7 @@ def test_rgb_and_rgba_masks_map_voc_colours_to_class_ids(scene):
 def test_palette_and_grayscale_masks_are_class_ids(scene):
   _, class_ids = scene
   np.testing.assert_array_equal(pairs.mask_class_ids(voc.encode_palette_png(class_ids)), class_ids)
-  np.testing.assert_array_equal(pairs.mask_class_ids(synthetic_voc.encode_grayscale_png(class_ids)), class_ids)
+  np.testing.assert_array_equal(pairs.mask_class_ids(voc.encode_label_png(class_ids)), class_ids)
 
 
 def test_mask_colours_and_labels_outside_the_classes_are_rejected(scene):
@@ -124,12 +131,12 @@ def test_mask_colours_and_labels_outside_the_classes_are_rejected(scene):
     pairs.mask_class_ids(voc.encode_palette_png(class_ids), num_classes=int(class_ids[class_ids < 255].max()))
 
 
-def test_bad_pairs_are_rejected_with_their_reason(tmp_path, voc_sample, scene):
+def test_bad_pairs_are_rejected_with_their_reason(tmp_path, voc_data, scene):
   image, class_ids = scene
   jpeg, mask = synthetic_voc.encode_jpeg(image), voc.encode_palette_png(class_ids)
-  real_id = pairs.read_split_ids(str(voc_sample), "train")[0]
-  real_jpeg = (voc_sample / voc.IMAGE_DIR / f"{real_id}.jpg").read_bytes()
-  real_mask = (voc_sample / voc.MASK_DIR / f"{real_id}.png").read_bytes()
+  real_id = voc.read_split_ids(str(voc_data), "train")[0]  # Files as the root holds them.
+  real_jpeg = (voc_data / voc.IMAGE_DIR / f"{real_id}.jpg").read_bytes()
+  real_mask = (voc_data / voc.MASK_DIR / f"{real_id}.png").read_bytes()
   png_image = _png(image)
   cases = {
       "no_image": (None, mask, pairs.MISSING_IMAGE),
@@ -157,7 +164,7 @@ def test_bad_pairs_are_rejected_with_their_reason(tmp_path, voc_sample, scene):
 def test_masks_fall_back_to_segmentation_class_aug(tmp_path, scene):
   image, class_ids = scene
   jpeg = synthetic_voc.encode_jpeg(image)
-  _write_pair(tmp_path, "aug_only", jpeg, synthetic_voc.encode_grayscale_png(class_ids), voc.AUG_MASK_DIR)
+  _write_pair(tmp_path, "aug_only", jpeg, voc.encode_label_png(class_ids), voc.AUG_MASK_DIR)
   features = _parse(pairs.convert(str(tmp_path), "aug_only"))
   np.testing.assert_array_equal(tf.io.decode_png(features[schema.MASK_ENCODED]).numpy()[..., 0], class_ids)
   assert features[schema.IMAGE_ENCODED] == jpeg
@@ -165,7 +172,7 @@ def test_masks_fall_back_to_segmentation_class_aug(tmp_path, scene):
   # With both, the official mask wins (SBD's have no void edges).
   official = np.zeros_like(class_ids)
   _write_pair(tmp_path, "both", jpeg, voc.encode_palette_png(official))
-  _write_pair(tmp_path, "both", None, synthetic_voc.encode_grayscale_png(class_ids), voc.AUG_MASK_DIR)
+  _write_pair(tmp_path, "both", None, voc.encode_label_png(class_ids), voc.AUG_MASK_DIR)
   features = _parse(pairs.convert(str(tmp_path), "both"))
   assert not tf.io.decode_png(features[schema.MASK_ENCODED]).numpy().any()
 
@@ -185,6 +192,6 @@ def test_an_unexpected_exception_becomes_a_rejection(tmp_path, scene, monkeypatc
   def broken_encoder(_):
     raise MemoryError("no room for this mask")
 
-  monkeypatch.setattr(pairs, "encode_mask", broken_encoder)
+  monkeypatch.setattr(pairs.voc, "encode_label_png", broken_encoder)
   result = pairs.convert(str(tmp_path), "odd")
   assert result == pairs.Rejection("odd", pairs.UNEXPECTED_ERROR, "MemoryError: no room for this mask")

@@ -1,4 +1,7 @@
-"""trainer.predict: masks, overlays and triptychs of real photos, bad files skipped, Keras and SavedModel agree."""
+"""inference.predict: masks, overlays and triptychs of photos, bad files skipped, Keras and SavedModel agree.
+
+Every test runs on generated pairs (conftest's voc_data), so that a clone without ../shared covers prediction, and
+again on real VOC photos where ../shared is."""
 
 import io
 import shutil
@@ -13,45 +16,49 @@ import tensorflow as tf
 from PIL import Image
 
 from configs import smoke
-from preprocessing import voc
-from trainer import evaluate
-from trainer import predict
-from trainer import train
-from trainer import visualize
+from contracts import run_dir
+from contracts import voc
+from inference import prediction
 from tests.conftest import REPO_ROOT
+from tests.conftest import is_voc_sample
+from trainer import runs
+from trainer import visualize
 
-NUM_REAL = 3  # VOC ids with a ground-truth mask; one more photo is stored as a PNG under an id VOC lacks
+NUM_REAL = 3  # val ids with a ground-truth mask; one more photo is stored as a PNG under an id the root lacks
 
 
 @pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory, voc_sample):
+def tiny_run(tmp_path_factory, voc_data):
   """A run folder as training leaves it (config.json + final weights) of an untrained smoke-size model, its last
   layer scaled so that the logits spread like a trained model's (an untrained net's are ~1e-7, below float32
-  softmax resolution): many classes per photo with clear margins, so a mask off by a decode or resize shows."""
+  softmax resolution): many classes per photo with clear margins, so a mask off by a decode or resize shows.
+  Scaled on a photo of the same root as the tests' photos (a real one, or the first generated val image), since
+  the spread depends on the pictures."""
   model_dir = tmp_path_factory.mktemp("run")
   config = smoke.get_config()
   keras.utils.set_random_seed(3)
-  model = train.create_model(config)
-  photo = cv2.imread(str(voc_sample / voc.IMAGE_DIR / "2007_000032.jpg"))[..., ::-1]
+  model = runs.create_model(config)
+  image_id = "2007_000032" if is_voc_sample(voc_data) else voc.read_split_ids(str(voc_data), "val")[0]
+  photo = cv2.imread(str(voc_data / voc.IMAGE_DIR / f"{image_id}.jpg"))[..., ::-1]
   spread = float(np.std(model(photo[np.newaxis].astype(np.float32), training=False)))
   logits = model.get_layer("logits")
   logits.set_weights([weight / spread for weight in logits.get_weights()])
   (model_dir / "checkpoints").mkdir()
-  model.save_weights(str(model_dir / train.FINAL_WEIGHTS))
+  model.save_weights(str(model_dir / run_dir.FINAL_WEIGHTS))
   (model_dir / "config.json").write_text(config.to_json_best_effort(indent=2))
   return str(model_dir)
 
 
 @pytest.fixture(scope="module")
-def photos(voc_sample, tmp_path_factory):
-  """A folder of real VOC photos (JPEGs with masks, one PNG without) among a truncated JPEG, a text file and an
-  empty file."""
+def photos(voc_data, tmp_path_factory):
+  """A folder of val photos (JPEGs with masks, one PNG without) among a truncated JPEG, a text file and an empty
+  file."""
   folder = tmp_path_factory.mktemp("photos")
-  ids = (voc_sample / voc.SPLIT_DIR / "val.txt").read_text().split()[:NUM_REAL + 1]
+  ids = (voc_data / voc.SPLIT_DIR / "val.txt").read_text().split()[:NUM_REAL + 1]
   for image_id in ids[:NUM_REAL]:
-    shutil.copy(voc_sample / voc.IMAGE_DIR / f"{image_id}.jpg", folder)
-  cv2.imwrite(str(folder / "no_mask_photo.png"), cv2.imread(str(voc_sample / voc.IMAGE_DIR / f"{ids[-1]}.jpg")))
-  jpeg = (voc_sample / voc.IMAGE_DIR / f"{ids[0]}.jpg").read_bytes()
+    shutil.copy(voc_data / voc.IMAGE_DIR / f"{image_id}.jpg", folder)
+  cv2.imwrite(str(folder / "no_mask_photo.png"), cv2.imread(str(voc_data / voc.IMAGE_DIR / f"{ids[-1]}.jpg")))
+  jpeg = (voc_data / voc.IMAGE_DIR / f"{ids[0]}.jpg").read_bytes()
   (folder / "truncated.jpg").write_bytes(jpeg[:len(jpeg) // 2])
   (folder / "notes.txt").write_text("not a picture\n")
   (folder / "empty.jpg").write_bytes(b"")
@@ -59,16 +66,16 @@ def photos(voc_sample, tmp_path_factory):
 
 
 def _run(*args, timeout=300):
-  return subprocess.run([sys.executable, "-m", "trainer.predict", *args], cwd=REPO_ROOT, capture_output=True,
+  return subprocess.run([sys.executable, "-m", "inference.predict", *args], cwd=REPO_ROOT, capture_output=True,
                         text=True, timeout=timeout)
 
 
 @pytest.fixture(scope="module")
-def keras_outputs(tiny_run, photos, voc_sample, tmp_path_factory):
+def keras_outputs(tiny_run, photos, voc_data, tmp_path_factory):
   folder, _ = photos
   output_dir = tmp_path_factory.mktemp("predictions")
   result = _run(f"--model_dir={tiny_run}", f"--input={folder}", f"--output_dir={output_dir}",
-                "--format=mask,overlay,triptych", f"--voc_root={voc_sample}")
+                "--format=mask,overlay,triptych", f"--voc_root={voc_data}")
   return result, output_dir
 
 
@@ -113,7 +120,7 @@ def _photo(folder, image_id):
 def test_masks_are_voc_palette_pngs_of_the_models_argmax_at_each_photos_size(keras_outputs, photos, tiny_run):
   _, output_dir = keras_outputs
   folder, ids = photos
-  _, model, _ = evaluate.load_run(tiny_run)
+  _, model, _ = runs.load_run(tiny_run)
   sizes = set()
   for image_id in ids:
     image = _photo(folder, image_id)
@@ -129,15 +136,15 @@ def test_masks_are_voc_palette_pngs_of_the_models_argmax_at_each_photos_size(ker
 
 def test_flip_averages_the_mirrored_probabilities(photos, tiny_run):
   folder, ids = photos
-  _, model, _ = evaluate.load_run(tiny_run)
+  _, model, _ = runs.load_run(tiny_run)
   image = _photo(folder, ids[0])
-  mask = predict.keras_segmenter(model, [1.0], flip=True)(b"", image)
+  mask = prediction.keras_segmenter(model, [1.0], flip=True)(b"", image)
   probabilities = tf.nn.softmax(_logits(model, image)) + tf.nn.softmax(_logits(model, image[:, ::-1]))[:, ::-1]
   _assert_is_argmax(mask, np.log(probabilities.numpy()))
-  assert (mask != predict.keras_segmenter(model)(b"", image)).mean() > 0.01  # the mirror did change something
+  assert (mask != prediction.keras_segmenter(model)(b"", image)).mean() > 0.01  # the mirror did change something
 
 
-def test_overlay_and_triptych_sizes_and_the_ground_truth_panel(keras_outputs, photos, voc_sample):
+def test_overlay_and_triptych_sizes_and_the_ground_truth_panel(keras_outputs, photos, voc_data):
   _, output_dir = keras_outputs
   folder, ids = photos
   for image_id in ids:
@@ -145,7 +152,7 @@ def test_overlay_and_triptych_sizes_and_the_ground_truth_panel(keras_outputs, ph
     overlay = cv2.imread(str(output_dir / f"{image_id}_overlay.jpg"))
     assert overlay.shape == (height, width, 3)
     triptych = cv2.imread(str(output_dir / f"{image_id}_triptych.png"))[..., ::-1]
-    mask_path = voc_sample / voc.MASK_DIR / f"{image_id}.png"
+    mask_path = voc_data / voc.MASK_DIR / f"{image_id}.png"
     _, _, mask = _read_palette_png(output_dir / f"{image_id}.png")
     panels = 3 if mask_path.exists() else 2
     panels_height = height + 24  # titled panels, 4-pixel gaps; the legend strip below them
@@ -157,20 +164,20 @@ def test_overlay_and_triptych_sizes_and_the_ground_truth_panel(keras_outputs, ph
     shown = np.unique(np.concatenate([mask.ravel()] + ([truth.ravel()] if mask_path.exists() else [])))
     np.testing.assert_array_equal(triptych[panels_height:],
                                   visualize.legend(shown, voc.CLASS_NAMES, triptych.shape[1]))
-  assert sum((voc_sample / voc.MASK_DIR / f"{i}.png").exists() for i in ids) == NUM_REAL
+  assert sum((voc_data / voc.MASK_DIR / f"{i}.png").exists() for i in ids) == NUM_REAL
 
 
 def test_decode_failures_are_named_in_process_and_png_equals_its_jpeg_source(photos, tmp_path):
   folder, ids = photos
-  with pytest.raises(predict.UnreadableImage, match="corrupt JPEG"):
-    predict.read_image(str(folder / "truncated.jpg"))
-  with pytest.raises(predict.UnreadableImage, match="cannot read"):
-    predict.read_image(str(tmp_path / "missing.jpg"))
-  _, decoded = predict.read_image(str(folder / f"{ids[0]}.jpg"))
+  with pytest.raises(prediction.UnreadableImage, match="corrupt JPEG"):
+    prediction.read_image(str(folder / "truncated.jpg"))
+  with pytest.raises(prediction.UnreadableImage, match="cannot read"):
+    prediction.read_image(str(tmp_path / "missing.jpg"))
+  _, decoded = prediction.read_image(str(folder / f"{ids[0]}.jpg"))
   np.testing.assert_array_equal(decoded, cv2.imread(str(folder / f"{ids[0]}.jpg"))[..., ::-1])
   buffer = io.BytesIO()
   Image.fromarray(decoded).save(buffer, format="PNG")
-  np.testing.assert_array_equal(predict.decode_image(buffer.getvalue()), decoded)
+  np.testing.assert_array_equal(prediction.decode_image(buffer.getvalue()), decoded)
 
 
 def test_nothing_readable_or_nothing_matched_is_a_one_line_error(tiny_run, photos, tmp_path):
@@ -189,12 +196,12 @@ def test_nothing_readable_or_nothing_matched_is_a_one_line_error(tiny_run, photo
 
 
 def test_saved_model_answers_with_the_same_masks_as_the_keras_model(keras_outputs, photos, tiny_run, tmp_path):
-  from trainer import export  # Written beside this module (the export contract in the project notes).
+  from inference import serving  # Written beside this module (the export contract in the project notes).
 
   _, keras_dir = keras_outputs
   folder, ids = photos
-  _, model, _ = evaluate.load_run(tiny_run)
-  export.export_saved_model(model, str(tmp_path / "saved_model"))
+  _, model, _ = runs.load_run(tiny_run)
+  serving.export_saved_model(model, str(tmp_path / "saved_model"))
   result = _run(f"--saved_model={tmp_path / 'saved_model'}", f"--input={folder}/*", f"--output_dir={tmp_path}/out")
   assert result.returncode == 0, result.stderr[-3000:]
   assert f"wrote {len(ids)} image(s)" in result.stdout

@@ -12,19 +12,23 @@ import pytest
 import tensorflow as tf
 
 from configs import smoke
+from contracts import run_dir
+from inference import published
+from inference import scoring
+from inference import serving
+from inference import tflite_interpreter
 from preprocessing import make_tfrecords
 from preprocessing import synthetic_voc
+from tests import http_fixtures
+from tests.conftest import REPO_ROOT
+from trainer import config_validation
 from trainer import distribute
-from trainer import evaluate
-from trainer import export
 from trainer import input_pipeline
 from trainer import metrics as metrics_lib
 from trainer import mobilenet_v2
-from trainer import published
-from trainer import tflite_interpreter
+from trainer import runs
 from trainer import train
-from tests import http_fixtures
-from tests.conftest import REPO_ROOT
+from trainer import augment
 
 # ---------------------------------------------------------------------------------------------------------------
 # A research/deeplab checkpoint written by the test, in DeepLab's variable names
@@ -97,7 +101,7 @@ def randomize_batch_norm(model, seed: int = 0) -> None:
 def deeplab_checkpoint(tmp_path_factory):
   """(checkpoint prefix, the model whose weights it holds)."""
   tf.keras.utils.set_random_seed(1)
-  model = train.create_model(deeplabv3plus_config())
+  model = runs.create_model(deeplabv3plus_config())
   randomize_batch_norm(model)
   folder = tmp_path_factory.mktemp("deeplabv3plus_mnv2_dm05_pascal_train_aug")
   prefix = str(folder / "model.ckpt-30000")
@@ -114,7 +118,7 @@ def test_a_deeplab_checkpoint_imports_into_the_same_function(deeplab_checkpoint,
   prefix, source_model = deeplab_checkpoint
   report = published.import_model(prefix, str(tmp_path / "run"))
   assert report["kind"] == "checkpoint" and report["decoder"] and report["alpha"] == 0.5
-  config, model, _ = evaluate.load_run(str(tmp_path / "run"))
+  config, model, _ = runs.load_run(str(tmp_path / "run"))
   assert config.model.align_corners and tuple(config.model.aspp_rates) == (6, 12, 18)
   assert model.get_layer("block_1_project").kernel.shape[-1] == 12  # DeepLab's depth-0.5 rounding, not 16.
   # Every weight in its place and each batch norm carried over from DeepLab's epsilon: the same function.
@@ -142,22 +146,23 @@ def test_an_archive_served_over_http_imports_like_the_checkpoint(deeplab_checkpo
     report = published.import_model(url, str(tmp_path / "run"), download_dir=str(tmp_path / "downloads"))
     assert len(server.requests) == 2 and server.requests[1][1] == "bytes=5000-"  # The second run resumed.
   assert report["kind"] == "checkpoint"
-  _, model, _ = evaluate.load_run(str(tmp_path / "run"))
+  _, model, _ = runs.load_run(str(tmp_path / "run"))
   np.testing.assert_allclose(_outputs(model), _outputs(source_model), rtol=1e-4, atol=1e-4)
 
 
 def test_a_weight_without_a_place_or_of_the_wrong_shape_is_named(deeplab_checkpoint, tmp_path):
   prefix, source_model = deeplab_checkpoint
   unknown = str(tmp_path / "unknown" / "model.ckpt-1")
-  write_deeplab_checkpoint(source_model, unknown, extra={"decoder/refine_conv/weights": np.zeros([1, 1, 8, 8], np.float32),
-                                                           "decoder/refine_conv/biases": np.zeros([8], np.float32)})
+  extra = {"decoder/refine_conv/weights": np.zeros([1, 1, 8, 8], np.float32),
+           "decoder/refine_conv/biases": np.zeros([8], np.float32)}
+  write_deeplab_checkpoint(source_model, unknown, extra=extra)
   with pytest.raises(published.ImportError_, match="'decoder/refine_conv' has no counterpart"):
     published.import_model(unknown, str(tmp_path / "run1"))
 
   misshapen = str(tmp_path / "misshapen" / "model.ckpt-1")
   write_deeplab_checkpoint(source_model, misshapen,
                            replace={"MobilenetV2/expanded_conv_3/expand/weights": np.zeros([1, 1, 12, 50], np.float32)})
-  result = subprocess.run([sys.executable, "-m", "trainer.import_model", f"--source={misshapen}",
+  result = subprocess.run([sys.executable, "-m", "inference.import_model", f"--source={misshapen}",
                            f"--model_dir={tmp_path / 'run2'}"], cwd=REPO_ROOT, capture_output=True, text=True,
                           timeout=300)
   assert result.returncode == 2
@@ -174,18 +179,18 @@ def test_a_weight_without_a_place_or_of_the_wrong_shape_is_named(deeplab_checkpo
 
 def test_pad_to_scores_each_image_on_a_canvas_and_crops_back(tmp_path):
   tf.keras.utils.set_random_seed(2)
-  model = train.create_model(deeplabv3plus_config(decoder=False))
+  model = runs.create_model(deeplabv3plus_config(decoder=False))
   randomize_batch_norm(model, seed=2)
   logits = model.get_layer("logits")
   logits.kernel.assign(logits.kernel * 10.0)  # Random weights give near-uniform probabilities otherwise.
   image = tf.random.stateless_uniform([50, 37, 3], seed=[1, 1], maxval=255.0)
-  canvas = tf.pad(image, [[0, 15], [0, 28], [0, 0]], constant_values=input_pipeline.MEAN_PIXEL)
+  canvas = tf.pad(image, [[0, 15], [0, 28], [0, 0]], constant_values=augment.MEAN_PIXEL)
   expected = tf.nn.softmax(model(canvas[tf.newaxis], training=False))[0, :50, :37]
-  np.testing.assert_allclose(evaluate.make_predictor(model, [1.0], False, pad_to=65)(image), expected, atol=1e-6)
-  mirrored = tf.pad(image[:, ::-1], [[0, 15], [0, 28], [0, 0]], constant_values=input_pipeline.MEAN_PIXEL)
+  np.testing.assert_allclose(scoring.make_predictor(model, [1.0], False, pad_to=65)(image), expected, atol=1e-6)
+  mirrored = tf.pad(image[:, ::-1], [[0, 15], [0, 28], [0, 0]], constant_values=augment.MEAN_PIXEL)
   expected_flip = (expected + tf.nn.softmax(model(mirrored[tf.newaxis], training=False))[0, :50, :37][:, ::-1])
-  np.testing.assert_allclose(evaluate.make_predictor(model, [1.0], True, pad_to=65)(image), expected_flip, atol=1e-5)
-  native = evaluate.make_predictor(model, [1.0], False)(image)
+  np.testing.assert_allclose(scoring.make_predictor(model, [1.0], True, pad_to=65)(image), expected_flip, atol=1e-5)
+  native = scoring.make_predictor(model, [1.0], False)(image)
   assert native.shape == (50, 37, 21) and np.abs(native - expected).max() > 1e-3  # The canvas changes the result.
 
 
@@ -196,10 +201,10 @@ def test_pad_to_scores_each_image_on_a_canvas_and_crops_back(tmp_path):
 
 @pytest.fixture(scope="module")
 def imported_deeplabv3(tmp_path_factory):
-  """A DeepLabV3 run directory as trainer.import_model writes one (random weights, non-trivial batch norm)."""
+  """A DeepLabV3 run directory as inference.import_model writes one (random weights, non-trivial batch norm)."""
   tf.keras.utils.set_random_seed(3)
   config = deeplabv3plus_config(decoder=False, aspp_rates=())
-  model = train.create_model(config)
+  model = runs.create_model(config)
   randomize_batch_norm(model, seed=3)
   run_dir = tmp_path_factory.mktemp("imported")
   published.write_run(model, config, str(run_dir), {"source": "test"})
@@ -209,7 +214,7 @@ def imported_deeplabv3(tmp_path_factory):
 def test_a_residual_decoder_on_an_import_starts_at_the_imports_predictions(imported_deeplabv3):
   run_dir, source_model = imported_deeplabv3
   config = deeplabv3plus_config(aspp_rates=(), residual_decoder=True, init_from=run_dir)
-  model = train.create_model(config)
+  model = runs.create_model(config)
   copied = train.initialize_from(model, run_dir)
   assert "logits" in copied and "block_16_project" in copied and "decoder_logits" not in copied
   # Corner-aligned resizes on 16k + 1 inputs: stride 16 -> 4 -> 1 is the same map as 16 -> 1.
@@ -217,10 +222,10 @@ def test_a_residual_decoder_on_an_import_starts_at_the_imports_predictions(impor
 
 
 def test_trainable_layers_new_needs_init_from():
-  model = train.create_model(deeplabv3plus_config(decoder=False, aspp_rates=()))
-  with pytest.raises(train.ConfigError, match="needs config.model.init_from"):
+  model = runs.create_model(deeplabv3plus_config(decoder=False, aspp_rates=()))
+  with pytest.raises(config_validation.ConfigError, match="needs config.model.init_from"):
     train.set_trainable_layers(model, "new", set())
-  with pytest.raises(train.ConfigError, match="use all, new or head"):
+  with pytest.raises(config_validation.ConfigError, match="use all, new or head"):
     train.set_trainable_layers(model, "decoder", set())
 
 
@@ -240,7 +245,7 @@ def test_fine_tuning_an_import_to_three_classes(imported_deeplabv3, tmp_path, ab
   assert report["steps"] == 4 and len(report["per_class_iou"]) == 3
   assert any(re.search(r"fresh: .*logits \(shape \(1, 1, 256, 3\) here, \(1, 1, 256, 21\) in the source\)", m)
              for m in absl_messages), absl_messages
-  _, tuned, _ = evaluate.load_run(str(model_dir))
+  _, tuned, _ = runs.load_run(str(model_dir))
   # What was imported stayed as imported; the new logits and the decoder trained.
   for name in ("Conv1", "block_8_expand", "aspp_projection_conv", "aspp_projection_bn"):
     for ours, theirs in zip(tuned.get_layer(name).get_weights(), source_model.get_layer(name).get_weights()):
@@ -270,8 +275,8 @@ def test_googles_tflite_model_imports_and_scores_as_the_file_does(reference_tfli
   report = published.import_model(str(reference_tflite), str(tmp_path / "run"), check_images=images[:4])
   assert report["kind"] == "tflite" and not report["decoder"] and report["num_classes"] == 21
   assert report["tflite_pixel_agreement"]["mean"] > 0.98
-  _, model, _ = evaluate.load_run(str(tmp_path / "run"))
-  predict = evaluate.make_predictor(model, [1.0], False, pad_to=513)
+  _, model, _ = runs.load_run(str(tmp_path / "run"))
+  predict = scoring.make_predictor(model, [1.0], False, pad_to=513)
   interpreter = tflite_interpreter.make_interpreter(str(reference_tflite))
   ours, theirs = np.zeros((21, 21), np.int64), np.zeros((21, 21), np.int64)
   for image, label in voc_sample_val:
@@ -285,29 +290,29 @@ def test_the_depth_05_file_imports_with_deeplabs_channel_rounding(reference_tfli
   dm05 = reference_tflite.parent / "deeplabv3_mnv2_dm05_pascal_quant.tflite"
   report = published.import_model(str(dm05), str(tmp_path / "run"), check_images=[voc_sample_val[0][0]])
   assert report["alpha"] == 0.5 and report["tflite_pixel_agreement"]["mean"] > 0.95
-  config, model, _ = evaluate.load_run(str(tmp_path / "run"))
+  config, model, _ = runs.load_run(str(tmp_path / "run"))
   assert config.model.depth_divisor == 1 and model.get_layer("block_1_project").kernel.shape[-1] == 12
   assert json.loads((tmp_path / "run" / "import.json").read_text())["layers_set"] == report["layers_set"]
 
 
 def test_import_model_cli_prints_the_agreement(reference_tflite, voc_sample, tmp_path):
   result = subprocess.run(
-      [sys.executable, "-m", "trainer.import_model", f"--source={reference_tflite}", f"--model_dir={tmp_path}",
+      [sys.executable, "-m", "inference.import_model", f"--source={reference_tflite}", f"--model_dir={tmp_path}",
        f"--check_images={voc_sample}/JPEGImages/2007_0000*.jpg", "--num_check_images=2"],
       cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
   assert result.returncode == 0, result.stderr[-2000:]
   assert re.search(r"same class as the TFLite interpreter on (9\d\.\d\d)% of the pixels of 2 images", result.stdout)
-  assert (tmp_path / "config.json").exists() and (tmp_path / train.FINAL_WEIGHTS).exists()
+  assert (tmp_path / "config.json").exists() and (tmp_path / run_dir.FINAL_WEIGHTS).exists()
 
 
 def test_int8_export_of_an_import_keeps_the_files_weight_grids(reference_tflite, voc_sample_val, tmp_path, capsys):
   """The imported weights are multiples of the file's scales; the int8 export writes them on those grids (not
   TFLite's own re-rounding) wherever a channel's multiples fit int8."""
   published.import_model(str(reference_tflite), str(tmp_path / "run"))
-  _, model, _ = evaluate.load_run(str(tmp_path / "run"))
-  images = [export._fit_and_pad(image, export.TFLITE_SIZE, input_pipeline.MEAN_PIXEL)[0][np.newaxis]
+  _, model, _ = runs.load_run(str(tmp_path / "run"))
+  images = [serving._fit_and_pad(image, serving.TFLITE_SIZE, augment.MEAN_PIXEL)[0][np.newaxis]
             for image, _ in voc_sample_val[:2]]
   capsys.readouterr()
-  export.convert_tflite(model, lambda: iter(images))
+  serving.convert_tflite(model, lambda: iter(images))
   kept, total = map(int, re.search(r"int8: (\d+) of (\d+) convolution channels keep", capsys.readouterr().err).groups())
   assert total > 10_000 and kept >= 0.95 * total, (kept, total)

@@ -3,10 +3,10 @@
 import numpy as np
 import tensorflow as tf
 
+from contracts import schema
+from contracts import voc
 from preprocessing import pairs
-from preprocessing import schema
 from preprocessing import synthetic_voc
-from preprocessing import voc
 
 
 def _feature_kinds(serialized: bytes) -> dict[str, str]:

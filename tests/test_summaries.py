@@ -6,7 +6,7 @@ import pytest
 import tensorflow as tf
 
 from configs import smoke
-from preprocessing import voc
+from contracts import voc
 from trainer import metrics as metrics_lib
 from trainer import summaries
 from trainer import visualize

@@ -13,12 +13,12 @@ import pytest
 import tensorflow as tf
 
 from configs import smoke
+from contracts import schema
+from contracts import voc
 from launch import local_workers
-from preprocessing import schema
-from preprocessing import voc
+from tests.conftest import convert_generated_voc
 from trainer import distribute
 from trainer import train
-from tests.conftest import convert_generated_voc
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -129,8 +129,8 @@ def test_mirrored_over_two_cpu_devices(records, tmp_path):
 
 _CONV_SCRIPT = """
 import sys
-import trainer  # noqa: F401  (imports TensorFlow, as trainer.main does before its flags are read)
 from trainer import distribute
+import trainer  # noqa: F401  (imports TensorFlow, as trainer.main does before its flags are read)
 if sys.argv[1] == "bf16":
   distribute.use_bf16_cpu_math()
 # To stderr: oneDNN's verbose lines go to stdout, and a shared pipe could interleave them with this one.

@@ -7,13 +7,16 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from contracts import voc
 from configs import smoke
+from tests.conftest import convert_generated_voc
+from trainer import config_validation
 from trainer import augment
 from trainer import input_pipeline
 from trainer import metrics as metrics_lib
 from trainer import model as model_lib
+from trainer import runs
 from trainer import train
-from tests.conftest import convert_generated_voc
 
 NUM_CLASSES = 5
 CROP = 48
@@ -40,21 +43,22 @@ def _config(**model_fields):
 
 
 def _batch(seed=0, canvas=64):
-  """A training batch as the input pipeline gives it: uint8 canvases, labels (with void), geometry."""
+  """A training batch as the input pipeline gives it: ({"image": uint8 canvases, "geometry": g}, labels with
+  void)."""
   rng = np.random.default_rng(seed)
   images = rng.integers(0, 256, (2, canvas, canvas, 3)).astype(np.uint8)
   labels = rng.integers(0, NUM_CLASSES, (2, canvas, canvas)).astype(np.uint8)
-  labels[:, :5] = input_pipeline.IGNORE_LABEL
+  labels[:, :5] = voc.IGNORE_LABEL
   sizes = tf.constant([[canvas, canvas], [canvas - 10, canvas - 20]])
   geometry = augment.draw_geometry(sizes, sizes, tf.constant([seed, 1], tf.int64), crop=(CROP, CROP),
                                    min_scale=0.5, max_scale=2.0, flip=True)
-  return images, labels, geometry.numpy()
+  return {"image": images, "geometry": geometry.numpy()}, labels
 
 
 def _first_step(config, jit_compile: bool) -> tuple[float, np.ndarray, keras.Model]:
   """(loss, weight update, model) of one training step from the seed's initial weights."""
   keras.utils.set_random_seed(0)  # The same initial weights for both compilations.
-  model = train.create_model(config)
+  model = runs.create_model(config)
   train.compile_model(model, config, total_steps=10,
                       execution=train.Execution(jit_compile, steps_per_execution=1, fixed_batch_shapes=False))
   before = np.concatenate([np.ravel(w) for w in model.get_weights()])
@@ -98,7 +102,7 @@ def test_xla_eval_step_counts_the_same_confusion_matrix():
   logits, inside a compiled function; and a whole compiled evaluation over padded images."""
   rng = np.random.default_rng(1)
   labels = rng.integers(0, NUM_CLASSES, (3, 40, 40)).astype(np.int32)
-  labels[:, 30:] = input_pipeline.IGNORE_LABEL
+  labels[:, 30:] = voc.IGNORE_LABEL
   logits = rng.normal(size=(3, 40, 40, NUM_CLASSES)).astype(np.float32)
   matrices = {}
   for xla in (False, True):
@@ -110,14 +114,14 @@ def test_xla_eval_step_counts_the_same_confusion_matrix():
 
   config = _config()
   keras.utils.set_random_seed(0)
-  model = train.create_model(config)
+  model = runs.create_model(config)
   execution = train.Execution(True, steps_per_execution=1, fixed_batch_shapes=True)
   miou = train.compile_model(model, config, total_steps=1, execution=execution)
   images = rng.integers(0, 256, (3, 40, 40, 3)).astype(np.float32)
   model.evaluate(tf.data.Dataset.from_tensors((images, labels)), verbose=0)
   expected = metrics_lib.count_confusion(labels, model.predict(images, verbose=0).argmax(-1), NUM_CLASSES)
   confusion = miou.confusion_matrix()
-  assert confusion.sum() == (labels != input_pipeline.IGNORE_LABEL).sum()
+  assert confusion.sum() == (labels != voc.IGNORE_LABEL).sum()
   assert np.trace(np.minimum(confusion, expected)) >= 0.99 * np.trace(expected)  # Float rounding may flip ties.
 
 
@@ -137,7 +141,7 @@ def test_fixed_shape_eval_batches_are_full_and_score_every_image_once(records, r
   plain = list(input_pipeline.eval_dataset(files, batch_size=1, pad_to=128))
   labels = np.concatenate([label.numpy() for _, label in batches])
   np.testing.assert_array_equal(labels[:7], np.concatenate([label.numpy() for _, label in plain]))
-  assert (labels[7:] == input_pipeline.IGNORE_LABEL).all()  # The filling is never scored.
+  assert (labels[7:] == voc.IGNORE_LABEL).all()  # The filling is never scored.
 
 
 @pytest.mark.parametrize("batch_size, replicas", [(7, 1), (2, 2), (1, 3)])  # 7: exactly one full batch.
@@ -149,10 +153,10 @@ def test_fixed_shape_eval_batches_are_the_same_in_number_on_every_input_pipeline
                                                num_replicas_in_sync=2 * replicas))) for i in range(2)]
   assert len(pipelines[0]) == len(pipelines[1]) and len(pipelines[0]) % replicas == 0
   assert all(tuple(label.shape) == (batch_size, 128, 128) for batches in pipelines for _, label in batches)
-  scored = sorted(int((label.numpy() != input_pipeline.IGNORE_LABEL).sum())
+  scored = sorted(int((label.numpy() != voc.IGNORE_LABEL).sum())
                   for batches in pipelines for _, labels in batches for label in labels if
-                  (label.numpy() != input_pipeline.IGNORE_LABEL).any())
-  plain = sorted(int((label.numpy() != input_pipeline.IGNORE_LABEL).sum())
+                  (label.numpy() != voc.IGNORE_LABEL).any())
+  plain = sorted(int((label.numpy() != voc.IGNORE_LABEL).sum())
                  for _, label in input_pipeline.eval_dataset(files, batch_size=1, pad_to=128))
   assert scored == plain  # Every image once, over both pipelines.
 
@@ -171,7 +175,7 @@ def test_tpu_path_trains_and_evaluates_under_the_default_strategy(records, tmp_p
                                     strategy=tf.distribute.get_strategy(), tpu=True)
   assert "execution: jit_compile=True, 4 steps per execution, fixed batch shapes" in absl_messages
   assert report["steps"] == 4 and np.isfinite(report["loss"])
-  valid = sum(int((label.numpy() != input_pipeline.IGNORE_LABEL).sum())
+  valid = sum(int((label.numpy() != voc.IGNORE_LABEL).sum())
               for _, label in input_pipeline.eval_dataset(f"{records}/val-*.tfrecord"))
   assert report["valid_pixels"] == valid
 
@@ -187,7 +191,7 @@ def test_tpu_path_trains_and_evaluates_under_the_default_strategy(records, tmp_p
 def test_bad_execution_settings_are_refused(fields, tpu, message):
   config = _config()
   config.train.update(fields)
-  with pytest.raises(train.ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
+  with pytest.raises(config_validation.ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
     train.plan_execution(config, tf.distribute.get_strategy(), steps_per_loop=10, tpu=tpu)
 
 

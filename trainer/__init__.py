@@ -1,5 +1,5 @@
-"""Stage 2: TFRecords -> trained, evaluated and exported DeepLabV3+ models."""
+"""Stage 2: sharded TFRecords -> a training run (checkpoints, metrics, TensorBoard). Imports no Beam."""
 
-from preprocessing import tf_setup as _tf_setup
+from contracts import quiet_imports as _quiet_imports
 
-_tf_setup.import_quietly()
+_quiet_imports.import_quietly()

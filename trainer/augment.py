@@ -15,10 +15,9 @@ the crop does not keep. Only gathers and arithmetic: it compiles with XLA (TPUs)
 
 import tensorflow as tf
 
-from preprocessing import voc
+from contracts import voc
 
 MEAN_PIXEL = 127.5  # The model normalises x / 127.5 - 1: padding with it is padding with 0.
-IGNORE_LABEL = voc.IGNORE_LABEL
 
 # A training element's geometry, float32 [GEOMETRY_SIZE] (integers and a 0/1 flag, exact in float32):
 CANVAS_HEIGHT, CANVAS_WIDTH = 0, 1  # the picture's size on its canvas (its source size, unless shrunk to fit)
@@ -34,7 +33,7 @@ def draw_geometry(source_sizes: tf.Tensor, canvas_sizes: tf.Tensor, seed: tf.Ten
 
   source_sizes: int32 [B, 2], each image's own (height, width); canvas_sizes: [B, 2], its size on the canvas
   (smaller when the input pipeline shrank it to fit), which the scale is applied from. One draw per batch, not
-  per image: on the host the per-image ops cost ~2% of its CPU (benchmarks/input_throughput.py).
+  per image: on the host the per-image ops cost measurably more (benchmarks/input_throughput.py).
   """
   u = tf.random.stateless_uniform([tf.shape(source_sizes)[0], 4], seed=seed)
   scale = min_scale + u[:, 0:1] * (max_scale - min_scale)
@@ -64,7 +63,7 @@ def scale_crop_flip(images: tf.Tensor, labels: tf.Tensor, geometry: tf.Tensor,
                     crop: tuple[int, int] | None = None) -> tuple[tf.Tensor, tf.Tensor]:
   """Canvases (uint8 images [B, C, C', 3], labels [B, C, C']) + geometry [B, GEOMETRY_SIZE] -> crops: float32
   images [B, crop_h, crop_w, 3] (raw pixel values, padding MEAN_PIXEL) and labels [B, crop_h, crop_w] of the
-  labels' dtype (padding IGNORE_LABEL).
+  labels' dtype (padding voc.IGNORE_LABEL).
 
   crop: (crop_h, crop_w), static; by default the canvas's size.
   """
@@ -92,5 +91,11 @@ def scale_crop_flip(images: tf.Tensor, labels: tf.Tensor, geometry: tf.Tensor,
 
   label = tf.transpose(tf.gather(labels, ny, axis=1, batch_dims=1), [0, 2, 1])
   label = tf.transpose(tf.gather(label, nx, axis=1, batch_dims=1), [0, 2, 1])
-  label = tf.where(inside, label, tf.cast(IGNORE_LABEL, labels.dtype))
+  label = tf.where(inside, label, tf.cast(voc.IGNORE_LABEL, labels.dtype))
   return image, label
+
+
+def crops_of(crop: tuple[int, int]):
+  """A function of a training batch ({"image", "geometry"}, labels) -> (crops, crop labels): what the train step
+  does first, for `dataset.map` on the host (benchmarks, tests)."""
+  return lambda features, labels: scale_crop_flip(features["image"], labels, features["geometry"], crop=crop)

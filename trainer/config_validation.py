@@ -14,7 +14,7 @@ from collections.abc import Callable
 
 import ml_collections
 
-from launch import cli
+from contracts import console
 from trainer import mobilenet_v2
 
 IMAGENET_ALPHAS = (0.35, 0.5, 0.75, 1.0, 1.3, 1.4)  # The widths of keras.applications' ImageNet MobileNetV2s.
@@ -93,7 +93,7 @@ def _one_of(field: str, allowed: tuple) -> Rule:
 
 
 def _split(field: str) -> Rule:
-  return Rule(field, lambda v, c: isinstance(v, str) and cli.matching(cli.SPLIT)(v), cli.SPLIT_ACCEPTS)
+  return Rule(field, lambda v, c: isinstance(v, str) and console.matching(console.SPLIT)(v), console.SPLIT_ACCEPTS)
 
 
 def _size(field: str, what: str) -> Rule:

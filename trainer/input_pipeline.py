@@ -1,11 +1,12 @@
-"""tf.data input pipelines over DeepLab-schema TFRecords (see `preprocessing/schema.py`).
+"""tf.data input pipelines over DeepLab-schema TFRecords (see `contracts/schema.py`).
 
 Images are RGB [B, h, w, 3] with raw pixel values in [0, 255] (the model normalises), labels [B, h, w] class ids
 with 255 = ignore, which never counts in a loss or a metric.
 - Evaluation yields (image, label), float32 images and int32 labels padded with 127.5 (the mean pixel, which the
   model normalises to 0).
-- Training yields (images, labels, geometry): uint8 canvases, each holding one decoded picture, and each
-  picture's random scale, crop and flip, which the train step applies on the accelerator (trainer/augment.py).
+- Training yields ({"image": images, "geometry": geometry}, labels): uint8 canvases, each holding one decoded
+  picture, and each picture's random scale, crop and flip, which the train step applies on the accelerator
+  (trainer/augment.py).
   uint8 is a quarter of the bytes to batch and to send; the model, the loss and the metrics cast.
 
 `batch_size` is the PER-REPLICA batch whenever an `input_context` is given: the caller divides the global batch
@@ -26,12 +27,11 @@ from collections.abc import Sequence
 
 import tensorflow as tf
 
-from preprocessing import schema
+from contracts import schema
+from contracts import voc
 from trainer import augment
 
-MEAN_PIXEL = augment.MEAN_PIXEL
 TRAIN_PAD_PIXEL = 128  # MEAN_PIXEL in uint8 (rounded half up); augment.scale_crop_flip pads crops with MEAN_PIXEL.
-IGNORE_LABEL = augment.IGNORE_LABEL
 JPEG_DCT_METHOD = "INTEGER_ACCURATE"
 
 # Photometric jitter, mild (and clipped to [0, 255]): brightness in pixel units, hue as a fraction of the circle.
@@ -180,15 +180,15 @@ def train_dataset(file_pattern: str, *, batch_size: int, crop_size: int | tuple[
                   flip: bool = True, photometric: bool = False, shuffle_buffer: int = 512, seed: int | None = None,
                   deterministic: bool = False, input_context: tf.distribute.InputContext | None = None,
                   repeat: bool = True) -> tf.data.Dataset:
-  """Training batches (images, labels, geometry) to be scaled, cropped and flipped in the train step, forever
-  unless repeat=False.
+  """Training batches ({"image": images, "geometry": geometry}, labels) to be scaled, cropped and flipped in the
+  train step, forever unless repeat=False.
 
   images uint8 [batch_size, canvas_h, canvas_w, 3] and labels uint8 [batch_size, canvas_h, canvas_w]: each
   picture at the top-left of its canvas (padding TRAIN_PAD_PIXEL and 255), shrunk on the host only if larger
   than the canvas (set canvas_size to your largest image side to avoid that); geometry float32
   [batch_size, augment.GEOMETRY_SIZE]: each element's random scale, crop offset and flip for crop_size.
   `augment.scale_crop_flip(images, labels, geometry, crop)` turns a batch into crops; `model.SegmentationModel`
-  does so in its train step, and `.map(...)` of it here gives crops on the host.
+  does so in its train step, and `.map(augment.crops_of(crop))` of it here gives crops on the host.
 
   `batch_size` is per replica when `input_context` is given (sharding: see the module docstring). Partial
   batches are dropped (static shapes).
@@ -226,14 +226,14 @@ def train_dataset(file_pattern: str, *, batch_size: int, crop_size: int | tuple[
   # One copy per picture, straight into the padded batch.
   dataset = dataset.padded_batch(
       batch_size, padded_shapes=([canvas[0], canvas[1], 3], [canvas[0], canvas[1]], [4]),
-      padding_values=(tf.constant(TRAIN_PAD_PIXEL, tf.uint8), tf.constant(IGNORE_LABEL, tf.uint8), 0),
+      padding_values=(tf.constant(TRAIN_PAD_PIXEL, tf.uint8), tf.constant(voc.IGNORE_LABEL, tf.uint8), 0),
       drop_remainder=True)
 
   def draw_geometry(index, batch):
     images, labels, sizes = batch
     geometry = augment.draw_geometry(sizes[:, :2], sizes[:, 2:], tf.random.experimental.stateless_fold_in(
         geometry_seeds, index), crop=crop, min_scale=min_scale, max_scale=max_scale, flip=flip)
-    return images, labels, geometry
+    return {"image": images, "geometry": geometry}, labels
 
   dataset = dataset.enumerate().map(draw_geometry)
   options = tf.data.Options()
@@ -257,8 +257,8 @@ def _pad_eval(image: tf.Tensor, label: tf.Tensor, example: dict, size: tuple[int
       ["eval image larger than pad_to", size[0], size[1], "id", example["id"], "height", height, "width", width])
   with tf.control_dependencies([check]):
     paddings = [[0, size[0] - height], [0, size[1] - width]]
-    image = tf.pad(image, paddings + [[0, 0]], constant_values=MEAN_PIXEL)
-    label = tf.pad(label, paddings, constant_values=IGNORE_LABEL)
+    image = tf.pad(image, paddings + [[0, 0]], constant_values=augment.MEAN_PIXEL)
+    label = tf.pad(label, paddings, constant_values=voc.IGNORE_LABEL)
   image.set_shape([size[0], size[1], 3])
   label.set_shape([size[0], size[1]])
   return image, label
@@ -305,8 +305,8 @@ def eval_dataset(file_pattern: str, *, batch_size: int = 1, pad_to: int | tuple[
     if size is None or with_metadata:
       raise ValueError("fixed_shape_replicas needs pad_to and no metadata")
     group = batch_size * fixed_shape_replicas * (num_pipelines if share_after_filling else 1)
-    void = (tf.fill([size[0], size[1], 3], tf.constant(MEAN_PIXEL, tf.float32)),
-            tf.fill([size[0], size[1]], tf.constant(IGNORE_LABEL, tf.int32)))
+    void = (tf.fill([size[0], size[1], 3], tf.constant(augment.MEAN_PIXEL, tf.float32)),
+            tf.fill([size[0], size[1]], tf.constant(voc.IGNORE_LABEL, tf.int32)))
     # Up to group - 1 void images complete the last group; whole groups of void images are dropped.
     dataset = dataset.concatenate(tf.data.Dataset.from_tensors(void).repeat(group - 1))
     dataset = dataset.batch(group, drop_remainder=True).unbatch()

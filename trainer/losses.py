@@ -5,7 +5,7 @@ from collections.abc import Sequence
 import keras
 import tensorflow as tf
 
-from preprocessing import voc
+from contracts import voc
 
 
 class SegmentationLoss(keras.losses.Loss):

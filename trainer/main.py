@@ -17,7 +17,8 @@ from absl import logging
 import keras
 from ml_collections import config_flags
 
-from launch import cli
+from contracts import console
+from contracts import shards
 from trainer import config_validation
 from trainer import distribute
 from trainer import train
@@ -26,9 +27,9 @@ try:  # ml_collections loads the config and applies --config.FIELD overrides her
   _CONFIG = config_flags.DEFINE_config_file("config", "configs/smoke.py", "Config file (a get_config() module).",
                                             lock_config=True)
 except (AttributeError, KeyError) as _error:
-  cli.exit_with(f"the config has no field {str(_error).strip(chr(34))} (configs/base.py lists them all)")
+  console.exit_with(f"the config has no field {str(_error).strip(chr(34))} (configs/base.py lists them all)")
 except (TypeError, ValueError, OSError) as _error:
-  cli.exit_with(f"bad --config or --config.FIELD override: {_error}")
+  console.exit_with(f"bad --config or --config.FIELD override: {_error}")
 _DATA_DIR = flags.DEFINE_string("data_dir", None, "Folder (or gs:// path) with the {split}-*.tfrecord shards.",
                                 required=True)
 _MODEL_DIR = flags.DEFINE_string("model_dir", None, "Where checkpoints, TensorBoard logs and metrics.json go; "
@@ -48,27 +49,27 @@ _NUM_CPU_DEVICES = flags.DEFINE_integer("num_cpu_devices", 0, "Split the CPU int
 
 
 def _parse_flags(argv):
-  """The project's one-line parser (launch/cli.py), and the same for ml_collections's --config.FIELD errors."""
+  """The project's one-line parser (launch/console.py), and the same for ml_collections's --config.FIELD errors."""
   try:
-    return cli.parse_flags(argv)
+    return console.parse_flags(argv)
   except (AttributeError, KeyError) as error:  # ml_collections, for a --config.FIELD that does not exist.
-    cli.exit_with(f"the config has no field {str(error).strip(chr(34))} (configs/base.py lists them all)")
+    console.exit_with(f"the config has no field {str(error).strip(chr(34))} (configs/base.py lists them all)")
   except (TypeError, ValueError) as error:
-    cli.exit_with(f"bad --config override: {error}")
+    console.exit_with(f"bad --config override: {error}")
 
 
 def main(argv):
   if len(argv) > 1:
-    cli.exit_with(f"unexpected arguments: {' '.join(argv[1:])}")
+    console.exit_with(f"unexpected arguments: {' '.join(argv[1:])}")
   try:
     config = _CONFIG.value
     config.keys()  # A --config file that failed to load only says so when first used.
     # Before any device or data is touched; train_and_evaluate checks again with the strategy's replicas.
     config_validation.validate(config)
   except OSError as error:
-    cli.exit_with(f"--config={flags.FLAGS['config'].config_filename}: {' '.join(str(error).split())}")
+    console.exit_with(f"--config={flags.FLAGS['config'].config_filename}: {' '.join(str(error).split())}")
   except config_validation.ConfigError as error:
-    cli.exit_with(str(error))
+    console.exit_with(str(error))
   # TF's checkpointing logs a timing line through absl at every save; it would interleave with the epoch lines.
   logging.get_absl_logger().addFilter(lambda record: "Sharding callback duration" not in record.getMessage())
   if _CPU_BF16_MATH.value:
@@ -90,8 +91,8 @@ def main(argv):
     else:
       report = train.train_and_evaluate(config, data_dir=_DATA_DIR.value, model_dir=_MODEL_DIR.value,
                                         strategy=strategy, evaluate_at_end=_MODE.value == "train_and_eval")
-  except (distribute.StrategyError, train.DataError, train.ConfigError, FloatingPointError) as error:
-    cli.exit_with(str(error))
+  except (distribute.StrategyError, shards.DataError, config_validation.ConfigError, FloatingPointError) as error:
+    console.exit_with(str(error))
   if report:
     print(json.dumps({k: report[k] for k in ("miou", "pixel_accuracy") if k in report}))
     print(f"TensorBoard: tensorboard --logdir={_MODEL_DIR.value}")

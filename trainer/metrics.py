@@ -4,7 +4,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from preprocessing import voc
+from contracts import voc
 
 
 class MeanIoU(keras.metrics.MeanIoU):
@@ -19,8 +19,8 @@ class MeanIoU(keras.metrics.MeanIoU):
     self.xla_compatible = xla_compatible
 
   def update_state(self, y_true, y_pred, sample_weight=None):
-    """One bincount over the valid pixels' (label, arg-max) pairs: Keras's update (casts, masks, its own
-    confusion_matrix) took ~5% of a 256x256 batch-8 training step's CPU, this ~2% (benchmarks/model_throughput.py)."""
+    """One bincount over the valid pixels' (label, arg-max) pairs: cheaper than Keras's update (casts, masks, its
+    own confusion_matrix) in a training step (benchmarks/model_throughput.py)."""
     if sample_weight is not None or self.ignore_class is None:
       return super().update_state(y_true, y_pred, sample_weight)
     n = self.num_classes

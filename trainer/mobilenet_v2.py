@@ -47,8 +47,7 @@ class FusedBatchNormalization(keras.layers.BatchNormalization):
   Same variables, names, momentum update and inference-when-frozen behaviour as the Keras layer, so weights
   and checkpoints are interchangeable; anything unusual (masks, renorm, other ranks or axes) uses the Keras
   path. The moving variance is updated with the unbiased batch variance, as tf.keras 2 and TF's kernel do.
-  On the 2-core dev CPU, Keras's own layer made this model's training step ~4x slower (256x256 batch 8,
-  every BN training: 3.1 instead of 12.0 images/s).
+  Keras's own layer made this model's CPU training step several times slower (benchmarks/model_throughput.py).
   """
 
   def _can_fuse(self, inputs, mask) -> bool:

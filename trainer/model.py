@@ -62,26 +62,31 @@ class ResizeLike(keras.layers.Layer):
 class SegmentationModel(keras.Model):
   """The functional DeepLabV3+ graph; its train step also finishes the augmentation of training batches.
 
-  A training batch of three, (uint8 canvases, canvas labels, geometry) from `input_pipeline.train_dataset`, is
-  scaled, cropped and flipped to `train_crop_size` on the device first (trainer/augment.py). Batches of two,
-  (images, labels), train as they are. The geometry sits where Keras expects sample weights, so this model
-  takes none (the loss's class weights do that job): Keras's build on a first batch would apply it as such.
+  A training batch `({"image": uint8 canvases, "geometry": g}, labels)` from `input_pipeline.train_dataset` is
+  scaled, cropped and flipped to `train_crop_size` on the device first (trainer/augment.py); a batch
+  `(images, labels)` trains as it is. `train_crop_size` is part of the model's config.
   """
 
-  train_crop_size: tuple[int, int] | None = None  # None: the canvas's size.
+  def __init__(self, *args, train_crop_size: tuple[int, int] | None = None, **kwargs):
+    super().__init__(*args, **kwargs)
+    self.train_crop_size = tuple(train_crop_size) if train_crop_size else None  # None: the canvas's size.
 
   def train_step(self, data):
-    if isinstance(data, (tuple, list)) and len(data) == 3 and data[2] is not None:
-      data = augment.scale_crop_flip(*data, crop=self.train_crop_size)
-    return super().train_step(data)
+    x, y = data[0], data[1]
+    if isinstance(x, dict):
+      x, y = augment.scale_crop_flip(x["image"], y, x["geometry"], crop=self.train_crop_size)
+    return super().train_step((x, y))
 
-  def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
-    del sample_weight  # See the class docstring.
-    return super().compute_loss(x, y, y_pred, training=training)
+  def get_config(self):
+    return {**super().get_config(), "train_crop_size": self.train_crop_size}
 
-  def compute_metrics(self, x, y, y_pred, sample_weight=None):
-    del sample_weight  # See the class docstring.
-    return super().compute_metrics(x, y, y_pred)
+  @classmethod
+  def from_config(cls, config, custom_objects=None):
+    config = dict(config)
+    train_crop_size = config.pop("train_crop_size", None)
+    model = super().from_config(config, custom_objects)
+    model.train_crop_size = tuple(train_crop_size) if train_crop_size else None
+    return model
 
 
 @keras.saving.register_keras_serializable(package="trainer")
@@ -143,7 +148,7 @@ def build_deeplabv3plus(*, num_classes: int = 21, input_shape=(None, None, 3), o
                         backbone_weights: str | None = None, freeze_backbone_bn: bool = True,
                         bn_momentum: float = 0.9, decoder: bool = True, residual_decoder: bool = False,
                         align_corners: bool = False, depth_divisor: int = 8,
-                        name: str = "deeplabv3plus") -> keras.Model:
+                        train_crop_size: tuple[int, int] | None = None, name: str = "deeplabv3plus") -> keras.Model:
   """DeepLabV3+ / MobileNetV2: raw RGB pixels [0, 255] in, float32 logits at the input resolution out.
 
   output_stride: 16 or 8 (32: plain MobileNetV2, no atrous convs). aspp_rates: DeepLab uses (6, 12, 18) at
@@ -151,8 +156,9 @@ def build_deeplabv3plus(*, num_classes: int = 21, input_shape=(None, None, 3), o
   and decoder. backbone_weights: None, a no-top MobileNetV2 .weights.h5 of the same alpha, or "imagenet"
   (Keras's download). freeze_backbone_bn: encoder BN layers non-trainable, i.e. always in inference mode
   (the shared ImageNet weights have folded BN; small batches would destroy it). bn_momentum applies to every
-  BN layer (0.9: Keras's 0.99 leaves moving averages far behind in short runs, see NOTES.md). decoder,
+  BN layer (0.9: Keras's 0.99 leaves moving averages far behind in short runs). decoder,
   residual_decoder, align_corners: see the module docstring; depth_divisor: see mobilenet_v2_features.
+  train_crop_size: (height, width) the train step crops training canvases to (SegmentationModel).
   """
   if residual_decoder and not decoder:
     raise ValueError("residual_decoder=True needs decoder=True")
@@ -174,7 +180,7 @@ def build_deeplabv3plus(*, num_classes: int = 21, input_shape=(None, None, 3), o
     coarse = ResizeLike(align_corners, dtype="float32", name="logits_to_decoder")([coarse, correction])
     x = UncertainRefinement(dtype="float32", name="decoder_refine")([coarse, correction])
   logits = ResizeLike(align_corners, dtype="float32", name="logits_upsample")([x, inputs])
-  model = SegmentationModel(inputs, logits, name=name)
+  model = SegmentationModel(inputs, logits, name=name, train_crop_size=train_crop_size)
 
   if backbone_weights is not None:
     mobilenet_v2.copy_imagenet_weights(backbone_layers, backbone_weights, alpha)

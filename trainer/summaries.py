@@ -144,7 +144,8 @@ class TensorBoardLog(keras.callbacks.Callback):
     for name, value in report["per_class_iou"].items():
       if value is not None:
         tf.summary.scalar(f"validation/iou/{name}", value)
-    tf.summary.image("validation/confusion_matrix", visualize.confusion_matrix_picture(confusion, self.class_names)[None])
+    picture = visualize.confusion_matrix_picture(confusion, self.class_names)
+    tf.summary.image("validation/confusion_matrix", picture[None])
     tf.summary.text("validation/confusion_table", visualize.confusion_matrix_table(confusion, self.class_names))
     for index, (image, label) in enumerate(self.samples):
       logits = self.model(tf.constant(image[None], tf.float32), training=False)

@@ -17,33 +17,22 @@ import ml_collections
 import numpy as np
 import tensorflow as tf
 
-from configs import base as base_config
-from preprocessing import split_outputs
-from preprocessing import voc
+from contracts import run_dir
+from contracts import shards
+from contracts import voc
 from trainer import callbacks as callbacks_lib
 from trainer import config_validation
+from trainer.config_validation import ConfigError
 from trainer import distribute
 from trainer import input_pipeline
 from trainer import losses
 from trainer import metrics as metrics_lib
-from trainer import model as model_lib
 from trainer import optimizers
+from trainer import runs
 from trainer import summaries
 
 # Keras says this at the end of every pass over a finite, distributed validation set, where it is expected.
 warnings.filterwarnings("ignore", message="Your input ran out of data")
-
-BEST_WEIGHTS = "checkpoints/best.weights.h5"
-FINAL_WEIGHTS = "checkpoints/final.weights.h5"
-
-
-class DataError(ValueError):
-  """The data directory does not hold what the config asks for."""
-
-
-# config_validation.validate raises it for a bad field; the checks here are those that need the data or the strategy.
-ConfigError = config_validation.ConfigError
-
 
 @dataclasses.dataclass(frozen=True)
 class Plan:
@@ -56,29 +45,6 @@ class Plan:
   @property
   def total_steps(self) -> int:
     return self.steps_per_loop * self.num_loops
-
-
-def split_files(data_dir: str, split: str) -> str:
-  """The glob of a split's shards; raises DataError naming what is there when nothing matches."""
-  pattern = os.path.join(data_dir, f"{split}-*.tfrecord")
-  if not tf.io.gfile.glob(pattern):
-    found = sorted({os.path.basename(p).split("-")[0] for p in tf.io.gfile.glob(os.path.join(data_dir, "*.tfrecord"))})
-    hint = f"splits found: {', '.join(found)}" if found else "no .tfrecord files at all"
-    raise DataError(f"no shards for split {split!r} in {data_dir} ({hint}); "
-                    f"make them with python -m preprocessing.make_tfrecords")
-  return pattern
-
-
-def count_examples(data_dir: str, split: str) -> int:
-  """From the conversion's summary when there is one, else by reading the shards once."""
-  summary = os.path.join(data_dir, f"{split}-summary.json")
-  if tf.io.gfile.exists(summary):
-    with tf.io.gfile.GFile(summary) as f:
-      written = json.load(f).get("written")
-    if written:
-      return int(written)
-  files = tf.io.gfile.glob(os.path.join(data_dir, f"{split}-*.tfrecord"))
-  return int(tf.data.TFRecordDataset(files).reduce(np.int64(0), lambda n, _: n + 1))
 
 
 def make_plan(config: ml_collections.ConfigDict, num_train_examples: int) -> Plan:
@@ -128,18 +94,13 @@ def plan_execution(config: ml_collections.ConfigDict, strategy, steps_per_loop: 
   return Execution(jit_compile=True if tpu else jit_compile, steps_per_execution=steps, fixed_batch_shapes=tpu)
 
 
-def class_names_of(config: ml_collections.ConfigDict) -> tuple[str, ...]:
-  """The run's class names (config.model.class_names, else the default names of its number of classes)."""
-  return tuple(config.model.class_names) or voc.default_class_names(config.model.num_classes)
-
-
 def with_class_names(config: ml_collections.ConfigDict, data_dir: str) -> ml_collections.ConfigDict:
   """A copy of `config` with model.class_names filled in: the config's own, else those the conversion wrote
   beside the shards, else the default names. Raises ConfigError when the data names another number of classes."""
   names, source = tuple(config.model.class_names), "config.model.class_names"
   if not names:
-    source = split_outputs.class_names_path(data_dir)
-    names = split_outputs.read_class_names(source) or voc.default_class_names(config.model.num_classes)
+    source = shards.class_names_path(data_dir)
+    names = shards.read_class_names(source) or voc.default_class_names(config.model.num_classes)
   if len(names) != config.model.num_classes:
     raise ConfigError(f"config.model.num_classes={config.model.num_classes}, but {source} names {len(names)} "
                       f"classes ({', '.join(names)}): set --config.model.num_classes={len(names)}")
@@ -148,71 +109,27 @@ def with_class_names(config: ml_collections.ConfigDict, data_dir: str) -> ml_col
   return config
 
 
-def _crop(config: ml_collections.ConfigDict) -> tuple[int, int]:
-  return input_pipeline.size_pair(config.input.crop_size, "config.input.crop_size")
-
-
-def create_model(config: ml_collections.ConfigDict) -> keras.Model:
-  m = config.model
-  model = model_lib.build_deeplabv3plus(
-      num_classes=m.num_classes, output_stride=m.output_stride, alpha=m.alpha, aspp_rates=tuple(m.aspp_rates),
-      separable=m.separable, backbone_weights=m.backbone_weights or None, freeze_backbone_bn=m.freeze_backbone_bn,
-      bn_momentum=m.bn_momentum, decoder=m.decoder, residual_decoder=m.residual_decoder,
-      align_corners=m.align_corners, depth_divisor=m.depth_divisor)
-  model.train_crop_size = _crop(config)  # The train step crops the input pipeline's canvases to this.
-  return model
-
-
-def read_run_config(model_dir: str) -> ml_collections.ConfigDict:
-  """The config.json of a run directory, as the run's model is rebuilt from it (its weights replace any init)."""
-  config_path = os.path.join(model_dir, "config.json")
-  if not tf.io.gfile.exists(config_path):
-    raise DataError(f"{model_dir} has no config.json: is it a training run's --model_dir?")
-  with tf.io.gfile.GFile(config_path) as f:
-    config = ml_collections.ConfigDict(json.load(f))
-  for field, default in base_config.get_config().model.items():  # Runs written before a field existed.
-    if field not in config.model:
-      config.model[field] = default
-  config.model.backbone_weights = ""
-  config.model.init_from = ""
-  return config
-
-
-def load_run(model_dir: str, weights: str | None = None) -> tuple[ml_collections.ConfigDict, keras.Model, str]:
-  """(config, model with the run's weights, weights path) of a run directory: weights, else its best, else final."""
-  config = read_run_config(model_dir)
-  found = (weights if tf.io.gfile.exists(weights) else None) if weights else trained_weights(model_dir)
-  if found is None:
-    wanted = weights or f"{model_dir}/{BEST_WEIGHTS} or {FINAL_WEIGHTS}"
-    raise DataError(f"no weights found (looked for {wanted})")
-  model = create_model(config)
-  model.load_weights(found)
-  return config, model, found
-
-
 def _source_run(init_from: str) -> tuple[str, str]:
   """(run directory, weights file) named by config.model.init_from: a run directory or a weights file in one."""
   if tf.io.gfile.isdir(init_from):
-    weights = trained_weights(init_from)
+    weights = run_dir.trained_weights(init_from)
     if weights is None:
-      raise ConfigError(f"config.model.init_from={init_from}: no {BEST_WEIGHTS} or {FINAL_WEIGHTS} in it")
+      raise ConfigError(f"config.model.init_from={init_from}: no {run_dir.BEST_WEIGHTS} or {run_dir.FINAL_WEIGHTS} "
+                        f"in it")
     return init_from, weights
   if not tf.io.gfile.exists(init_from):
     raise ConfigError(f"config.model.init_from={init_from}: no such run directory or weights file")
-  run_dir = os.path.dirname(init_from)
-  if os.path.basename(run_dir) == os.path.dirname(BEST_WEIGHTS):
-    run_dir = os.path.dirname(run_dir)
-  return run_dir, init_from
+  return run_dir.run_folder_of(init_from), init_from
 
 
 def initialize_from(model: keras.Model, init_from: str) -> set[str]:
   """Copies every layer of `init_from`'s model whose name and weight shapes match into `model`; returns the names
   of the layers it set. Keras weight files match layers by order, so the source model is rebuilt from its run's
   config.json first."""
-  run_dir, weights = _source_run(init_from)
+  source_dir, weights = _source_run(init_from)
   try:
-    _, source, _ = load_run(run_dir, weights)
-  except DataError as error:
+    _, source, _ = runs.load_run(source_dir, weights)
+  except shards.DataError as error:
     raise ConfigError(f"config.model.init_from={init_from}: {error}") from None
   source_layers = {layer.name: layer for layer in source.layers if layer.weights}
   copied, fresh = set(), []
@@ -267,18 +184,18 @@ def compile_model(model: keras.Model, config: ml_collections.ConfigDict, total_s
   return miou
 
 
-def _prepare_for_multi_worker(model: keras.Model, strategy, config) -> None:
-  """Work-arounds for Keras 3.15's fit() under MultiWorkerMirroredStrategy, whose cross-worker reductions fail
-  on (image, label) pairs and on scalar logs:
+def _build_from_shapes(model: keras.Model, strategy, config) -> None:
+  """Builds the loss, metrics and optimizer on a crop-shaped batch before fit(), which would otherwise build them
+  by calling the model on a first training batch: canvases and their geometry, not what the model takes.
 
-  - it builds the metrics, loss and optimizer by all-reducing a first batch; building them here from shapes
-    alone is equivalent, and that step is then skipped;
-  - it all-reduces each step's scalar logs with axis=0; distribute.patch_keras_multi_worker_reduction() makes
-    that a plain cross-worker mean.
+  Under MultiWorkerMirroredStrategy this is also a work-around for Keras 3.15, whose build all-reduces that first
+  batch and fails; its all-reduce of each step's scalar logs with axis=0 fails too, which
+  distribute.patch_keras_multi_worker_reduction() makes a plain cross-worker mean.
   """
-  distribute.patch_keras_multi_worker_reduction()
+  if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+    distribute.patch_keras_multi_worker_reduction()
   batch = config.batch_size // strategy.num_replicas_in_sync
-  crop_h, crop_w = _crop(config)
+  crop_h, crop_w = runs.crop_size(config)
   with strategy.scope():
     model._symbolic_build(data_batch=(tf.zeros([batch, crop_h, crop_w, 3]),
                                       tf.zeros([batch, crop_h, crop_w], tf.int32)))
@@ -314,35 +231,30 @@ def _validation_samples(files: str, count: int) -> list:
 def evaluate(model: keras.Model, miou: metrics_lib.MeanIoU, config: ml_collections.ConfigDict, strategy,
              data_dir: str, execution: Execution = DEFAULT_EXECUTION) -> dict:
   """Validation figures over the whole eval split (padding never scored)."""
-  dataset = _eval_dataset(strategy, config, split_files(data_dir, config.eval_split), execution)
+  dataset = _eval_dataset(strategy, config, shards.split_files(data_dir, config.eval_split), execution)
   results = model.evaluate(dataset, steps=config.train.eval_steps or None, verbose=0, return_dict=True)
   return {"loss": float(results["loss"]),
-          **metrics_lib.summarize_confusion(miou.confusion_matrix(), class_names_of(config))}
-
-
-def trained_weights(model_dir: str) -> str | None:
-  """A run's best-validation weights, else its final ones; None before any training finished."""
-  return next((path for path in (os.path.join(model_dir, BEST_WEIGHTS), os.path.join(model_dir, FINAL_WEIGHTS))
-               if tf.io.gfile.exists(path)), None)
+          **metrics_lib.summarize_confusion(miou.confusion_matrix(), runs.class_names_of(config))}
 
 
 def evaluate_checkpoint(config: ml_collections.ConfigDict, *, data_dir: str, model_dir: str,
                         strategy: tf.distribute.Strategy, tpu: bool | None = None) -> dict:
   """Evaluates the best (else the final) weights of a finished run and rewrites its metrics.json."""
   config_validation.validate(config)  # Not the batch against the replicas: only training splits it.
-  weights = trained_weights(model_dir)
+  weights = run_dir.trained_weights(model_dir)
   if weights is None:
-    raise DataError(f"no trained weights in {model_dir} (looked for {BEST_WEIGHTS} and {FINAL_WEIGHTS})")
+    raise shards.DataError(f"no trained weights in {model_dir} (looked for {run_dir.BEST_WEIGHTS} and "
+                           f"{run_dir.FINAL_WEIGHTS})")
   config = with_class_names(config, data_dir)
   execution = plan_execution(config, strategy, steps_per_loop=config.train.steps_per_execution or 1, tpu=tpu)
   with strategy.scope():
-    model = create_model(config)
+    model = runs.create_model(config)
     miou = compile_model(model, config, total_steps=1, execution=execution)
   model.load_weights(weights)
   report = evaluate(model, miou, config, strategy, data_dir, execution)
   report.update(weights=weights, split=config.eval_split)
   if distribute.is_chief(strategy):
-    _write_json(os.path.join(model_dir, "metrics.json"), report)
+    _write_json(run_dir.path(model_dir, run_dir.METRICS), report)
   return report
 
 
@@ -358,9 +270,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, *, data_dir: str, mode
   config_validation.validate(config, strategy.num_replicas_in_sync)
   chief = distribute.is_chief(strategy)
   keras.utils.set_random_seed(config.seed)  # Same initial weights on every worker, and run to run.
-  train_files = split_files(data_dir, config.train_split)
-  eval_files = split_files(data_dir, config.eval_split)
-  plan = make_plan(config, count_examples(data_dir, config.train_split))
+  train_files = shards.split_files(data_dir, config.train_split)
+  eval_files = shards.split_files(data_dir, config.eval_split)
+  plan = make_plan(config, shards.count_examples(data_dir, config.train_split))
   logging.info("plan: %d training examples, global batch %d over %d replicas, %d loops x %d steps = %d steps",
                plan.num_train_examples, plan.global_batch_size, strategy.num_replicas_in_sync, plan.num_loops,
                plan.steps_per_loop, plan.total_steps)
@@ -369,29 +281,29 @@ def train_and_evaluate(config: ml_collections.ConfigDict, *, data_dir: str, mode
   logging.info("execution: jit_compile=%s, %d steps per execution%s", execution.jit_compile,
                execution.steps_per_execution, ", fixed batch shapes" if execution.fixed_batch_shapes else "")
   if chief:
-    tf.io.gfile.makedirs(os.path.join(model_dir, "checkpoints"))
-    with tf.io.gfile.GFile(os.path.join(model_dir, "config.json"), "w") as f:
+    tf.io.gfile.makedirs(run_dir.path(model_dir, run_dir.CHECKPOINTS))
+    with tf.io.gfile.GFile(run_dir.path(model_dir, run_dir.CONFIG), "w") as f:
       f.write(config.to_json_best_effort(indent=2))  # What predict/export rebuild the model from.
 
   per_replica_batch = config.batch_size // strategy.num_replicas_in_sync
   with strategy.scope():
-    model = create_model(config)
+    model = runs.create_model(config)
     initialized = initialize_from(model, config.model.init_from) if config.model.init_from else set()
     set_trainable_layers(model, config.model.trainable_layers, initialized)
     miou = compile_model(model, config, plan.total_steps, execution)
   train_data = strategy.distribute_datasets_from_function(
       lambda context: input_pipeline.train_dataset(
-          train_files, batch_size=per_replica_batch, crop_size=_crop(config), canvas_size=config.input.canvas_size,
+          train_files, batch_size=per_replica_batch, crop_size=runs.crop_size(config),
+          canvas_size=config.input.canvas_size,
           min_scale=config.input.min_scale, max_scale=config.input.max_scale, flip=config.input.flip,
           photometric=config.input.photometric, shuffle_buffer=config.input.shuffle_buffer, seed=config.seed,
           input_context=context))
 
-  if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
-    _prepare_for_multi_worker(model, strategy, config)
+  _build_from_shapes(model, strategy, config)
 
   # Every worker keeps its own resume checkpoint (identical weights); only the chief writes what users read. All
   # restore the chief's, so that they resume at the same loop even when a failure struck between two saves.
-  resume_dir = os.path.join(model_dir, "resume")
+  resume_dir = run_dir.path(model_dir, run_dir.RESUME)
   resume = callbacks_lib.ResumeFromCheckpoint(os.path.join(resume_dir, distribute.task_name(strategy)))
   resume.set_model(model)
   completed_loops = resume.restore(from_directory=os.path.join(resume_dir, distribute.chief_task_name(strategy)))
@@ -399,11 +311,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, *, data_dir: str, mode
     logging.info("resuming after loop %d of %d (step %d)", completed_loops, plan.num_loops,
                  int(model.optimizer.iterations.numpy()))
   tensorboard = summaries.TensorBoardLog(
-      model_dir, config=config, class_names=class_names_of(config), miou=miou,
+      model_dir, config=config, class_names=runs.class_names_of(config), miou=miou,
       samples=_validation_samples(eval_files, config.train.num_triptychs) if chief else [], write=chief)
   callbacks = [tensorboard, keras.callbacks.TerminateOnNaN()]
   if chief:
-    callbacks.append(callbacks_lib.BestCheckpoint(os.path.join(model_dir, BEST_WEIGHTS)))
+    callbacks.append(callbacks_lib.BestCheckpoint(run_dir.path(model_dir, run_dir.BEST_WEIGHTS)))
   if config.train.early_stopping_patience:
     callbacks.append(keras.callbacks.EarlyStopping(monitor="val_miou", mode="max",
                                                    patience=config.train.early_stopping_patience))
@@ -421,15 +333,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, *, data_dir: str, mode
 
   steps = int(model.optimizer.iterations.numpy())
   if chief:
-    model.save_weights(os.path.join(model_dir, FINAL_WEIGHTS))
+    model.save_weights(run_dir.path(model_dir, run_dir.FINAL_WEIGHTS))
   _wait_for_all_workers(strategy)  # The others read the checkpoints the chief has just written.
   if not evaluate_at_end:
     return {"steps": steps}
-  weights = trained_weights(model_dir)
+  weights = run_dir.trained_weights(model_dir)
   model.load_weights(weights)
   report = evaluate(model, miou, config, strategy, data_dir, execution)
   report.update(steps=steps, weights=weights, split=config.eval_split)
   if chief:
-    _write_json(os.path.join(model_dir, "metrics.json"), report)
+    _write_json(run_dir.path(model_dir, run_dir.METRICS), report)
     tensorboard.write_final(report)
   return report

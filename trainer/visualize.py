@@ -8,7 +8,7 @@ from collections.abc import Sequence
 import cv2
 import numpy as np
 
-from preprocessing import voc
+from contracts import voc
 
 _FONT = cv2.FONT_HERSHEY_SIMPLEX
 

@@ -23,10 +23,11 @@ import numpy as np
 import tensorflow as tf
 
 from configs import base
+from contracts import run_dir
+from inference import tflite_interpreter
 from preprocessing import download
 from trainer import mobilenet_v2
-from trainer import tflite_interpreter
-from trainer import train
+from trainer import runs
 
 # research/deeplab's batch-norm epsilons: slim's MobileNetV2 scope (1e-3) and DeepLab's own layers (1e-5).
 BACKBONE_BN_EPSILON = 1e-3
@@ -256,8 +257,8 @@ def _find_source(path: str) -> tuple[str, str]:
 
 def read_source(source: str, *, download_dir: str | None = None, md5: str | None = None
                 ) -> tuple[str, str, dict[str, Weights]]:
-  """(kind, local path, scopes) of a .tflite, a checkpoint (prefix or folder), a .tar(.gz) of either, or an http(s) URL of
-  any of these (downloaded with the project's resumable downloader, md5-checked when given)."""
+  """(kind, local path, scopes) of a .tflite, a checkpoint (prefix or folder), a .tar(.gz) of either, or an
+  http(s) URL of any of these (downloaded with the project's resumable downloader, md5-checked when given)."""
   if source.startswith(("http://", "https://")):
     download_dir = download_dir or os.path.join(tempfile.gettempdir(), "published_models")
     local = os.path.join(download_dir, os.path.basename(source.split("?", 1)[0].rstrip("/")) or "model")
@@ -322,7 +323,7 @@ def write_run(model: keras.Model, config: ml_collections.ConfigDict, model_dir: 
   tf.io.gfile.makedirs(os.path.join(model_dir, "checkpoints"))
   with tf.io.gfile.GFile(os.path.join(model_dir, "config.json"), "w") as f:
     f.write(config.to_json_best_effort(indent=2))
-  weights = os.path.join(model_dir, train.FINAL_WEIGHTS)
+  weights = os.path.join(model_dir, run_dir.FINAL_WEIGHTS)
   model.save_weights(weights)
   with tf.io.gfile.GFile(os.path.join(model_dir, "import.json"), "w") as f:
     json.dump(report, f, indent=2)
@@ -336,7 +337,7 @@ def import_model(source: str, model_dir: str, *, check_images: list[np.ndarray] 
   interpreter on `check_images`) and writes a run directory. Returns the report written to import.json."""
   kind, path, scopes = read_source(source, download_dir=download_dir, md5=md5)
   config = model_config(scopes, aspp_rates=aspp_rates, output_stride=output_stride)
-  model = train.create_model(config)
+  model = runs.create_model(config)
   num_layers = assign(model, scopes)
   report = {"source": source, "kind": kind, "scopes": len(scopes), "layers_set": num_layers,
             "num_classes": config.model.num_classes, "alpha": config.model.alpha,

@@ -4,7 +4,27 @@ Records written here are read by our trainer, by research/deeplab and by officia
 decoder; the reader below also parses records written by the original DeepLab code.
 """
 
-import tensorflow as tf
+from contracts import quiet_imports
+
+quiet_imports.import_quietly()
+import tensorflow as tf  # noqa: E402
+
+# Formats a record's image may be in (what tf.io.decode_image / decode_jpeg decode), by their files' first bytes;
+# others are recognised only to name them instead of calling them corrupt.
+IMAGE_SIGNATURES = ((b"\xff\xd8\xff", "jpeg"), (b"\x89PNG\r\n\x1a\n", "png"))
+OTHER_IMAGE_SIGNATURES = ((b"GIF87a", "gif"), (b"GIF89a", "gif"), (b"BM", "bmp"), (b"II*\x00", "tiff"),
+                          (b"MM\x00*", "tiff"), (b"RIFF", "webp/riff"))
+
+
+def image_format(data: bytes) -> str | None:
+  """"jpeg" or "png" by the file's signature, else None."""
+  return next((name for magic, name in IMAGE_SIGNATURES if data.startswith(magic)), None)
+
+
+def other_image_format(data: bytes) -> str | None:
+  """The name of an image format records do not hold (gif, bmp, tiff, webp), by its signature; else None."""
+  return next((name for magic, name in OTHER_IMAGE_SIGNATURES if data.startswith(magic)), None)
+
 
 IMAGE_ENCODED = "image/encoded"
 IMAGE_FILENAME = "image/filename"

@@ -1,79 +1,35 @@
-r"""Exports a trained run for serving: a SavedModel that takes encoded images, and TFLite float32 / int8 models.
-
-  python -m trainer.export --model_dir=runs/x --output_dir=exports/x [--tflite] \
-      [--int8 --calibration_data='data/tfrecords/train-*.tfrecord'] [--data_dir=data/tfrecords | --check_data=GLOB]
-
-Writes into output_dir:
-  saved_model/          `serving_default(image_bytes: string [N])` (JPEG or PNG, any sizes) -> `masks` uint8
-                        [N, H, W] (each image's class ids at its top-left, 255 beyond it), `heights`, `widths` int32
-                        [N]. Each image runs at its own size, exactly as the Keras model would (TF Serving ready).
-  model_float32.tflite  (--tflite) 1x513x513x3 float32 raw pixels [0, 255] -> 1x513x513 uint8 class ids.
-  model_int8.tflite     (--int8) the same, full-integer (int8 inside), uint8 input quantized with the input's
-                        scale/zero point (1.0/0, i.e. raw pixels, when calibration images span 0..255).
-  class_names.txt       the run's class names, one per line, in class-id order (what trainer.predict names the
-                        classes of a --saved_model by).
-  export_report.json    with --check_data (or --data_dir: the run's eval split): mIoU of the Keras model and of
-                        each export on the same images; a table is printed too.
-TFLite has the fixed input of Google's reference model (513x513): an image is padded bottom/right with the mean
-pixel and the output cropped back (`tflite_predict`); a larger image is scaled down to fit and its mask back up.
+"""Exports of a run for serving, and their check (what python -m inference.export runs; its docstring lists the
+files): a SavedModel that takes encoded images, TFLite float32 and int8 models of Google's fixed 513x513 input,
+and every export scored beside the Keras model on the same images.
 """
 
-import contextlib
 import json
 import os
 import sys
 import tempfile
-import time
 from collections.abc import Callable, Iterator
 
-from absl import app
-from absl import flags
-from absl import logging
 import cv2
 import keras
 import numpy as np
 import tensorflow as tf
 
-from launch import cli
-from preprocessing import schema
-from preprocessing import split_outputs
-from trainer import evaluate
+from contracts import console
+from contracts import schema
+from contracts import shards
+from contracts import voc
+from inference import int8_ranges
+from inference import tflite_interpreter
 from trainer import input_pipeline
-from trainer import int8_ranges
 from trainer import metrics as metrics_lib
-from trainer import tflite_interpreter
-from trainer import train
+from trainer import runs
+from trainer import augment
 
 TFLITE_SIZE = 513
 SAVED_MODEL_DIR = "saved_model"
 FLOAT32_TFLITE = "model_float32.tflite"
 INT8_TFLITE = "model_int8.tflite"
 REPORT = "export_report.json"
-PROGRESS_SECONDS = 5.0
-
-FLAGS = flags.FLAGS
-
-
-def define_flags() -> None:
-  """This program's flags, defined only when it runs: importing this module (tests, trainer.predict, benchmarks)
-  must not claim names such as --output_dir that preprocessing.make_tfrecords defines too."""
-  for name in ("model_dir", "weights", "data_dir"):
-    flags.declare_key_flag(name)  # trainer.evaluate's flags (same meaning), listed in this program's --help
-  flags.DEFINE_string("output_dir", None, "Where the exports and export_report.json go.")
-  flags.DEFINE_bool("tflite", False, f"Also write {FLOAT32_TFLITE}.")
-  flags.DEFINE_bool("int8", False, f"Also write {INT8_TFLITE} (needs --calibration_data).")
-  flags.DEFINE_string("calibration_data", None, "TFRecord glob(s) of (training) images to calibrate int8 ranges on.")
-  flags.DEFINE_integer("num_calibration", 200, "Calibration images (the first ones of the glob).", lower_bound=1)
-  flags.DEFINE_enum("int8_ranges", "mean", int8_ranges.METHODS, "Activation ranges: the mean of each calibration "
-                    "image's min and max (what quantization-aware training tracks), or TFLite's min and max over "
-                    "all of them.")
-  flags.DEFINE_string("check_data", None, "TFRecord glob(s) to score every export on; default the run's eval "
-                      "split under --data_dir, if given; neither: no check.")
-  flags.DEFINE_integer("num_check_images", 100, "Images scored by the check (0: all).", lower_bound=0)
-  flags.mark_flags_as_required(["model_dir", "output_dir"])
-  flags.register_multi_flags_validator(
-      ["int8", "calibration_data"], lambda values: not values["int8"] or bool(values["calibration_data"]),
-      "--int8 needs --calibration_data=TFRECORD_GLOB (training images to calibrate on)")
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -102,7 +58,7 @@ def _serving_fn(model: keras.Model) -> Callable:
     max_width = tf.maximum(tf.reduce_max(widths), 0)
     padded = tf.map_fn(
         lambda i: tf.pad(masks.read(i), [[0, max_height - heights[i]], [0, max_width - widths[i]]],
-                         constant_values=input_pipeline.IGNORE_LABEL),
+                         constant_values=voc.IGNORE_LABEL),
         tf.range(count), fn_output_signature=tf.TensorSpec([None, None], tf.uint8))
     return {"masks": padded, "heights": heights, "widths": widths}
   return serve
@@ -157,7 +113,8 @@ def convert_tflite(model: keras.Model, representative_images: Callable[[], Itera
   quantized = int8_ranges.quantize(calibrated_for_quantizer, input_type=tf.uint8)
   quantized, kept, total = int8_ranges.keep_weight_grids(quantized, calibrated)
   if kept:
-    _progress(f"int8: {kept} of {total} convolution channels keep the quantization grid of their imported weights")
+    print(f"int8: {kept} of {total} convolution channels keep the quantization grid of their imported weights",
+          file=sys.stderr, flush=True)
   return quantized
 
 
@@ -187,12 +144,11 @@ def _fit_and_pad(image: np.ndarray, size: int, pad_value: float) -> tuple[np.nda
 def calibration_images(file_pattern: str, count: int, size: int = TFLITE_SIZE) -> Callable[[], Iterator[np.ndarray]]:
   """The converter's representative dataset: images prepared exactly as `tflite_predict` prepares them."""
   def images():
-    start = last = time.perf_counter()
-    for index, (_, record) in enumerate(_records(file_pattern, count).as_numpy_iterator(), start=1):
-      yield _fit_and_pad(record["image"], size, input_pipeline.MEAN_PIXEL)[0][np.newaxis]
-      if time.perf_counter() - last > PROGRESS_SECONDS:
-        last = time.perf_counter()
-        _progress(f"calibration: {index}/{count} images ({index / (last - start):.1f}/s)")
+    progress = console.Progress("calibration", count, unit="images")
+    for _, record in _records(file_pattern, count).as_numpy_iterator():
+      yield _fit_and_pad(record["image"], size, augment.MEAN_PIXEL)[0][np.newaxis]
+      progress.add()
+    progress.close()
   return images
 
 
@@ -200,7 +156,7 @@ def tflite_predict(interpreter, image: np.ndarray) -> np.ndarray:
   """Class ids [h, w] of one uint8 RGB image [h, w, 3] from one of our TFLite exports (real input: raw pixels)."""
   [input_details] = interpreter.get_input_details()
   size = int(input_details["shape"][1])
-  padded, (height, width) = _fit_and_pad(image, size, input_pipeline.MEAN_PIXEL)
+  padded, (height, width) = _fit_and_pad(image, size, augment.MEAN_PIXEL)
   dtype = input_details["dtype"]
   if np.issubdtype(dtype, np.integer):
     scale, zero_point = input_details["quantization"]
@@ -236,34 +192,34 @@ def check_exports(model: keras.Model, file_pattern: str, num_images: int, *, sav
     return tf.cast(tf.argmax(model(image[tf.newaxis], training=False)[0], axis=-1), tf.uint8)
 
   serve = tf.saved_model.load(saved_model_dir).signatures["serving_default"]
-  interpreters = {name: tflite_interpreter.make_interpreter(path, os.cpu_count()) for name, path in tflite_files.items()}
+  interpreters = {name: tflite_interpreter.make_interpreter(path, os.cpu_count())
+                  for name, path in tflite_files.items()}
   names = ["keras", "saved_model"] + (["keras_513"] if interpreters else []) + list(interpreters)
   reference_of = {"saved_model": "keras", **{name: "keras_513" for name in interpreters}}
   confusions = {name: np.zeros((num_classes, num_classes), np.int64) for name in names}
   agreeing = dict.fromkeys(reference_of, 0)
   scored = 0
-  start = last = time.perf_counter()
   count = 0
+  progress = console.Progress("check", num_images or None, unit="images")
   for encoded, record in _records(file_pattern, num_images).as_numpy_iterator():
     image, truth = record["image"], record["label"]
     predicted = {"keras": keras_classes(tf.constant(image, tf.float32)).numpy()}
     out = serve(image_bytes=tf.constant([encoded]))
     predicted["saved_model"] = out["masks"].numpy()[0, :out["heights"][0], :out["widths"][0]]
     if interpreters:
-      padded, fitted = _fit_and_pad(image, TFLITE_SIZE, input_pipeline.MEAN_PIXEL)
+      padded, fitted = _fit_and_pad(image, TFLITE_SIZE, augment.MEAN_PIXEL)
       predicted["keras_513"] = _crop_back(keras_classes(tf.constant(padded)).numpy(), fitted, image.shape[:2])
       for name, interpreter in interpreters.items():
         predicted[name] = tflite_predict(interpreter, image)
-    valid = truth != input_pipeline.IGNORE_LABEL
+    valid = truth != voc.IGNORE_LABEL
     scored += int(valid.sum())
     for name in names:
       confusions[name] += metrics_lib.count_confusion(truth, predicted[name], num_classes)
     for name, reference in reference_of.items():
       agreeing[name] += int((predicted[name][valid] == predicted[reference][valid]).sum())
     count += 1
-    if time.perf_counter() - last > PROGRESS_SECONDS:
-      last = time.perf_counter()
-      _progress(f"check: {count} images ({count / (last - start):.2f}/s)")
+    progress.add()
+  progress.close()
   if count == 0:
     raise ValueError(f"no images to check in {file_pattern}")
   inputs = {"keras": "native size", "saved_model": "native size (encoded bytes)"}
@@ -277,7 +233,7 @@ def check_exports(model: keras.Model, file_pattern: str, num_images: int, *, sav
   return {"check_data": file_pattern, "images": count, "scored_pixels": scored, "exports": exports}
 
 
-def _int8_drop(exports: dict) -> float | None:
+def int8_drop(exports: dict) -> float | None:
   """mIoU points lost by int8 against float (the float32 TFLite, else Keras at the same padded input)."""
   if "tflite_int8" not in exports:
     return None
@@ -285,29 +241,20 @@ def _int8_drop(exports: dict) -> float | None:
   return 100 * (float_miou - exports["tflite_int8"]["miou"])
 
 
-def _print_table(report: dict) -> None:
-  print(f"{'export':<16}{'input':<30}{'mIoU':>8}{'pixel acc.':>12}{'agreement':>11}")
+def check_table(report: dict) -> str:
+  """The check's report as the table python -m inference.export prints."""
+  lines = [f"{'export':<16}{'input':<30}{'mIoU':>8}{'pixel acc.':>12}{'agreement':>11}"]
   for name, row in report["exports"].items():
     agreement = next((f"{v:.4f}" for k, v in row.items() if k.startswith("agreement_with_")), "-")
-    print(f"{name:<16}{row['input']:<30}{row['miou']:>8.4f}{row['pixel_accuracy']:>12.4f}{agreement:>11}")
-  print(f"({report['images']} images of {report['check_data']}; agreement: same class as Keras at the same input)")
+    lines.append(f"{name:<16}{row['input']:<30}{row['miou']:>8.4f}{row['pixel_accuracy']:>12.4f}{agreement:>11}")
+  lines.append(f"({report['images']} images of {report['check_data']}; agreement: same class as Keras at the same "
+               f"input)")
+  return "\n".join(lines)
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Command
+# A run's exports
 # ---------------------------------------------------------------------------------------------------------------
-
-
-def _progress(message: str) -> None:
-  print(message, file=sys.stderr, flush=True)
-
-
-@contextlib.contextmanager
-def _step(message: str):
-  _progress(message + " ...")
-  start = time.perf_counter()
-  yield
-  _progress(f"{message}: done in {time.perf_counter() - start:.0f} s")
 
 
 def _write_bytes(path: str, content: bytes) -> None:
@@ -315,76 +262,51 @@ def _write_bytes(path: str, content: bytes) -> None:
     f.write(content)
 
 
-def _check_data(config) -> str | None:
-  if FLAGS.check_data:
-    input_pipeline.list_files(FLAGS.check_data)  # Fails now, not after the exports, when nothing matches.
-    return FLAGS.check_data
-  if FLAGS.data_dir:
-    return train.split_files(FLAGS.data_dir, config.eval_split)
-  return None
-
-
-def run(model_dir: str, output_dir: str) -> dict:
-  """Writes the exports (and the check's report); returns the report."""
-  if FLAGS.int8:
+def export_run(model_dir: str, output_dir: str, *, weights: str | None = None, tflite: bool = False,
+               int8: bool = False, calibration_data: str | None = None, num_calibration: int = 200,
+               ranges: str = "mean", check_data: str | None = None, data_dir: str | None = None,
+               num_check_images: int = 100) -> dict:
+  """Writes a run's exports into output_dir (and, with check_data or data_dir's eval split, the check's report);
+  returns the report."""
+  if int8:
     try:
-      input_pipeline.list_files(FLAGS.calibration_data)
+      input_pipeline.list_files(calibration_data)
     except ValueError as error:
       raise ValueError(f"--calibration_data: {error}") from None
-  config, model, weights = evaluate.load_run(model_dir, FLAGS.weights)
-  check_data = _check_data(config)
+  config, model, found = runs.load_run(model_dir, weights)
+  if check_data:
+    input_pipeline.list_files(check_data)  # Fails now, not after the exports, when nothing matches.
+  elif data_dir:
+    check_data = shards.split_files(data_dir, config.eval_split)
   tf.io.gfile.makedirs(output_dir)
-  split_outputs.write_class_names(output_dir, train.class_names_of(config))
+  shards.write_class_names(output_dir, runs.class_names_of(config))
 
   saved_model_dir = os.path.join(output_dir, SAVED_MODEL_DIR)
-  with _step(f"writing {saved_model_dir}"):
+  with console.step(f"writing {saved_model_dir}"):
     export_saved_model(model, saved_model_dir)
   tflite_files = {}
-  if FLAGS.tflite:
+  if tflite:
     tflite_files["tflite_float32"] = os.path.join(output_dir, FLOAT32_TFLITE)
-    with _step(f"writing {tflite_files['tflite_float32']}"):
+    with console.step(f"writing {tflite_files['tflite_float32']}"):
       _write_bytes(tflite_files["tflite_float32"], convert_tflite(model))
-  if FLAGS.int8:
+  if int8:
     tflite_files["tflite_int8"] = os.path.join(output_dir, INT8_TFLITE)
-    with _step(f"writing {tflite_files['tflite_int8']} (calibrating on up to {FLAGS.num_calibration} images)"):
-      representative = calibration_images(FLAGS.calibration_data, FLAGS.num_calibration)
-      _write_bytes(tflite_files["tflite_int8"], convert_tflite(model, representative, ranges=FLAGS.int8_ranges))
+    with console.step(f"writing {tflite_files['tflite_int8']} (calibrating on up to {num_calibration} images)"):
+      representative = calibration_images(calibration_data, num_calibration)
+      _write_bytes(tflite_files["tflite_int8"], convert_tflite(model, representative, ranges=ranges))
 
-  report = {"model_dir": model_dir, "weights": weights, "class_names": list(train.class_names_of(config)),
+  report = {"model_dir": model_dir, "weights": found, "class_names": list(runs.class_names_of(config)),
             "saved_model": saved_model_dir,
             "tflite": {name: {"file": path, "bytes": tf.io.gfile.stat(path).length}
                        for name, path in tflite_files.items()}}
-  if FLAGS.int8:
-    report["calibration"] = {"data": FLAGS.calibration_data, "max_images": FLAGS.num_calibration,
-                             "ranges": FLAGS.int8_ranges}
+  if int8:
+    report["calibration"] = {"data": calibration_data, "max_images": num_calibration, "ranges": ranges}
   if check_data:
-    with _step(f"checking every export on {'up to ' + str(FLAGS.num_check_images) if FLAGS.num_check_images else 'all'} "
-               f"images of {check_data}"):
-      report.update(check_exports(model, check_data, FLAGS.num_check_images, saved_model_dir=saved_model_dir,
+    with console.step(f"checking every export on {'up to ' + str(num_check_images) if num_check_images else 'all'} "
+                      f"images of {check_data}"):
+      report.update(check_exports(model, check_data, num_check_images, saved_model_dir=saved_model_dir,
                                   tflite_files=tflite_files, num_classes=config.model.num_classes))
-    report["int8_drop_points"] = _int8_drop(report["exports"])
+    report["int8_drop_points"] = int8_drop(report["exports"])
   with tf.io.gfile.GFile(os.path.join(output_dir, REPORT), "w") as f:
     json.dump(report, f, indent=2)
   return report
-
-
-def main(argv):
-  if len(argv) > 1:
-    cli.exit_with(f"unexpected arguments {' '.join(argv[1:])}")
-  logging.set_verbosity(logging.WARNING)  # The SavedModel writer's INFO lines, several per export.
-  try:
-    report = run(FLAGS.model_dir, FLAGS.output_dir)
-  except (train.DataError, ValueError) as error:  # DataError is a ValueError; both are the user's to fix.
-    cli.exit_with(str(error))
-  if "exports" in report:
-    _print_table(report)
-    drop = report["int8_drop_points"]
-    if drop is not None and drop > 1.0:
-      _progress(f"warning: int8 loses {drop:.2f} mIoU points against float (more than 1)")
-  print(f"wrote {FLAGS.output_dir}: {SAVED_MODEL_DIR}/" +
-        "".join(f", {os.path.basename(t['file'])}" for t in report["tflite"].values()) + f", {REPORT}")
-
-
-if __name__ == "__main__":
-  define_flags()
-  app.run(main, flags_parser=cli.parse_flags)

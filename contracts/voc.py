@@ -1,4 +1,5 @@
-"""Pascal VOC 2012 segmentation conventions: class names, the colour palette, the folder layout."""
+"""Pascal VOC 2012 segmentation conventions: class names, the colour palette, label PNGs, the folder layout and
+its split lists."""
 
 import io
 
@@ -45,6 +46,14 @@ def colorize(class_ids: np.ndarray) -> np.ndarray:
   return palette()[np.asarray(class_ids, dtype=np.uint8)]
 
 
+def encode_label_png(class_ids: np.ndarray) -> bytes:
+  """Single-channel 8-bit PNG of class ids: what records hold (DeepLab's readers decode it with
+  tf.io.decode_png), and what SBD's converted masks are."""
+  buffer = io.BytesIO()
+  Image.fromarray(np.ascontiguousarray(class_ids, np.uint8)).save(buffer, format="PNG")  # 2-D uint8 -> mode L
+  return buffer.getvalue()
+
+
 def encode_palette_png(class_ids: np.ndarray) -> bytes:
   """Mode-P PNG whose pixel values are the class ids, in the VOC palette, as the official SegmentationClass masks
   are stored."""
@@ -53,3 +62,24 @@ def encode_palette_png(class_ids: np.ndarray) -> bytes:
   buffer = io.BytesIO()
   image.save(buffer, format="PNG")
   return buffer.getvalue()
+
+
+def split_list_path(voc_root: str, split: str) -> str:
+  return f"{voc_root.rstrip('/')}/{SPLIT_DIR}/{split}.txt"
+
+
+def read_split_ids(voc_root: str, split: str) -> list[str]:
+  return read_id_list(split_list_path(voc_root, split))
+
+
+def read_id_list(path: str) -> list[str]:
+  """The ids of a split list (ImageSets/Segmentation/<split>.txt, or SBD's train/val.txt): the first token of each
+  non-blank line, in file order, repeats kept. Local, or gs:// through TensorFlow's file system."""
+  if "://" in path:
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top  (local lists need no TensorFlow)
+    with tf.io.gfile.GFile(path) as f:
+      text = f.read()
+  else:
+    with open(path) as f:
+      text = f.read()
+  return [line.split()[0] for line in text.splitlines() if line.strip()]

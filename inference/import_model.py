@@ -1,8 +1,8 @@
 """Imports a published DeepLab model into a run directory that evaluate, predict, export and init_from read.
 
-  python -m trainer.import_model --source=../shared/models/deeplabv3_mnv2_pascal_quant.tflite \
+  python -m inference.import_model --source=../shared/models/deeplabv3_mnv2_pascal_quant.tflite \
       --model_dir=runs/deeplabv3_mnv2_pascal --check_images='../shared/data/voc_sample/JPEGImages/2007_00*.jpg'
-  python -m trainer.import_model --source=https://.../deeplabv3_mnv2_pascal_train_aug_2018_01_29.tar.gz \
+  python -m inference.import_model --source=https://.../deeplabv3_mnv2_pascal_train_aug_2018_01_29.tar.gz \
       --model_dir=runs/deeplabv3_mnv2_pascal_ckpt
 
 --source: a TFLite file (uint8/int8 or float), a research/deeplab TF1 checkpoint (prefix, .index or its folder),
@@ -15,9 +15,9 @@ from absl import flags
 import cv2
 import numpy as np
 
-from launch import cli
+from contracts import console
+from inference import published
 from trainer import input_pipeline
-from trainer import published
 
 _SOURCE = flags.DEFINE_string("source", None, "Published model: .tflite, checkpoint, .tar(.gz) or http(s) URL.",
                               required=True)
@@ -28,11 +28,11 @@ _NUM_CHECK_IMAGES = flags.DEFINE_integer("num_check_images", 20, "At most this m
                                          lower_bound=1)
 _ASPP_RATES = flags.DEFINE_list("aspp_rates", ["6", "12", "18"], "Atrous rates, for sources with atrous ASPP "
                                 "branches (the file does not record them).")
-cli.register_check("aspp_rates", cli.each(cli.positive_int, at_least_one=False),
-                   "comma-separated ints > 0, e.g. 6,12,18 (none for a source without atrous branches)")
+console.register_check("aspp_rates", console.each(console.positive_int, at_least_one=False),
+                       "comma-separated ints > 0, e.g. 6,12,18 (none for a source without atrous branches)")
 _OUTPUT_STRIDE = flags.DEFINE_enum("output_stride", "16", ["8", "16"], "The source's output stride.")
 _SOURCE_MD5 = flags.DEFINE_string("source_md5", None, "Expected md5 of a downloaded --source.")
-cli.register_check("source_md5", cli.matching(cli.MD5), cli.MD5_ACCEPTS)
+console.register_check("source_md5", console.matching(console.MD5), console.MD5_ACCEPTS)
 _DOWNLOAD_DIR = flags.DEFINE_string("download_dir", None, "Where a URL --source is downloaded (default: a "
                                     "folder under the system's temp dir; a cut download resumes there).")
 
@@ -57,7 +57,7 @@ def main(argv):
         _SOURCE.value, _MODEL_DIR.value, check_images=images, aspp_rates=tuple(int(r) for r in _ASPP_RATES.value),
         output_stride=int(_OUTPUT_STRIDE.value), download_dir=_DOWNLOAD_DIR.value, md5=_SOURCE_MD5.value)
   except ValueError as error:  # published.ImportError_ and bad images.
-    cli.exit_with(str(error))
+    console.exit_with(str(error))
   print(f"imported {report['kind']} {report['source']}: {report['scopes']} DeepLab scopes into {report['layers_set']} "
         f"layers ({report['num_classes']} classes, depth {report['alpha']}, "
         f"{'DeepLabV3+' if report['decoder'] else 'DeepLabV3'})")
@@ -68,8 +68,8 @@ def main(argv):
   elif report["kind"] == "tflite":
     print("not compared with the TFLite interpreter: give --check_images to do so")
   print(f"wrote {_MODEL_DIR.value} (config.json, {report['weights']}, import.json); score it with\n"
-        f"  python -m trainer.evaluate --model_dir={_MODEL_DIR.value} --data_dir=DATA --pad_to=513")
+        f"  python -m inference.evaluate --model_dir={_MODEL_DIR.value} --data_dir=DATA --pad_to=513")
 
 
 if __name__ == "__main__":
-  app.run(main, flags_parser=cli.parse_flags)
+  app.run(main, flags_parser=console.parse_flags)

@@ -1,62 +1,28 @@
-r"""Segments photos with a trained run (or its exported SavedModel) and writes masks, overlays and triptychs.
-
-  python -m trainer.predict --model_dir=runs/smoke --input='photos/*.jpg' --output_dir=predictions \
-      [--format=mask,overlay,triptych] [--voc_root=data/VOC2012] [--scales=0.75,1.0,1.25] [--flip] [--weights=F]
-  python -m trainer.predict --saved_model=exports/smoke/saved_model --input=photos/ --output_dir=predictions
-
---input is one image, a folder (its files, not recursive) or a glob; paths may be gs://. Per image id (the
-file name without its extension) it writes:
-  mask      <id>.png           palette PNG in the VOC colours whose pixel values are the class ids, image-sized
-  overlay   <id>_overlay.jpg   the prediction blended over the photo, with a legend of the classes present
-  triptych  <id>_triptych.png  photo | ground truth (when --voc_root has a mask for the id) | prediction
-Images are decoded as the training pipeline decodes them (JPEG with the accurate integer IDCT, as OpenCV does;
-PNG). Files that cannot be read are named on stderr with the reason and skipped. Exit code 0 when anything was
-written, 1 when no input could be, 2 for a bad command line, run or model.
+"""Segmenting photos with a run's model (or its SavedModel) and writing what a person looks at: class-id masks,
+overlays and triptychs (what python -m inference.predict runs; its docstring lists the files). Images are decoded
+as the training pipeline decodes them.
 """
 
 import os
 import sys
-import time
 from collections.abc import Callable, Sequence
 
-from absl import app
-from absl import flags
 import cv2
 import keras
 import numpy as np
 import tensorflow as tf
 
-from launch import cli
+from contracts import console
+from contracts import schema
+from contracts import shards
+from contracts import voc
+from inference import scoring
 from preprocessing import pairs
-from preprocessing import split_outputs
-from preprocessing import voc
-from trainer import evaluate
 from trainer import input_pipeline
-from trainer import train
 from trainer import visualize
 
 FORMATS = ("mask", "overlay", "triptych")
 OVERLAY_JPEG_QUALITY = 90
-
-FLAGS = flags.FLAGS
-
-
-def define_flags() -> None:
-  """This program's flags, defined only when it runs: importing this module (tests, notebooks, trainer.export
-  beside it) must not claim flag names such as --output_dir that another program defines too."""
-  for name in ("model_dir", "scales", "flip", "weights"):
-    flags.declare_key_flag(name)  # trainer.evaluate's flags (same meaning), listed in this program's --help
-  flags.DEFINE_string("saved_model", None, "A SavedModel written by trainer.export, instead of --model_dir "
-                                           "(then no --scales, --flip or --weights).")
-  flags.DEFINE_string("input", None, "An image, a folder of images or a glob (local or gs://).")
-  flags.DEFINE_string("output_dir", None, "Where the pictures go (created).")
-  flags.DEFINE_list("format", ["mask"], f"What to write per image, any of {','.join(FORMATS)}.")
-  flags.DEFINE_string("voc_root", None, "A VOC folder whose SegmentationClass/<id>.png masks give the triptychs "
-                                        "their ground-truth panel.")
-  flags.register_validator("format", lambda formats: bool(formats) and set(formats) <= set(FORMATS),
-                           f"--format takes a comma-separated subset of {','.join(FORMATS)}")
-  flags.mark_flags_as_required(["input", "output_dir"])
-  flags.mark_flags_as_mutual_exclusive(["model_dir", "saved_model"], required=True)
 
 
 # encoded image bytes, the same image decoded (uint8 [H, W, 3] RGB) -> class ids uint8 [H, W]
@@ -95,16 +61,13 @@ def decode_image(data: bytes) -> np.ndarray:
   """uint8 [H, W, 3] RGB of JPEG or PNG bytes, decoded as the training pipeline does; UnreadableImage if not."""
   if not data:
     raise UnreadableImage("empty file")
-  if data.startswith(b"\xff\xd8\xff"):
-    kind = "JPEG"
-  elif data.startswith(b"\x89PNG\r\n\x1a\n"):
-    kind = "PNG"
-  else:
+  kind = (schema.image_format(data) or "").upper()
+  if not kind:
     raise UnreadableImage(f"not a JPEG or PNG image ({len(data)} bytes starting {data[:8]!r})")
   try:
     return input_pipeline.decode_image(tf.constant(data)).numpy()
   except (tf.errors.InvalidArgumentError, tf.errors.DataLossError) as error:
-    raise UnreadableImage(f"corrupt {kind}: {_op_error_text(error)}") from None
+    raise UnreadableImage(f"corrupt {kind}: {console.op_error_text(error)}") from None
 
 
 def read_image(path: str) -> tuple[bytes, np.ndarray]:
@@ -113,7 +76,7 @@ def read_image(path: str) -> tuple[bytes, np.ndarray]:
     with tf.io.gfile.GFile(path, "rb") as f:
       data = f.read()
   except tf.errors.OpError as error:
-    raise UnreadableImage(f"cannot read: {_op_error_text(error)}") from None
+    raise UnreadableImage(f"cannot read: {console.op_error_text(error)}") from None
   return data, decode_image(data)
 
 
@@ -141,7 +104,7 @@ def read_truth(voc_root: str, name: str, size: tuple[int, int]) -> np.ndarray | 
 
 def keras_segmenter(model: keras.Model, scales: Sequence[float] = (1.0,), flip: bool = False) -> Segmenter:
   """Argmax of the run's class probabilities at the image's own size (averaged over scales and mirrors)."""
-  predict = evaluate.make_predictor(model, list(scales), flip)
+  predict = scoring.make_predictor(model, list(scales), flip)
 
   def segment(data: bytes, image: np.ndarray) -> np.ndarray:
     del data
@@ -163,9 +126,9 @@ def saved_model_segmenter(export_dir: str) -> Segmenter:
 
 
 def saved_model_class_names(export_dir: str) -> tuple[str, ...]:
-  """The names trainer.export wrote beside the SavedModel, else VOC's (an export made before it wrote them)."""
+  """The names inference.export wrote beside the SavedModel, else VOC's (an export made before it wrote them)."""
   parent = export_dir.rstrip("/").rsplit("/", 1)[0] if "/" in export_dir.rstrip("/") else "."
-  return split_outputs.read_class_names(split_outputs.class_names_path(parent)) or voc.CLASS_NAMES
+  return shards.read_class_names(shards.class_names_path(parent)) or voc.CLASS_NAMES
 
 
 # ---------------------------------------------------------------------------------------------------- outputs
@@ -199,7 +162,8 @@ def predict_files(paths: Sequence[str], segment: Segmenter, output_dir: str, for
                   progress: bool = True) -> tuple[list[str], list[tuple[str, str]]]:
   """Writes each readable image's pictures; returns (ids written, [(path, why skipped)]), naming skips on stderr."""
   tf.io.gfile.makedirs(output_dir)
-  report = _progress_reporter(len(paths)) if progress and len(paths) > 1 else None
+  report = console.Progress("predict", len(paths), unit="images", stream=sys.stdout) \
+      if progress and len(paths) > 1 else None
   written, skipped, seen = [], [], {}
   for count, path in enumerate(paths, start=1):
     name = image_id(path)
@@ -210,7 +174,7 @@ def predict_files(paths: Sequence[str], segment: Segmenter, output_dir: str, for
       try:
         class_ids = segment(data, image)
       except tf.errors.OpError as error:  # e.g. out of memory on a huge image: the others may still fit
-        raise UnreadableImage(f"prediction failed: {_op_error_text(error)}") from None
+        raise UnreadableImage(f"prediction failed: {console.op_error_text(error)}") from None
     except UnreadableImage as reason:
       skipped.append((path, str(reason)))
       _warn(f"skipped {path}: {reason}")
@@ -222,65 +186,13 @@ def predict_files(paths: Sequence[str], segment: Segmenter, output_dir: str, for
           f.write(encoded)
       written.append(name)
     if report is not None:
-      report(count)
+      report.update(count)
+  if report is not None:
+    report.close()
   return written, skipped
-
-
-def _progress_reporter(total: int, every_seconds: float = 10.0) -> Callable[[int], None]:
-  """Keras's progress bar on a terminal. Elsewhere (a log file, CI) the bar would still write colour codes and
-  carriage returns, so a plain line is printed every `every_seconds` and at the end instead."""
-  if sys.stdout.isatty():
-    return keras.utils.Progbar(total, unit_name="image").update
-  start = last = time.monotonic()
-
-  def report(count: int) -> None:
-    nonlocal last
-    now = time.monotonic()
-    if count == total or now - last >= every_seconds:
-      last = now
-      print(f"{count}/{total} images ({count / max(now - start, 1e-9):.1f}/s)", flush=True)
-
-  return report
-
-
-# ------------------------------------------------------------------------------------------------- helpers
-
-def _op_error_text(error: tf.errors.OpError) -> str:
-  """The op's message without TF's '{{function_node ...}}' prefix and trailing '[Op:...]'."""
-  text = error.message.split("}}", 1)[-1] if error.message.startswith("{{") else error.message
-  return " ".join(text.split("[Op:", 1)[0].split())
 
 
 def _warn(message: str) -> None:
   sys.stdout.flush()  # the progress bar's line first, then ours on a line of its own
   sys.stderr.write(f"\n{message}\n")
   sys.stderr.flush()
-
-
-def main(argv):
-  del argv
-  paths = list_inputs(FLAGS.input)
-  if not paths:
-    cli.exit_with(f"no file matches --input={FLAGS.input}")
-  try:
-    if FLAGS.saved_model:
-      if any(FLAGS[name].present for name in ("scales", "flip", "weights")):
-        raise ValueError("--scales, --flip and --weights need --model_dir (a SavedModel predicts at one scale)")
-      segment, class_names = saved_model_segmenter(FLAGS.saved_model), saved_model_class_names(FLAGS.saved_model)
-    else:
-      config, model, _ = evaluate.load_run(FLAGS.model_dir, FLAGS.weights)
-      segment = keras_segmenter(model, [float(s) for s in FLAGS.scales], FLAGS.flip)
-      class_names = train.class_names_of(config)
-  except (train.DataError, ValueError, OSError, tf.errors.OpError) as error:
-    cli.exit_with(str(error).splitlines()[0] if str(error) else type(error).__name__)
-  written, skipped = predict_files(paths, segment, FLAGS.output_dir, FLAGS.format, FLAGS.voc_root, class_names)
-  if not written:
-    cli.exit_with(f"none of the {len(paths)} input file(s) could be read (reasons above); nothing written", 1)
-  names = [path.rsplit("/", 1)[-1] for path, _ in skipped]
-  print(f"wrote {len(written)} image(s) ({','.join(FLAGS.format)}) to {FLAGS.output_dir}; skipped {len(skipped)}"
-        + (f": {', '.join(names[:10])}" + (", ..." if len(names) > 10 else "") if names else ""))
-
-
-if __name__ == "__main__":
-  define_flags()
-  app.run(main, flags_parser=cli.parse_flags)

@@ -1,13 +1,13 @@
 """int8 TFLite as a quantization-aware model would be: activation ranges as QAT tracks them, weight grids kept.
 
-Activation ranges: the mean of each image's min and max. TFLite's calibrator takes each tensor's range as the min and max over all calibration images: one unusual image
-widens a range for every other, and the more images, the wider (coarser) every step. Quantization-aware
-training, which Google's published int8 models had, tracks a moving average of each batch's min and max
-instead. Here the converter calibrates (`_experimental_calibrate_only`), the float model it returns runs once
-per image to record each tensor's min and max, their means replace the calibrator's ranges, and TFLite's own
-quantizer (`mlir_quantize`, what the converter calls next) turns the model into int8.
+Activation ranges: the mean of each image's min and max. TFLite's calibrator takes each tensor's range as the min
+and max over all calibration images: one unusual image widens a range for every other, and the more images, the
+wider (coarser) every step. Quantization-aware training, which Google's published int8 models had, tracks a moving
+average of each batch's min and max instead. Here the converter calibrates (`_experimental_calibrate_only`), the
+float model it returns runs once per image to record each tensor's min and max, their means replace the
+calibrator's ranges, and TFLite's own quantizer (`mlir_quantize`, what the converter calls next) turns the model into int8.
 
-Weight grids: weights imported from an int8 file (trainer.import_model) are integer multiples of that file's
+Weight grids: weights imported from an int8 file (inference.import_model) are integer multiples of that file's
 scale, the grid quantization-aware training fitted them to. TFLite re-quantizes each channel on a grid of its
 own (max |w| / 127), which moves every weight by up to half a step: noise the model never trained with. Where
 a convolution's weights lie on one grid and a channel's multiples fit int8, `keep_weight_grids` writes them
