@@ -320,12 +320,12 @@ def compare_with_tflite(model: keras.Model, tflite_path: str, images: list[np.nd
 
 def write_run(model: keras.Model, config: ml_collections.ConfigDict, model_dir: str, report: dict) -> str:
   """A run directory as training leaves one (config.json, checkpoints/final.weights.h5) plus import.json."""
-  tf.io.gfile.makedirs(os.path.join(model_dir, "checkpoints"))
-  with tf.io.gfile.GFile(os.path.join(model_dir, "config.json"), "w") as f:
+  tf.io.gfile.makedirs(run_dir.path(model_dir, run_dir.CHECKPOINTS))
+  with tf.io.gfile.GFile(run_dir.path(model_dir, run_dir.CONFIG), "w") as f:
     f.write(config.to_json_best_effort(indent=2))
-  weights = os.path.join(model_dir, run_dir.FINAL_WEIGHTS)
+  weights = run_dir.path(model_dir, run_dir.FINAL_WEIGHTS)
   model.save_weights(weights)
-  with tf.io.gfile.GFile(os.path.join(model_dir, "import.json"), "w") as f:
+  with tf.io.gfile.GFile(run_dir.path(model_dir, run_dir.IMPORT_REPORT), "w") as f:
     json.dump(report, f, indent=2)
   return weights
 

@@ -54,7 +54,9 @@ def confusion_of_split(model, data_dir: str, split: str, num_classes: int, scale
   """The [truth, prediction] confusion matrix of a split's valid pixels (255 ignored)."""
   predict = make_predictor(model, scales, flip, pad_to)
   confusion = np.zeros((num_classes, num_classes), np.int64)
-  progress = console.Progress(split, shards.count_examples(data_dir, split), unit="images")
+  # The total from the conversion's summary when there is one; counting the shards would read them twice.
+  has_summary = tf.io.gfile.exists(shards.summary_path(data_dir, split))
+  progress = console.Progress(split, shards.count_examples(data_dir, split) if has_summary else None, unit="images")
   for image, label in input_pipeline.eval_dataset(shards.split_files(data_dir, split), batch_size=1):
     predicted = np.argmax(predict(image[0]).numpy(), axis=-1)
     confusion += metrics_lib.count_confusion(label[0].numpy(), predicted, num_classes)

@@ -72,10 +72,10 @@ class SegmentationModel(keras.Model):
     self.train_crop_size = tuple(train_crop_size) if train_crop_size else None  # None: the canvas's size.
 
   def train_step(self, data):
-    x, y = data[0], data[1]
+    x, y, *rest = data
     if isinstance(x, dict):
       x, y = augment.scale_crop_flip(x["image"], y, x["geometry"], crop=self.train_crop_size)
-    return super().train_step((x, y))
+    return super().train_step((x, y, *rest))
 
   def get_config(self):
     return {**super().get_config(), "train_crop_size": self.train_crop_size}
