@@ -31,7 +31,7 @@ import tensorflow as tf  # noqa: E402
 
 from contracts import voc  # noqa: E402
 from preprocessing import conversion
-from preprocessing import make_tfrecords, pairs  # noqa: E402
+from preprocessing import make_tfrecords, pairs, sources  # noqa: E402
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 DEFAULT_VOC = pathlib.Path(os.environ.get("SEG_SHARED_DIR", REPO_ROOT.parent / "shared")) / "data" / "voc_sample"
@@ -63,7 +63,7 @@ def time_beam(voc_dir: pathlib.Path, split: str, output_dir: pathlib.Path) -> tu
 
 
 def time_loop(voc_dir: pathlib.Path, split: str, output_dir: pathlib.Path) -> tuple[float, int]:
-  ids, _ = pairs.partition_repeats(voc.read_split_ids(str(voc_dir), split))
+  ids = [pair.id for pair in sources.voc_pairs(str(voc_dir), split).pairs]
   output_dir.mkdir(parents=True, exist_ok=True)
   written = 0
   start = time.perf_counter()

@@ -17,6 +17,9 @@ def get_config() -> ml_collections.ConfigDict:
   # One name per class, background first. Empty: the names the conversion wrote beside the shards
   # (class_names.txt), else VOC's for 21 classes, else "class_1", "class_2"...
   config.model.class_names = ()
+  # One (r, g, b) per class, what pictures draw them in. Empty: the colours the conversion wrote beside the shards
+  # (class_colours.txt, from a data set's colour table), else VOC's colour map.
+  config.model.class_colours = ()
   config.model.output_stride = 16
   config.model.alpha = 1.0
   config.model.aspp_rates = (6, 12, 18)
@@ -63,6 +66,10 @@ def get_config() -> ml_collections.ConfigDict:
 
   config.loss = ml_collections.ConfigDict()
   config.loss.class_weights = ()  # Empty: all 1. Else num_classes weights.
+  # Class weights from the training split's pixel counts (its conversion summary), logged and written into the
+  # run's config.json as class_weights: "median_frequency" (SegNet's, Eigen & Fergus 2015) or "inverse_log"
+  # (ENet's 1 / ln(1.02 + share), smoother); "" for none.
+  config.loss.class_weighting = ""
   config.loss.top_k_percent_pixels = 1.0  # < 1.0: hard-pixel mining, the loss of the hardest fraction only.
 
   config.train = ml_collections.ConfigDict()

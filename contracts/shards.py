@@ -2,9 +2,11 @@
 
     {split}-00000-of-000NN.tfrecord   the records (NN = shard count; contracts/schema.py's schema)
     {split}-rejected.jsonl            one JSON line per rejected id: {"id", "split", "reason", "detail"}
-    {split}-summary.json              counts, shard files and their verified record counts
+    {split}-summary.json              counts, shard files and their verified record counts, pixels per class
     class_names.txt                   (one per data set) the class names, background first, one per line:
                                       what training, evaluation, pictures and exports name the classes by
+    class_colours.txt                 (where the data set's colour table gave them) each class's colour, `r g b`
+                                      per line in class-id order: what pictures draw the classes in (else VOC's)
 """
 
 import json
@@ -21,6 +23,8 @@ SHARD_SUFFIX = ".tfrecord"
 SHARD_NAME_TEMPLATE = "-SSSSS-of-NNNNN"  # Beam's template: deterministic names, e.g. train-00000-of-00003
 REJECTED_SUFFIX = ".jsonl"
 CLASS_NAMES_FILE = "class_names.txt"  # Also where a VOC-layout root keeps its own classes' names.
+CLASS_COLOURS_FILE = "class_colours.txt"
+PIXEL_COUNTS_SUFFIX = ".json"  # {split}-pixels.json: the conversion's summed counts, folded into the summary
 
 
 class DataError(ValueError):
@@ -52,6 +56,14 @@ def rejected_path(output_dir: str, split: str) -> str:
   return rejected_prefix(output_dir, split) + REJECTED_SUFFIX
 
 
+def pixel_counts_prefix(output_dir: str, split: str) -> str:
+  return tf.io.gfile.join(output_dir, f"{split}-pixels")
+
+
+def pixel_counts_path(output_dir: str, split: str) -> str:
+  return pixel_counts_prefix(output_dir, split) + PIXEL_COUNTS_SUFFIX
+
+
 def summary_path(output_dir: str, split: str) -> str:
   return tf.io.gfile.join(output_dir, f"{split}-summary.json")
 
@@ -78,13 +90,19 @@ def count_records(path: str) -> int:
 
 def count_examples(data_dir: str, split: str) -> int:
   """A split's records: from the conversion's summary when there is one, else by reading the shards once."""
-  summary = summary_path(data_dir, split)
-  if tf.io.gfile.exists(summary):
-    with tf.io.gfile.GFile(summary) as f:
-      written = json.load(f).get("written")
-    if written:
-      return int(written)
+  written = (read_summary(data_dir, split) or {}).get("written")
+  if written:
+    return int(written)
   return count_records(tf.io.gfile.join(data_dir, f"{split}-*{SHARD_SUFFIX}"))
+
+
+def read_summary(data_dir: str, split: str) -> dict | None:
+  """A split's {split}-summary.json (counts, pixels per class), or None when the conversion left none."""
+  path = summary_path(data_dir, split)
+  if not tf.io.gfile.exists(path):
+    return None
+  with tf.io.gfile.GFile(path) as f:
+    return json.load(f)
 
 
 def class_names_path(folder: str) -> str:
@@ -102,3 +120,23 @@ def read_class_names(path: str) -> tuple[str, ...] | None:
 def write_class_names(folder: str, names) -> None:
   with tf.io.gfile.GFile(class_names_path(folder), "w") as f:
     f.write("".join(f"{name}\n" for name in names))
+
+
+def class_colours_path(folder: str) -> str:
+  return tf.io.gfile.join(folder, CLASS_COLOURS_FILE)
+
+
+def read_class_colours(path: str) -> tuple[tuple[int, int, int], ...] | None:
+  """The colours of a class-colours file (`r g b` per line), or None when there is no such file."""
+  if not tf.io.gfile.exists(path):
+    return None
+  with tf.io.gfile.GFile(path) as f:
+    rows = [line.split() for line in f.read().splitlines() if line.strip()]
+  if any(len(row) != 3 or not all(v.isdigit() and int(v) < 256 for v in row) for row in rows):
+    raise DataError(f"{path}: expected `r g b` (0..255) on every line")
+  return tuple((int(r), int(g), int(b)) for r, g, b in rows)
+
+
+def write_class_colours(folder: str, colours) -> None:
+  with tf.io.gfile.GFile(class_colours_path(folder), "w") as f:
+    f.write("".join(f"{r} {g} {b}\n" for r, g, b in colours))

@@ -41,9 +41,18 @@ def palette(num_colors: int = 256) -> np.ndarray:
   return colors
 
 
-def colorize(class_ids: np.ndarray) -> np.ndarray:
-  """Class-id mask [H, W] -> RGB picture [H, W, 3] in the VOC colours."""
-  return palette()[np.asarray(class_ids, dtype=np.uint8)]
+def class_palette(class_colours=()) -> np.ndarray:
+  """The colour of each class id (uint8 [256, 3]): a data set's own class colours (its colour table's, as the
+  conversion's class_colours.txt holds them) where it has them, VOC's colour map for the rest and for void."""
+  colours = palette()
+  if len(class_colours):
+    colours[:len(class_colours)] = np.asarray(class_colours, np.uint8).reshape(-1, 3)
+  return colours
+
+
+def colorize(class_ids: np.ndarray, class_colours=()) -> np.ndarray:
+  """Class-id mask [H, W] -> RGB picture [H, W, 3] in the classes' colours (VOC's by default)."""
+  return class_palette(class_colours)[np.asarray(class_ids, dtype=np.uint8)]
 
 
 def encode_label_png(class_ids: np.ndarray) -> bytes:
@@ -54,14 +63,29 @@ def encode_label_png(class_ids: np.ndarray) -> bytes:
   return buffer.getvalue()
 
 
-def encode_palette_png(class_ids: np.ndarray) -> bytes:
-  """Mode-P PNG whose pixel values are the class ids, in the VOC palette, as the official SegmentationClass masks
-  are stored."""
+def encode_palette_png(class_ids: np.ndarray, class_colours=()) -> bytes:
+  """Mode-P PNG whose pixel values are the class ids, in the VOC palette (or the classes' own colours), as the
+  official SegmentationClass masks are stored."""
   image = Image.fromarray(np.ascontiguousarray(class_ids, np.uint8))  # mode L; putpalette makes it P, same indices
-  image.putpalette(palette().ravel().tolist())
+  image.putpalette(class_palette(class_colours).ravel().tolist())
   buffer = io.BytesIO()
   image.save(buffer, format="PNG")
   return buffer.getvalue()
+
+
+def mask_paths(voc_root: str, image_id: str) -> tuple[str, str]:
+  """Where an id's mask may be, in the order to look: SegmentationClass/ (official, with void edges), then SBD's
+  SegmentationClassAug/."""
+  return tuple(f"{voc_root.rstrip('/')}/{folder}/{image_id}.png" for folder in (MASK_DIR, AUG_MASK_DIR))
+
+
+def decode_class_ids(data: bytes) -> np.ndarray:
+  """The class ids of a mask as VOC stores them (a palette PNG's indices, or grey values): uint8 [H, W]. Raises
+  ValueError for a colour mask, OSError for a damaged file."""
+  with Image.open(io.BytesIO(data)) as image:
+    if image.mode not in ("P", "L"):
+      raise ValueError(f"a mode {image.mode} mask; VOC's are palette (P) or grayscale (L)")
+    return np.asarray(image, np.uint8)
 
 
 def split_list_path(voc_root: str, split: str) -> str:

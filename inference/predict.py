@@ -54,14 +54,15 @@ def main(argv):
         raise ValueError("--scales, --flip and --weights need --model_dir (a SavedModel predicts at one scale)")
       segment = prediction.saved_model_segmenter(_SAVED_MODEL.value)
       class_names = prediction.saved_model_class_names(_SAVED_MODEL.value)
+      class_colours = prediction.saved_model_class_colours(_SAVED_MODEL.value)
     else:
       config, model, _ = runs.load_run(_MODEL_DIR.value, _WEIGHTS.value)
       segment = prediction.keras_segmenter(model, [float(s) for s in _SCALES.value], _FLIP.value)
-      class_names = runs.class_names_of(config)
+      class_names, class_colours = runs.class_names_of(config), runs.class_colours_of(config)
   except (shards.DataError, ValueError, OSError, tf.errors.OpError) as error:
     console.exit_with(str(error).splitlines()[0] if str(error) else type(error).__name__)
   written, skipped = prediction.predict_files(paths, segment, _OUTPUT_DIR.value, _FORMAT.value, _VOC_ROOT.value,
-                                              class_names)
+                                              class_names, class_colours=class_colours)
   if not written:
     console.exit_with(f"none of the {len(paths)} input file(s) could be read (reasons above); nothing written", 1)
   names = [path.rsplit("/", 1)[-1] for path, _ in skipped]

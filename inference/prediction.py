@@ -17,7 +17,6 @@ from contracts import schema
 from contracts import shards
 from contracts import voc
 from inference import scoring
-from preprocessing import pairs
 from trainer import input_pipeline
 from trainer import visualize
 
@@ -82,16 +81,13 @@ def read_image(path: str) -> tuple[bytes, np.ndarray]:
 
 def read_truth(voc_root: str, name: str, size: tuple[int, int]) -> np.ndarray | None:
   """The VOC mask's class ids for an id (Pillow's palette indices), or None when there is none that fits."""
-  for mask_dir in pairs.MASK_DIRS:
-    path = tf.io.gfile.join(voc_root, mask_dir, name + pairs.MASK_EXTENSION)
-    if tf.io.gfile.exists(path):
-      break
-  else:
+  path = next((path for path in voc.mask_paths(voc_root, name) if tf.io.gfile.exists(path)), None)
+  if path is None:
     return None
   try:
     with tf.io.gfile.GFile(path, "rb") as f:
-      truth = pairs.mask_class_ids(f.read(), num_classes=256)
-  except (pairs.PairError, tf.errors.OpError) as error:
+      truth = voc.decode_class_ids(f.read())
+  except (ValueError, OSError, tf.errors.OpError) as error:
     _warn(f"{path}: ground truth left out ({error})")
     return None
   if truth.shape != size:
@@ -125,10 +121,18 @@ def saved_model_segmenter(export_dir: str) -> Segmenter:
   return segment
 
 
+def _export_folder(export_dir: str) -> str:
+  return export_dir.rstrip("/").rsplit("/", 1)[0] if "/" in export_dir.rstrip("/") else "."
+
+
 def saved_model_class_names(export_dir: str) -> tuple[str, ...]:
   """The names inference.export wrote beside the SavedModel, else VOC's (an export made before it wrote them)."""
-  parent = export_dir.rstrip("/").rsplit("/", 1)[0] if "/" in export_dir.rstrip("/") else "."
-  return shards.read_class_names(shards.class_names_path(parent)) or voc.CLASS_NAMES
+  return shards.read_class_names(shards.class_names_path(_export_folder(export_dir))) or voc.CLASS_NAMES
+
+
+def saved_model_class_colours(export_dir: str) -> tuple:
+  """The class colours inference.export wrote beside the SavedModel (a data set with a colour table), else ()."""
+  return shards.read_class_colours(shards.class_colours_path(_export_folder(export_dir))) or ()
 
 
 # ---------------------------------------------------------------------------------------------------- outputs
@@ -141,25 +145,26 @@ def _encode(rgb: np.ndarray, extension: str, params: Sequence[int] = ()) -> byte
 
 
 def outputs_of(name: str, image: np.ndarray, class_ids: np.ndarray, formats: Sequence[str],
-               truth: np.ndarray | None = None,
-               class_names: Sequence[str] = voc.CLASS_NAMES) -> dict[str, bytes]:
-  """{file name: encoded bytes} of the pictures asked for."""
+               truth: np.ndarray | None = None, class_names: Sequence[str] = voc.CLASS_NAMES,
+               class_colours=()) -> dict[str, bytes]:
+  """{file name: encoded bytes} of the pictures asked for, in the classes' colours (VOC's by default)."""
   files = {}
   if "mask" in formats:
-    files[f"{name}.png"] = voc.encode_palette_png(class_ids)
+    files[f"{name}.png"] = voc.encode_palette_png(class_ids, class_colours)
   if "overlay" in formats:
-    files[f"{name}_overlay.jpg"] = _encode(visualize.overlay(image, class_ids, class_names=class_names),
-                                                ".jpg", [cv2.IMWRITE_JPEG_QUALITY, OVERLAY_JPEG_QUALITY])
+    files[f"{name}_overlay.jpg"] = _encode(
+        visualize.overlay(image, class_ids, class_names=class_names, class_colours=class_colours),
+        ".jpg", [cv2.IMWRITE_JPEG_QUALITY, OVERLAY_JPEG_QUALITY])
   if "triptych" in formats:
     files[f"{name}_triptych.png"] = _encode(
         visualize.triptych(image, truth, class_ids, titles=(name, "ground truth", "prediction"),
-                           class_names=class_names), ".png")
+                           class_names=class_names, class_colours=class_colours), ".png")
   return files
 
 
 def predict_files(paths: Sequence[str], segment: Segmenter, output_dir: str, formats: Sequence[str] = ("mask",),
                   voc_root: str | None = None, class_names: Sequence[str] = voc.CLASS_NAMES,
-                  progress: bool = True) -> tuple[list[str], list[tuple[str, str]]]:
+                  progress: bool = True, class_colours=()) -> tuple[list[str], list[tuple[str, str]]]:
   """Writes each readable image's pictures; returns (ids written, [(path, why skipped)]), naming skips on stderr."""
   tf.io.gfile.makedirs(output_dir)
   report = console.Progress("predict", len(paths), unit="images", stream=sys.stdout) \
@@ -181,7 +186,8 @@ def predict_files(paths: Sequence[str], segment: Segmenter, output_dir: str, for
     else:
       seen[name] = path
       truth = read_truth(voc_root, name, image.shape[:2]) if voc_root and "triptych" in formats else None
-      for file_name, encoded in outputs_of(name, image, class_ids, formats, truth, class_names).items():
+      for file_name, encoded in outputs_of(name, image, class_ids, formats, truth, class_names,
+                                           class_colours).items():
         with tf.io.gfile.GFile(tf.io.gfile.join(output_dir, file_name), "wb") as f:
           f.write(encoded)
       written.append(name)

@@ -85,10 +85,17 @@ def evaluate_run(model_dir: str, data_dir: str, *, split: str = "val", scales=(1
 
 
 def iou_table(report: dict) -> str:
-  """The per-class IoU, mean IoU and pixel accuracy of a report, as printed after an evaluation."""
-  width = max(14, 2 + max(len(name) for name in report["per_class_iou"]))
-  lines = [f"{'class':<{width}}IoU"]
-  lines += [f"{name:<{width}}{'-' if value is None else f'{value:.4f}'}"
-            for name, value in report["per_class_iou"].items()]
-  lines += [f"{'mean IoU':<{width}}{report['miou']:.4f}", f"{'pixel acc.':<{width}}{report['pixel_accuracy']:.4f}"]
+  """The per-class IoU and accuracy, mean IoU, global pixel accuracy and mean class accuracy of a report, as
+  printed after an evaluation."""
+  width = max(20, 2 + max(len(name) for name in report["per_class_iou"]))
+
+  def cell(value) -> str:
+    return f"{'-' if value is None else f'{value:.4f}':>9}"
+
+  lines = [f"{'class':<{width}}{'IoU':>9}{'accuracy':>9}"]
+  lines += [f"{name:<{width}}{cell(iou)}{cell(report['per_class_accuracy'].get(name))}"
+            for name, iou in report["per_class_iou"].items()]
+  lines += [f"{'mean IoU':<{width}}{cell(report['miou'])}",
+            f"{'mean class accuracy':<{width}}{'':>9}{cell(report['mean_class_accuracy'])}",
+            f"{'global pixel acc.':<{width}}{'':>9}{cell(report['pixel_accuracy'])}"]
   return "\n".join(lines)

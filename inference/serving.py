@@ -280,6 +280,8 @@ def export_run(model_dir: str, output_dir: str, *, weights: str | None = None, t
     check_data = shards.split_files(data_dir, config.eval_split)
   tf.io.gfile.makedirs(output_dir)
   shards.write_class_names(output_dir, runs.class_names_of(config))
+  if runs.class_colours_of(config):
+    shards.write_class_colours(output_dir, runs.class_colours_of(config))
 
   saved_model_dir = os.path.join(output_dir, SAVED_MODEL_DIR)
   with console.step(f"writing {saved_model_dir}"):

@@ -1,4 +1,4 @@
-r"""The VOC -> TFRecord conversion on Google Cloud Dataflow (the same Beam job as on this machine).
+r"""The conversion to TFRecords on Google Cloud Dataflow (the same Beam job as on this machine).
 
   python -m launch.dataflow --project=my-project --region=us-central1 \
       --temp_location=gs://BUCKET/dataflow-tmp --max_num_workers=8 --dry_run -- \
@@ -7,7 +7,8 @@ r"""The VOC -> TFRecord conversion on Google Cloud Dataflow (the same Beam job a
 Runs `python -m preprocessing.make_tfrecords ... --runner=DataflowRunner --setup_file=SETUP.py` here; the
 job is submitted from this machine and waits for its end (the conversion then counts the written records).
 --setup_file ships this project to the Dataflow workers, which pip-install it with its dependencies. The
-workers read the VOC folder and write the shards through Cloud Storage, so --voc_root, --output_dir and
+workers read the data and write the shards through Cloud Storage, so the data's flag (--voc_root, --images and
+--masks, or --pair_lists, whose lines must then name gs:// files, directly or through --reroot), --output_dir and
 --temp_location must be gs:// paths. The conversion's own flags go after `--`, e.g. --num_shards (default:
 about 1,000 pairs, ~100 MB, per shard).
 """
@@ -36,7 +37,9 @@ console.register_check("machine_type", console.matching(common.MACHINE_TYPE), co
 
 
 def command(conversion_args: list[str]) -> list[str]:
-  common.require_gcs(conversion_args, ("voc_root", "output_dir"), "Dataflow")
+  data = [name for name in ("voc_root", "images", "pair_lists") if common.flag_value(conversion_args, name)]
+  data = data or ["voc_root"]  # what is missing, named after the usual case
+  common.require_gcs(conversion_args, (*data, *(["masks"] if "images" in data else []), "output_dir"), "Dataflow")
   if common.flag_value(conversion_args, "direct_running_mode") is not None:
     raise common.LaunchError("--direct_running_mode is for the DirectRunner, not Dataflow")
   args = common.with_flag(conversion_args, "runner", "DataflowRunner")

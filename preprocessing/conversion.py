@@ -1,5 +1,6 @@
-"""The conversion job: VOC-format data -> verified, sharded DeepLab TFRecords with Apache Beam (what
-python -m preprocessing.make_tfrecords runs; its docstring says what it writes and its exit codes).
+"""The conversion job: a data set in its own layout and mask encoding (or VOC's) -> verified, sharded DeepLab
+TFRecords with Apache Beam (what python -m preprocessing.make_tfrecords runs; its docstring says what it writes
+and its exit codes).
 """
 
 import dataclasses
@@ -19,8 +20,10 @@ from apache_beam.runners.runner import PipelineRunner  # noqa: E402
 from contracts import shards  # noqa: E402
 from contracts import voc  # noqa: E402
 from preprocessing import download  # noqa: E402
+from preprocessing import mask_encoding  # noqa: E402
 from preprocessing import pairs  # noqa: E402
 from preprocessing import pipeline  # noqa: E402
+from preprocessing import sources  # noqa: E402
 from preprocessing import split_outputs  # noqa: E402
 
 EXIT_SETUP, EXIT_USAGE, EXIT_TOO_MANY_REJECTED, EXIT_VERIFICATION = 1, 2, 3, 4
@@ -33,14 +36,23 @@ _VOC_URL, _VOC_MD5, _SBD_URL, _SBD_MD5 = download.VOC_URL, download.VOC_MD5, dow
 
 @dataclasses.dataclass(frozen=True)
 class Job:
-  """What to convert, and how (python -m preprocessing.make_tfrecords --help describes each)."""
-  voc_root: str
+  """What to convert, and how (python -m preprocessing.make_tfrecords --help describes each). The data is one of:
+  voc_root; images + masks (folders); pair_lists (+ reroot)."""
   output_dir: str
+  voc_root: str | None = None
+  images: str | None = None
+  masks: str | None = None
+  pair_lists: str | None = None
+  reroot: str | None = None
   splits: tuple[str, ...] = ("train", "val")
   num_shards: int | None = None  # None: ceil(ids / 1000)
   max_rejected_fraction: float = 0.01
   num_classes: int | None = None  # None: the count of the class names, else VOC's 21
   class_names_file: str | None = None  # None: voc_root/class_names.txt when there is one
+  void_values: tuple[int, ...] | None = None  # None: 255 (class-id masks)
+  colour_table: str | None = None
+  label_map: str | None = None
+  unknown_to_void: bool = False
   download: bool = False
   with_sbd: bool = False
   download_dir: str | None = None
@@ -63,24 +75,31 @@ def convert(job: Job, beam_args: list[str] = ()) -> dict[str, split_outputs.Spli
 
   Raises JobFailed (after writing all it could) or app.UsageError (bad arguments).
   """
-  if not job.voc_root or not job.output_dir:
-    raise app.UsageError("--voc_root and --output_dir are required", exitcode=EXIT_USAGE)
   splits = list(dict.fromkeys(s.strip() for s in job.splits if s.strip()))
   if not splits:
     raise app.UsageError("--splits is empty", exitcode=EXIT_USAGE)
+  _check_data_flags(job, splits)
   options = _pipeline_options(list(beam_args))
 
-  voc_root = _voc_root_ready(job)
-  plans = [_plan(voc_root, split, job.num_shards) for split in splits]
-  class_names = _class_names(job, voc_root)
+  voc_root = _voc_root_ready(job) if job.voc_root else None
+  class_names, class_colours, encoding = _classes(job, voc_root)
+  listings = {split: _listing(job, voc_root, split) for split in splits}
+  plans = [pipeline.SplitPlan(split=split, pairs=listed.pairs, refused=tuple(pairs.Rejection(*r) for r in listed.refused),
+                              num_shards=job.num_shards or shards.default_num_shards(len(listed.pairs)))
+           for split, listed in listings.items()]
   output_dir = job.output_dir
   tf.io.gfile.makedirs(output_dir)
   shards.write_class_names(output_dir, class_names)
+  if class_colours:
+    shards.write_class_colours(output_dir, class_colours)
+  elif tf.io.gfile.exists(shards.class_colours_path(output_dir)):  # an earlier run's colours are not these classes'
+    tf.io.gfile.remove(shards.class_colours_path(output_dir))
 
-  _log.info("converting %s from %s into %s", ", ".join(f"{p.split} ({len(p.ids)} ids, {p.num_shards} shard(s))"
-                                                       for p in plans), voc_root, output_dir)
+  _log.info("converting %s from %s into %s", ", ".join(f"{p.split} ({len(p.pairs)} pairs, {p.num_shards} shard(s))"
+                                                       for p in plans), _data_description(job), output_dir)
+  _log.info("%s", encoding.describe())
   p = beam.Pipeline(options=options)
-  pipeline.build(p, plans, voc_root=voc_root, output_dir=output_dir, num_classes=len(class_names))
+  pipeline.build(p, plans, encoding=encoding, output_dir=output_dir)
   result = p.run()
   state = result.wait_until_finish()
   if state != beam.runners.runner.PipelineState.DONE:
@@ -90,7 +109,8 @@ def convert(job: Job, beam_args: list[str] = ()) -> dict[str, split_outputs.Spli
   if any(c is None for c in counts.values()):
     _log.info("Beam counters are unavailable on %s (its results have no metrics): the record counts are "
               "verified by reading the written shards back", options.view_as(StandardOptions).runner.split(".")[-1])
-  summaries = {plan.split: _verify(plan, counts[plan.split], output_dir) for plan in plans}
+  summaries = {plan.split: _verify(plan, counts[plan.split], output_dir, class_names,
+                                   listings[plan.split].masks_without_image) for plan in plans}
   _report(summaries, counts, output_dir)
 
   failures = [f"{s.split}: verification failed: {'; '.join(s.problems)}" for s in summaries.values()
@@ -107,14 +127,109 @@ def convert(job: Job, beam_args: list[str] = ()) -> dict[str, split_outputs.Spli
   return summaries
 
 
-def _class_names(job: Job, voc_root: str) -> tuple[str, ...]:
+def _check_data_flags(job: Job, splits: list[str]) -> None:
+  given = [name for name in ("voc_root", "images", "pair_lists") if getattr(job, name)]
+  if len(given) != 1 or not job.output_dir:
+    raise app.UsageError("--output_dir and one of --voc_root (VOC layout), --images with --masks (folders) or "
+                         f"--pair_lists (list files) are required{'; given: --' + ', --'.join(given) if given else ''}",
+                         exitcode=EXIT_USAGE)
+  if bool(job.images) != bool(job.masks):
+    raise app.UsageError("--images and --masks go together: the photos' glob and their masks' template",
+                         exitcode=EXIT_USAGE)
+  if job.reroot and not job.pair_lists:
+    raise app.UsageError("--reroot moves the paths of --pair_lists; there are none", exitcode=EXIT_USAGE)
+  if job.colour_table and (job.void_values is not None or job.class_names_file):
+    raise app.UsageError("--colour_table names the classes and their void colours: --class_names and "
+                         "--void_values go with class-id masks", exitcode=EXIT_USAGE)
+  try:
+    sources.check_templates(images=job.images, masks=job.masks, pair_lists=job.pair_lists, splits=tuple(splits))
+    sources.parse_reroot(job.reroot)
+  except sources.SourceError as e:
+    raise app.UsageError(str(e), exitcode=EXIT_USAGE) from None
+
+
+def _data_description(job: Job) -> str:
+  if job.voc_root:
+    return job.voc_root
+  if job.images:
+    return f"{job.images} (masks {job.masks})"
+  return f"{job.pair_lists}{f' (paths under {job.reroot})' if job.reroot else ''}"
+
+
+def _listing(job: Job, voc_root: str | None, split: str) -> sources.Listed:
+  try:
+    if voc_root:
+      if not tf.io.gfile.exists(voc.split_list_path(voc_root, split)):
+        available = sources.available_splits(voc_root)
+        hint = " (train_aug comes with --with_sbd)" if split == "train_aug" else ""
+        raise JobFailed(f"no list for split {split!r}: {voc.split_list_path(voc_root, split)} does not exist"
+                        f"{hint}; available splits: {', '.join(available) or 'none'}")
+      return sources.voc_pairs(voc_root, split)
+    if job.images:
+      return sources.folder_pairs(job.images, job.masks, split)
+    return sources.list_pairs(job.pair_lists, split, sources.parse_reroot(job.reroot))
+  except sources.SourceError as e:
+    raise JobFailed(str(e)) from None
+
+
+def _classes(job: Job, voc_root: str | None) -> tuple[tuple[str, ...], tuple | None, mask_encoding.MaskEncoding]:
+  """(class names, their colours or None, how masks encode them): from --colour_table, else --class_names (or
+  voc_root's class_names.txt) and --num_classes; --void_values, --label_map and --unknown_to_void on top."""
+  try:
+    table = None
+    if job.colour_table:
+      table = mask_encoding.parse_colour_table(_read_text(job.colour_table, "--colour_table"), job.colour_table)
+      names = table.names
+      _log.info("%d classes and their colours from %s: %s; void colour(s): %s", len(names), job.colour_table,
+                ", ".join(names), ", ".join(str(c) for c in table.void_colours) or "none")
+      if job.num_classes and job.num_classes != len(names):
+        raise app.UsageError(f"--num_classes={job.num_classes}, but {job.colour_table} has {len(names)} classes",
+                             exitcode=EXIT_USAGE)
+    else:
+      names = _class_names(job, voc_root)
+    label_map, by_colour = (), table is not None
+    if job.label_map:  # without a colour table, a map of colours makes the masks colour masks
+      by_colour, label_map = mask_encoding.parse_label_map(_read_text(job.label_map, "--label_map"), job.label_map,
+                                                           by_colour=True if table else None, class_names=names)
+      beyond = sorted({target for _, target in label_map if target >= len(names) and target != voc.IGNORE_LABEL})
+      if beyond:
+        raise app.UsageError(f"{job.label_map}: target class id(s) {beyond} beyond the {len(names)} classes "
+                             f"({', '.join(names)})", exitcode=EXIT_USAGE)
+  except mask_encoding.EncodingError as e:
+    raise app.UsageError(str(e), exitcode=EXIT_USAGE) from None
+  if by_colour:
+    void = tuple(mask_encoding.pack(colour) for colour in table.void_colours) if table else ()
+    if job.void_values is not None:
+      raise app.UsageError(f"--void_values goes with class-id masks; {job.label_map} maps colours: map the void "
+                           f"colours to void there", exitcode=EXIT_USAGE)
+  else:
+    void = job.void_values if job.void_values is not None else (voc.IGNORE_LABEL,)
+  colours = table.colours if table else (() if by_colour else None)
+  encoding = mask_encoding.MaskEncoding(num_classes=len(names), colours=colours,
+                                        void_values=tuple(void), label_map=label_map,
+                                        unknown_to_void=job.unknown_to_void)
+  return names, (table.colours if table else None), encoding
+
+
+def _read_text(path: str, flag: str) -> str:
+  if not tf.io.gfile.exists(path):
+    raise app.UsageError(f"{flag}={path}: no such file", exitcode=EXIT_USAGE)
+  with tf.io.gfile.GFile(path) as f:
+    return f.read()
+
+
+def _class_names(job: Job, voc_root: str | None) -> tuple[str, ...]:
   """--class_names, else voc_root's class_names.txt, else the default names of --num_classes classes; their count
-  is the number of classes (--num_classes, when given, must agree)."""
-  source = job.class_names_file or shards.class_names_path(voc_root)
-  names = shards.read_class_names(source)
+  is the number of classes (--num_classes, when given, must agree). A data set other than VOC's layout says how
+  many classes it has."""
+  source = job.class_names_file or (shards.class_names_path(voc_root) if voc_root else None)
+  names = shards.read_class_names(source) if source else None
   if job.class_names_file and names is None:
     raise app.UsageError(f"--class_names={job.class_names_file}: no such file", exitcode=EXIT_USAGE)
   if names is None:
+    if not voc_root and not job.num_classes:
+      raise app.UsageError("name your data set's classes: --class_names=FILE (one per line, in class-id order), "
+                           "--colour_table=FILE for colour masks, or at least --num_classes=N", exitcode=EXIT_USAGE)
     return voc.default_class_names(job.num_classes or voc.NUM_CLASSES)
   if job.num_classes and job.num_classes != len(names):
     raise app.UsageError(f"--num_classes={job.num_classes}, but {source} names {len(names)} classes",
@@ -204,23 +319,14 @@ def _voc_root_ready(job: Job) -> str:
                     f"{voc.IMAGE_DIR}/)") from None
 
 
-def _plan(voc_root: str, split: str, num_shards: int | None) -> pipeline.SplitPlan:
-  if not tf.io.gfile.exists(voc.split_list_path(voc_root, split)):
-    available = pairs.available_splits(voc_root)
-    hint = " (train_aug comes with --with_sbd)" if split == "train_aug" else ""
-    raise JobFailed(f"no list for split {split!r}: {voc.split_list_path(voc_root, split)} does not exist{hint}; "
-                    f"available splits: {', '.join(available) or 'none'}")
-  ids, repeats = pairs.partition_repeats(voc.read_split_ids(voc_root, split))
-  num_shards = num_shards or shards.default_num_shards(len(ids))
-  return pipeline.SplitPlan(split=split, ids=tuple(ids), repeats=tuple(repeats), num_shards=num_shards)
-
-
-def _verify(plan: pipeline.SplitPlan, counts: dict[str, int] | None, output_dir: str) -> split_outputs.SplitSummary:
+def _verify(plan: pipeline.SplitPlan, counts: dict[str, int] | None, output_dir: str, class_names: tuple[str, ...],
+            masks_without_image: tuple[str, ...] | None) -> split_outputs.SplitSummary:
   counts = counts or {}  # None on a runner without metrics: the expected counts are derived from the input
   summary = split_outputs.verify_and_summarise(
       output_dir=output_dir, split=plan.split, num_shards=plan.num_shards, listed=plan.listed,
-      distinct=len(plan.ids), read=counts.get(pipeline.READ), expected_written=counts.get(pipeline.WRITTEN),
-      expected_rejected=counts.get(pipeline.REJECTED))
+      distinct=len(plan.pairs), read=counts.get(pipeline.READ), expected_written=counts.get(pipeline.WRITTEN),
+      expected_rejected=counts.get(pipeline.REJECTED), class_names=class_names,
+      masks_without_image=masks_without_image)
   if summary.verified:
     for stale in split_outputs.stale_shards(output_dir, plan.split, plan.num_shards):
       _log.info("deleting %s, a shard of an earlier run with another shard count", stale)
@@ -247,6 +353,14 @@ def _report(summaries: dict[str, split_outputs.SplitSummary], counts_by_split: d
     print(f"{s.split}: {s.listed} listed, {s.written} written in {s.num_shards} shard(s)"
           f"{'' if s.verified else ' (VERIFICATION FAILED)'}, {s.rejected} rejected"
           f"{f' ({reasons})' if reasons else ''}")
+    total = sum(s.class_pixels.values()) + s.void_pixels
+    if total:
+      shares = ", ".join(f"{name} {n / total:.1%}" for name, n in s.class_pixels.items())
+      unknown = f" ({s.unknown_to_void_pixels} of unknown values)" if s.unknown_to_void_pixels else ""
+      print(f"{s.split} pixels: {shares}, void {s.void_pixels / total:.1%}{unknown}")
+    if s.masks_without_image:
+      print(f"{s.split}: {s.masks_without_image} mask(s) without an image, e.g. "
+            f"{', '.join(s.masks_without_image_examples[:3])}")
   print(f"outputs in {output_dir}: <split>-?????-of-?????{shards.SHARD_SUFFIX}, <split>-rejected.jsonl, "
         f"<split>-summary.json")
 

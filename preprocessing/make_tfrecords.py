@@ -1,12 +1,21 @@
-r"""Converts VOC-format segmentation data into verified, sharded DeepLab TFRecords with Apache Beam.
+r"""Converts segmentation data, VOC's or a data set in its own layout and mask encoding, into verified, sharded
+DeepLab TFRecords with Apache Beam.
 
   python -m preprocessing.make_tfrecords --voc_root=data/VOC2012 --output_dir=data/tfrecords \
       [--splits=train,val] [--num_shards=N] [--max_rejected_fraction=0.01] [--download] [--with_sbd] \
       [any Beam pipeline option: --runner=DataflowRunner --project=.. --region=.. --temp_location=gs://.. \
        --setup_file=./setup.py, --direct_running_mode=.., --runner=DaskRunner --dask_client_address=tcp://..:8786]
+  python -m preprocessing.make_tfrecords --images='camvid/{split}/*.png' --masks='camvid/{split}annot/{stem}.png' \
+      --class_names=camvid_classes.txt --void_values=11 --output_dir=data/camvid_tfrecords
+  python -m preprocessing.make_tfrecords --pair_lists='camvid/{split}.txt' --reroot=/SegNet/CamVid=camvid ...
+  python -m preprocessing.make_tfrecords --images=... --masks=... --colour_table=colours.csv [--label_map=F]
+
+preprocessing/sources.py says how each layout pairs images and masks; preprocessing/mask_encoding.py what masks
+may hold (class ids with void values, colours of a table, a label map).
 
 Writes, per split, into output_dir: {split}-00000-of-000NN.tfrecord shards, {split}-rejected.jsonl (one line per
-rejected id, with a reason code) and {split}-summary.json. Bad pairs never stop the job; after the pipeline, the
+rejected id, with a reason code) and {split}-summary.json (counts, pixels per class); and class_names.txt (with
+class_colours.txt where a colour table gave colours). Bad pairs never stop the job; after the pipeline, the
 records in the written shards are counted against what was sent to the writer. Progress ("train: 1200/2913
 pairs (450 pairs/s)") is logged every few seconds; Beam counters and a summary per split are printed at the end.
 Without --runner, Beam's DirectRunner runs it here (with internet it first tries Beam's Prism runner, which it
@@ -40,10 +49,29 @@ JOB_FLAGS = flags.FlagValues()
 _OURS = {"flag_values": JOB_FLAGS}
 flags.DEFINE_string("voc_root", None, "VOC2012 folder (JPEGImages/, SegmentationClass/, ImageSets/); local or gs://.",
                     **_OURS)
+flags.DEFINE_string("images", None, "Your own layout: a glob of the photos ('**' descends into sub-folders; "
+                    "{split} is each split's name), e.g. 'camvid/{split}/*.png'. Goes with --masks.", **_OURS)
+flags.DEFINE_string("masks", None, "Where each photo's mask is: a template of {split}, {dir} (the photo's folder "
+                    "below the glob's fixed part), {stem} (what the file name's first * matched) and {name} (the "
+                    "file name), e.g. 'camvid/{split}annot/{stem}.png' or 'photos/{dir}/{stem}_mask.png'.", **_OURS)
+flags.DEFINE_string("pair_lists", None, "Your own lists: one file per split of `image mask` lines (paths "
+                    "relative to the list, or absolute), e.g. 'camvid/{split}.txt'.", **_OURS)
+flags.DEFINE_string("reroot", None, "OLD=NEW: absolute paths in --pair_lists that start with OLD (another "
+                    "machine's) are read under NEW instead, e.g. /SegNet/CamVid=data/camvid.", **_OURS)
+flags.DEFINE_list("void_values", None, "Mask values that mean 'not labelled' (never scored), e.g. 11 for CamVid, "
+                  "0 where 0 means unlabelled; default 255.", **_OURS)
+flags.DEFINE_string("colour_table", None, "Colour masks: a text, CSV or JSON file of a name and a colour (r g b) "
+                    "per class, in class-id order; rows named void/ignore/unlabeled mark void colours. Names the "
+                    "classes; palette PNGs are read by their colours.", **_OURS)
+flags.DEFINE_string("label_map", None, "A JSON object or `RAW TARGET` lines: each raw mask value (or colour "
+                    "r,g,b / #rrggbb) -> a class id, a class name or void. Merges, reorders, drops; a value it "
+                    "does not name is unknown.", **_OURS)
+flags.DEFINE_bool("unknown_to_void", False, "A mask value outside the classes (or colour outside the table) "
+                  "becomes void, counted in the summary, instead of rejecting its pair.", **_OURS)
 flags.DEFINE_string("output_dir", None, "Where the TFRecords, rejected.jsonl and summary.json go; local or gs://.",
                     **_OURS)
-flags.DEFINE_list("splits", ["train", "val"], "Lists under ImageSets/Segmentation to convert (e.g. train_aug).",
-                  **_OURS)
+flags.DEFINE_list("splits", ["train", "val"], "The splits to convert: VOC's lists under ImageSets/Segmentation "
+                  "(e.g. train_aug), or the names {split} takes in --images / --pair_lists.", **_OURS)
 flags.DEFINE_integer("num_shards", None, "Shards per split; default ceil(ids / 1000), ~100 MB each.", lower_bound=1,
                      **_OURS)
 flags.DEFINE_float("max_rejected_fraction", 0.01, "Exit non-zero (after writing) when more than this fraction "
@@ -68,6 +96,8 @@ console.register_check("splits", console.each(console.matching(console.SPLIT)),
                        "comma-separated split names of letters, digits, '_', '.' or '-', e.g. train_aug,val", **_OURS)
 for _name in ("voc_url", "sbd_url"):
   console.register_check(_name, console.matching(r"(https?|file)://\S+"), "an http(s):// or file:// URL", **_OURS)
+console.register_check("void_values", console.each(lambda v: v.isdigit() and int(v) < 1 << 16),
+                       "comma-separated mask values 0..65535, e.g. 11 or 0,255", **_OURS)
 for _name in ("voc_md5", "sbd_md5"):
   console.register_check(_name, console.matching(console.MD5), console.MD5_ACCEPTS, **_OURS)
 flags.FLAGS.append_flag_values(JOB_FLAGS)
@@ -98,7 +128,10 @@ def run(argv: list[str]) -> dict[str, split_outputs.SplitSummary]:
 
 def _job() -> conversion.Job:
   return conversion.Job(
-      voc_root=FLAGS.voc_root, output_dir=FLAGS.output_dir, splits=tuple(FLAGS.splits), num_shards=FLAGS.num_shards,
+      voc_root=FLAGS.voc_root, images=FLAGS.images, masks=FLAGS.masks, pair_lists=FLAGS.pair_lists,
+      reroot=FLAGS.reroot, output_dir=FLAGS.output_dir, splits=tuple(FLAGS.splits), num_shards=FLAGS.num_shards,
+      void_values=None if FLAGS.void_values is None else tuple(int(v) for v in FLAGS.void_values),
+      colour_table=FLAGS.colour_table, label_map=FLAGS.label_map, unknown_to_void=FLAGS.unknown_to_void,
       max_rejected_fraction=FLAGS.max_rejected_fraction,
       num_classes=FLAGS.num_classes if FLAGS["num_classes"].present else None, class_names_file=FLAGS.class_names,
       download=FLAGS.download, with_sbd=FLAGS.with_sbd, download_dir=FLAGS.download_dir, voc_url=FLAGS.voc_url,

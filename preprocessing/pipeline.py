@@ -1,6 +1,7 @@
-"""The Beam pipeline of the conversion: per split, ids -> ConvertPairs -> TFRecord shards + rejected.jsonl.
+"""The Beam pipeline of the conversion: per split, pairs -> ConvertPairs -> TFRecord shards + rejected.jsonl +
+the split's class pixel counts (summed by a CombineGlobally).
 
-All splits go into one pipeline (one start-up). The DoFn is a thin shell around `pairs.convert`; it counts
+All splits go into one pipeline (one start-up). The DoFn is a thin shell around `pairs.convert_pair`; it counts
 read / written / rejected-by-reason with Beam Metrics and logs a progress line every few seconds.
 
 The pipeline keeps to what every runner runs alike, Beam's Dask runner (2.77) included: single-output ParDos
@@ -20,15 +21,21 @@ quiet_imports.import_quietly("apache_beam")
 import apache_beam as beam  # noqa: E402
 from apache_beam.metrics.metric import MetricsFilter  # noqa: E402
 
+import numpy as np  # noqa: E402
+
 from contracts import console  # noqa: E402
-from contracts import shards
-from preprocessing import pairs
+from contracts import shards  # noqa: E402
+from preprocessing import mask_encoding  # noqa: E402
+from preprocessing import pairs  # noqa: E402
+from preprocessing import sources  # noqa: E402
 
 _log = logging.getLogger(__name__)
 
 PROGRESS_INTERVAL_S = 5.0
 READ, WRITTEN, REJECTED = "read", "written", "rejected"
-RECORD = "record"  # ConvertPairs' outputs are (RECORD, serialized Example) or (REJECTED, rejected.jsonl line)
+# ConvertPairs' outputs: (RECORD, serialized Example) and (PIXELS, its pixel counts), or (REJECTED, a
+# rejected.jsonl line).
+RECORD, PIXELS = "record", "pixels"
 
 
 def metrics_namespace(split: str) -> str:
@@ -41,15 +48,15 @@ def rejected_counter_name(reason: str) -> str:
 
 @dataclasses.dataclass(frozen=True)
 class SplitPlan:
-  """One split's work, decided before the pipeline starts (from its ImageSets list)."""
+  """One split's work, decided before the pipeline starts (from its layout's listing)."""
   split: str
-  ids: tuple[str, ...]  # distinct ids, list order
-  repeats: tuple[str, ...]  # later occurrences of listed-twice ids: rejected as duplicate_id
+  pairs: tuple[sources.PairFiles, ...]  # distinct ids, listing order
+  refused: tuple[pairs.Rejection, ...]  # rejected before conversion: repeated ids, unreadable list lines
   num_shards: int
 
   @property
   def listed(self) -> int:
-    return len(self.ids) + len(self.repeats)
+    return len(self.pairs) + len(self.refused)
 
 
 _progress_lock = threading.Lock()
@@ -68,11 +75,11 @@ def _split_progress(run_id: str, split: str, total: int) -> console.Progress:
 
 
 class ConvertPairs(beam.DoFn):
-  """id -> (RECORD, serialized tf.train.Example) or (REJECTED, its rejected.jsonl line)."""
+  """PairFiles -> (RECORD, serialized tf.train.Example) and (PIXELS, counts), or (REJECTED, a rejected.jsonl line)."""
 
-  def __init__(self, voc_root: str, split: str, num_classes: int, total: int):
+  def __init__(self, encoding: mask_encoding.MaskEncoding, split: str, total: int):
     super().__init__()
-    self.voc_root, self.split, self.num_classes, self.total = voc_root, split, num_classes, total
+    self.encoding, self.split, self.total = encoding, split, total
     self.run_id = uuid.uuid4().hex  # made once, when the pipeline is built: shared by all copies of this DoFn
     namespace = metrics_namespace(split)
     self._read = beam.metrics.Metrics.counter(namespace, READ)
@@ -82,9 +89,9 @@ class ConvertPairs(beam.DoFn):
   def setup(self):
     self._progress = _split_progress(self.run_id, self.split, self.total)
 
-  def process(self, image_id: str):
+  def process(self, pair: sources.PairFiles):
     self._read.inc()
-    result = pairs.convert(self.voc_root, image_id, self.num_classes)
+    result = pairs.convert_pair(pair, self.encoding)
     self._progress.add()
     if isinstance(result, pairs.Rejection):
       self._rejected.inc()
@@ -92,7 +99,8 @@ class ConvertPairs(beam.DoFn):
       yield REJECTED, json.dumps(result.to_json_dict(self.split))
     else:
       self._written.inc()
-      yield RECORD, result
+      yield RECORD, result.record
+      yield PIXELS, result.pixel_counts
 
 
 def _of_kind(output: tuple[str, bytes | str], kind: str):
@@ -100,42 +108,58 @@ def _of_kind(output: tuple[str, bytes | str], kind: str):
     yield output[1]
 
 
-def _reject_repeat(image_id: str, split: str) -> str:
+def _refuse(rejection: pairs.Rejection, split: str) -> str:
   namespace = metrics_namespace(split)
   beam.metrics.Metrics.counter(namespace, REJECTED).inc()
-  beam.metrics.Metrics.counter(namespace, rejected_counter_name(pairs.DUPLICATE_ID)).inc()
-  return json.dumps(pairs.duplicate_rejection(image_id).to_json_dict(split))
+  beam.metrics.Metrics.counter(namespace, rejected_counter_name(rejection.reason)).inc()
+  return json.dumps(rejection.to_json_dict(split))
 
 
-def add_split(p: beam.Pipeline, plan: SplitPlan, *, voc_root: str, output_dir: str,
-              num_classes: int) -> tuple[beam.PCollection, beam.PCollection]:
-  """Adds one split's branch: convert every id, write the records and the rejections; returns the writes' files."""
+def _sum_counts(counts) -> np.ndarray:
+  return sum(counts, np.zeros(pairs.COUNTS_LENGTH, np.int64))
+
+
+def _counts_line(counts: np.ndarray) -> str:
+  return json.dumps([int(n) for n in counts])
+
+
+def add_split(p: beam.Pipeline, plan: SplitPlan, *, encoding: mask_encoding.MaskEncoding,
+              output_dir: str) -> tuple[beam.PCollection, ...]:
+  """Adds one split's branch: convert every pair, write the records, the rejections and the summed pixel counts;
+  returns the writes' files."""
   split = plan.split
   converted = (
       p
-      | f"{split}/ListIds" >> beam.Create(plan.ids)  # reshuffles: a distributed runner fans the ids out
-      | f"{split}/Convert" >> beam.ParDo(ConvertPairs(voc_root, split, num_classes, len(plan.ids))))
+      | f"{split}/ListPairs" >> beam.Create(plan.pairs)  # reshuffles: a distributed runner fans the pairs out
+      | f"{split}/Convert" >> beam.ParDo(ConvertPairs(encoding, split, len(plan.pairs))))
   records = converted | f"{split}/Records" >> beam.FlatMap(_of_kind, RECORD)
   rejected = converted | f"{split}/Rejections" >> beam.FlatMap(_of_kind, REJECTED)
+  pixel_files = (
+      converted
+      | f"{split}/PixelCounts" >> beam.FlatMap(_of_kind, PIXELS)
+      | f"{split}/SumPixelCounts" >> beam.CombineGlobally(_sum_counts).without_defaults()
+      | f"{split}/PixelCountsLine" >> beam.Map(_counts_line)
+      | f"{split}/WritePixelCounts" >> beam.io.WriteToText(
+          shards.pixel_counts_prefix(output_dir, split), file_name_suffix=shards.PIXEL_COUNTS_SUFFIX,
+          num_shards=1, shard_name_template=""))
   record_files = records | f"{split}/WriteRecords" >> beam.io.WriteToTFRecord(
       shards.shard_prefix(output_dir, split), file_name_suffix=shards.SHARD_SUFFIX,
       num_shards=plan.num_shards, shard_name_template=shards.SHARD_NAME_TEMPLATE)
-  repeats = (
+  refused = (
       p
-      | f"{split}/ListRepeats" >> beam.Create(plan.repeats)
-      | f"{split}/RejectRepeats" >> beam.Map(_reject_repeat, split))
+      | f"{split}/ListRefused" >> beam.Create(plan.refused)
+      | f"{split}/Refuse" >> beam.Map(_refuse, split))
   rejected_files = (
-      (rejected, repeats)
+      (rejected, refused)
       | f"{split}/AllRejected" >> beam.Flatten()
       | f"{split}/WriteRejected" >> beam.io.WriteToText(
           shards.rejected_prefix(output_dir, split), file_name_suffix=shards.REJECTED_SUFFIX,
           num_shards=1, shard_name_template=""))
-  return record_files, rejected_files
+  return record_files, rejected_files, pixel_files
 
 
-def build(p: beam.Pipeline, plans: list[SplitPlan], *, voc_root: str, output_dir: str, num_classes: int) -> None:
-  files = [pcoll for plan in plans
-           for pcoll in add_split(p, plan, voc_root=voc_root, output_dir=output_dir, num_classes=num_classes)]
+def build(p: beam.Pipeline, plans: list[SplitPlan], *, encoding: mask_encoding.MaskEncoding, output_dir: str) -> None:
+  files = [pcoll for plan in plans for pcoll in add_split(p, plan, encoding=encoding, output_dir=output_dir)]
   # The last transform depends on every write: a runner that computes only what the last one needs still runs
   # all of them (the Dask runner); elsewhere it is a Flatten of a few file names.
   _ = files | "AllWritten" >> beam.Flatten()

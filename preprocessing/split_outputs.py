@@ -12,6 +12,8 @@ import re
 import tensorflow as tf
 
 from contracts import shards
+from contracts import voc
+from preprocessing import pairs
 
 
 def read_rejected(output_dir: str, split: str) -> list[dict]:
@@ -40,13 +42,13 @@ def stale_shards(output_dir: str, split: str, num_shards: int) -> list[str]:
 
 
 def leftover_temp_dirs(output_dir: str, split: str) -> list[str]:
-  """Beam's temp folders of this split's writes still in output_dir (beam-temp-{split}[-rejected]-<uuid>).
+  """Beam's temp folders of this split's writes still in output_dir (beam-temp-{split}[-rejected|-pixels]-<uuid>).
 
   A write removes its own at the end; one is left by a crashed run, or by a runner that initialises a write
   more than once (Beam 2.77's Dask runner computes a side input anew wherever it is read: a write leaves up to
   three, one of them holding a second copy of its files).
   """
-  name = re.compile("beam-temp-" + re.escape(split) + r"(-rejected)?-[0-9a-f]{32}$")
+  name = re.compile("beam-temp-" + re.escape(split) + r"(-rejected|-pixels)?-[0-9a-f]{32}$")
   found = (path.rstrip("/") for path in tf.io.gfile.glob(tf.io.gfile.join(output_dir, f"beam-temp-{split}-*")))
   return sorted(path for path in found if name.match(path.rsplit("/", 1)[-1]) and tf.io.gfile.isdir(path))
 
@@ -66,6 +68,12 @@ class SplitSummary:
   rejected_file: str
   verified: bool  # written == expected_written and every shard was readable
   problems: list[str]  # what failed verification, one line each
+  class_pixels: dict[str, int] = dataclasses.field(default_factory=dict)  # labelled pixels of the written pairs
+  class_image_pixels: dict[str, int] = dataclasses.field(default_factory=dict)  # of the pairs holding the class
+  void_pixels: int = 0  # never scored; unknown_to_void_pixels of them were values outside the encoding
+  unknown_to_void_pixels: int = 0
+  masks_without_image: int | None = None  # masks the layout found that no image names (None: cannot tell)
+  masks_without_image_examples: list[str] = dataclasses.field(default_factory=list)
 
   @property
   def rejected_fraction(self) -> float:
@@ -76,13 +84,26 @@ class SplitSummary:
                       indent=2) + "\n"
 
 
+def read_pixel_counts(output_dir: str, split: str) -> list[int] | None:
+  """The pipeline's summed pixel counts (pairs.COUNTS_LENGTH values), None when it wrote none."""
+  path = shards.pixel_counts_path(output_dir, split)
+  if not tf.io.gfile.exists(path):
+    return None
+  with tf.io.gfile.GFile(path) as f:
+    lines = [line for line in f.read().splitlines() if line.strip()]
+  return json.loads(lines[0]) if lines else None
+
+
 def verify_and_summarise(*, output_dir: str, split: str, num_shards: int, listed: int, distinct: int,
-                         read: int | None, expected_written: int | None,
-                         expected_rejected: int | None) -> SplitSummary:
-  """Counts what was written for a split against what the pipeline meant to write; writes summary.json.
+                         read: int | None, expected_written: int | None, expected_rejected: int | None,
+                         class_names: tuple[str, ...] = (),
+                         masks_without_image: tuple[str, ...] | None = None) -> SplitSummary:
+  """Counts what was written for a split against what the pipeline meant to write; writes summary.json (with
+  the pixels of each class, folded in from the pipeline's {split}-pixels.json, which it then removes).
 
   read / expected_* come from the pipeline's counters; None (a runner without metrics) derives them from the
-  input and rejected.jsonl instead, which still catches lost records.
+  input and rejected.jsonl instead, which still catches lost records. `listed - distinct` pairs were refused
+  before conversion (repeated ids, unreadable list lines) and are among the rejected.
   """
   problems, shard_counts = [], []
   for path in shards.shard_paths(output_dir, split, num_shards):
@@ -112,12 +133,25 @@ def verify_and_summarise(*, output_dir: str, split: str, num_shards: int, listed
   by_reason: dict[str, int] = {}
   for record in rejected:
     by_reason[record["reason"]] = by_reason.get(record["reason"], 0) + 1
+  counts = read_pixel_counts(output_dir, split)
+  if counts is None:
+    counts = [0] * pairs.COUNTS_LENGTH
+    if written:
+      problems.append(f"no pixel counts in {shards.pixel_counts_path(output_dir, split).rsplit('/', 1)[-1]}")
+  labelled = {index: n for index, n in enumerate(counts[:voc.IGNORE_LABEL]) if n or index < len(class_names)}
   summary = SplitSummary(
       split=split, listed=listed, read=read, expected_written=expected_written, written=written,
       rejected=len(rejected), rejected_by_reason=dict(sorted(by_reason.items())), num_shards=num_shards,
       shards=shard_counts, rejected_file=shards.rejected_path(output_dir, split).rsplit("/", 1)[-1],
-      verified=not problems,
-      problems=problems)
+      verified=not problems, problems=problems,
+      class_pixels={(class_names[i] if i < len(class_names) else str(i)): n for i, n in labelled.items()},
+      class_image_pixels={(class_names[i] if i < len(class_names) else str(i)): counts[pairs.IMAGE_PIXELS + i]
+                          for i in labelled},
+      void_pixels=counts[voc.IGNORE_LABEL], unknown_to_void_pixels=counts[pairs.UNKNOWN_TO_VOID],
+      masks_without_image=None if masks_without_image is None else len(masks_without_image),
+      masks_without_image_examples=list(masks_without_image or ())[:10])
   with tf.io.gfile.GFile(shards.summary_path(output_dir, split), "w") as f:
     f.write(summary.to_json())
+  if tf.io.gfile.exists(shards.pixel_counts_path(output_dir, split)):
+    tf.io.gfile.remove(shards.pixel_counts_path(output_dir, split))
   return summary

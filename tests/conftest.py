@@ -41,6 +41,12 @@ def voc_sample() -> pathlib.Path:
 
 
 @pytest.fixture(scope="session")
+def camvid() -> pathlib.Path:
+  """Real CamVid as SegNet's authors distribute it: PNG photos, 11 = void, lists of /SegNet/CamVid/... paths."""
+  return _shared("data/camvid")
+
+
+@pytest.fixture(scope="session")
 def deeplab_format_sample() -> pathlib.Path:
   """3 records written by the original research/deeplab code (random pixels)."""
   return _shared("data/format_samples/deeplab_testing_pascal_voc_seg_val-00000-of-00001.FAKE_RANDOM.tfrecord")
@@ -88,6 +94,27 @@ def convert_generated_voc(tmp_path_factory, **dataset_args) -> str:
   synthetic_voc.write_dataset(str(root), **dataset_args)
   make_tfrecords.run(["make_tfrecords", f"--voc_root={root}", f"--output_dir={out}"])
   return str(out)
+
+
+def read_records(output_dir, split: str) -> dict[str, dict]:
+  """{filename: parsed features} of every record a conversion wrote for a split (all its shards); a filename
+  written twice fails the test."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  from contracts import schema, shards  # pylint: disable=g-import-not-at-top
+  records = {}
+  for record in tf.data.TFRecordDataset(sorted(tf.io.gfile.glob(shards.shard_pattern(str(output_dir), split)))):
+    features = {key: value.numpy() for key, value in schema.parse_example(record).items()}
+    image_id = features[schema.IMAGE_FILENAME].decode()
+    assert image_id not in records, f"{image_id} written twice"
+    records[image_id] = features
+  return records
+
+
+def record_mask(features: dict):
+  """A parsed record's class-id mask, uint8 [H, W]."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  from contracts import schema  # pylint: disable=g-import-not-at-top
+  return tf.io.decode_png(features[schema.MASK_ENCODED]).numpy()[..., 0]
 
 
 # (height, width) of generated pairs in turn: odd, landscape and portrait, so that what tests check per image

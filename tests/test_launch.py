@@ -279,6 +279,10 @@ def test_dataflow_dry_run_prints_the_conversion_with_dataflow_options():
      "--runner=DirectRunner cannot run here"),
     (["--temp_location=gs://b/t", "--", "--voc_root=gs://b/v", "--output_dir=gs://b/r", "--project=other"],
      "--project is a launcher flag"),
+    (["--temp_location=gs://b/t", "--", "--images=gs://b/{split}/*.png", "--masks=ann/{stem}.png",
+      "--output_dir=gs://b/r"], "--masks=ann/{stem}.png is not on Cloud Storage"),
+    (["--temp_location=gs://b/t", "--", "--pair_lists=lists/{split}.txt", "--output_dir=gs://b/r"],
+     "--pair_lists=lists/{split}.txt is not on Cloud Storage"),
 ])
 def test_dataflow_bad_flags(flags, message):
   result = launch("dataflow", "--project=p", "--region=r", "--dry_run", *flags)

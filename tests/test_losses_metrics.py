@@ -101,3 +101,30 @@ def test_classes_absent_from_truth_and_prediction_are_left_out_of_the_mean():
   report = metrics.summarize_confusion(confusion)
   assert report["per_class_iou"]["cat"] is None
   assert report["miou"] == pytest.approx(np.mean([90 / 92, 8 / 10]))
+
+
+def test_the_figures_papers_report_from_a_hand_made_confusion_matrix():
+  # Rows: truth, columns: prediction. Class "c" is predicted but never true: no accuracy, but an IoU of 0.
+  confusion = np.array([[50, 10, 0],
+                        [5, 20, 15],
+                        [0, 0, 0]])
+  report = metrics.summarize_confusion(confusion, ("a", "b", "c"))
+  assert report["pixel_accuracy"] == pytest.approx(70 / 100)  # global: the diagonal over every pixel
+  assert report["per_class_accuracy"] == pytest.approx({"a": 50 / 60, "b": 20 / 40, "c": None})
+  assert report["mean_class_accuracy"] == pytest.approx((50 / 60 + 20 / 40) / 2)
+  assert report["per_class_iou"] == pytest.approx({"a": 50 / 65, "b": 20 / 50, "c": 0.0})
+  assert report["miou"] == pytest.approx((50 / 65 + 20 / 50 + 0.0) / 3)
+
+
+def test_class_weights_from_hand_computed_pixel_counts():
+  # Three images of 100 labelled pixels: a in all three (240 px), b in two (50 px), c in one (10 px); d absent.
+  class_pixels, image_pixels = (240, 50, 10, 0), (300, 200, 100, 0)
+  frequency = np.array([240 / 300, 50 / 200, 10 / 100])  # SegNet's: a class's pixels over its images' pixels
+  expected = np.median(frequency) / frequency
+  assert losses.class_weights_from_pixels(class_pixels, image_pixels, "median_frequency") == pytest.approx(
+      (*expected, 1.0))
+  share = np.array([240, 50, 10]) / 300
+  assert losses.class_weights_from_pixels(class_pixels, image_pixels, "inverse_log") == pytest.approx(
+      (*(1 / np.log(1.02 + share)), 1.0))
+  with pytest.raises(ValueError, match="unknown class weighting"):
+    losses.class_weights_from_pixels(class_pixels, image_pixels, "median")

@@ -26,6 +26,8 @@ from preprocessing import make_tfrecords
 from preprocessing import pairs
 from preprocessing import synthetic_voc
 from tests.conftest import is_voc_sample
+from tests.conftest import read_records
+from tests.conftest import record_mask
 from tests.http_fixtures import ArchiveServer
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -33,21 +35,6 @@ REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 def _run(voc_root, output_dir, *extra: str):
   return make_tfrecords.run(["make_tfrecords", f"--voc_root={voc_root}", f"--output_dir={output_dir}", *extra])
-
-
-def _records(output_dir: pathlib.Path, split: str) -> dict[str, dict]:
-  """{filename: parsed features} of every record of a split (all its shards)."""
-  records = {}
-  for record in tf.data.TFRecordDataset(sorted(tf.io.gfile.glob(shards.shard_pattern(str(output_dir), split)))):
-    features = {key: value.numpy() for key, value in schema.parse_example(record).items()}
-    image_id = features[schema.IMAGE_FILENAME].decode()
-    assert image_id not in records, f"{image_id} written twice"
-    records[image_id] = features
-  return records
-
-
-def _mask(features: dict) -> np.ndarray:
-  return tf.io.decode_png(features[schema.MASK_ENCODED]).numpy()[..., 0]
 
 
 def _indices(png_path: pathlib.Path) -> np.ndarray:
@@ -87,13 +74,13 @@ def test_real_sample_counts_files_and_summaries(real_run, voc_data):
 def test_real_sample_records_are_the_source_bytes_and_palette_indices(real_run, voc_data):
   output_dir, _ = real_run
   for split in ("train", "val"):
-    records = _records(output_dir, split)
+    records = read_records(output_dir, split)
     assert sorted(records) == sorted(voc.read_split_ids(str(voc_data), split))
     for image_id, features in records.items():
       assert features[schema.IMAGE_ENCODED] == (voc_data / voc.IMAGE_DIR / f"{image_id}.jpg").read_bytes()
       assert features[schema.IMAGE_FORMAT] == b"jpeg"
       indices = _indices(voc_data / voc.MASK_DIR / f"{image_id}.png")
-      np.testing.assert_array_equal(_mask(features), indices, err_msg=image_id)
+      np.testing.assert_array_equal(record_mask(features), indices, err_msg=image_id)
       assert (features[schema.IMAGE_HEIGHT], features[schema.IMAGE_WIDTH]) == indices.shape
 
 
@@ -136,8 +123,8 @@ def _inject_faults(root: pathlib.Path, train_ids: list[str]) -> tuple[list[str],
   odd_colours[:2, :2] = (10, 20, 30)
   _write(images / "bad_colour.jpg", jpeg)
   _write(masks / "bad_colour.png", _encode(odd_colours, "PNG"))
-  _write(images / "bad_gif.jpg", _encode(image, "GIF"))
-  _write(masks / "bad_gif.png", voc.encode_palette_png(class_ids))
+  _write(images / "bad_webp.jpg", b"RIFF\x10\x00\x00\x00WEBPVP8 " + b"\x00" * 8)  # a WebP header, no picture
+  _write(masks / "bad_webp.png", voc.encode_palette_png(class_ids))
 
   # Unusual but good: a VOC-coloured RGB mask and a grayscale one.
   rgb_image, rgb_ids = synthetic_voc.make_pair(rng, 40, 56)
@@ -151,7 +138,7 @@ def _inject_faults(root: pathlib.Path, train_ids: list[str]) -> tuple[list[str],
          "bad_corrupt_image": pairs.CORRUPT_IMAGE, "bad_truncated_jpeg": pairs.CORRUPT_IMAGE,
          "bad_truncated_png": pairs.CORRUPT_MASK, "bad_size": pairs.SIZE_MISMATCH,
          "bad_label": pairs.LABEL_OUT_OF_RANGE, "bad_colour": pairs.UNKNOWN_MASK_COLOUR,
-         "bad_gif": pairs.UNSUPPORTED_IMAGE_FORMAT}
+         "bad_webp": pairs.CORRUPT_IMAGE}
   good = {"good_rgb_mask": rgb_ids, "good_gray_mask": gray_ids}
   listed = train_ids[:4] + list(bad) + [train_ids[1]] + train_ids[4:] + list(good) + [train_ids[1]]
   return listed, bad, good
@@ -184,33 +171,32 @@ def test_each_bad_pair_is_rejected_with_its_reason(faulty_run):
   assert summary["listed"] == len(listed) and summary["rejected"] == len(bad) + 2
   assert summary["written"] == len(listed) - len(bad) - 2 and summary["verified"]
   assert summary["rejected_by_reason"] == {
-      pairs.CORRUPT_IMAGE: 2, pairs.CORRUPT_MASK: 1, pairs.DUPLICATE_ID: 2, pairs.LABEL_OUT_OF_RANGE: 1,
-      pairs.MISSING_IMAGE: 1, pairs.MISSING_MASK: 1, pairs.SIZE_MISMATCH: 1, pairs.UNKNOWN_MASK_COLOUR: 1,
-      pairs.UNSUPPORTED_IMAGE_FORMAT: 1}
+      pairs.CORRUPT_IMAGE: 3, pairs.CORRUPT_MASK: 1, pairs.DUPLICATE_ID: 2, pairs.LABEL_OUT_OF_RANGE: 1,
+      pairs.MISSING_IMAGE: 1, pairs.MISSING_MASK: 1, pairs.SIZE_MISMATCH: 1, pairs.UNKNOWN_MASK_COLOUR: 1}
   assert summaries["train"].rejected_by_reason == summary["rejected_by_reason"]
 
 
 def test_good_pairs_are_written_byte_exact_next_to_bad_ones(faulty_run):
   root, output_dir, splits, _, _, good, _ = faulty_run
-  records = _records(output_dir, "train")
+  records = read_records(output_dir, "train")
   assert sorted(records) == sorted(splits["train"] + list(good))
   for image_id, features in records.items():
     assert features[schema.IMAGE_ENCODED] == (root / voc.IMAGE_DIR / f"{image_id}.jpg").read_bytes()
     expected = good.get(image_id)
     if expected is None:
       expected = _indices(root / voc.MASK_DIR / f"{image_id}.png")
-    np.testing.assert_array_equal(_mask(features), expected, err_msg=image_id)
-  assert _rejected(output_dir, "val") == [] and len(_records(output_dir, "val")) == len(splits["val"])
+    np.testing.assert_array_equal(record_mask(features), expected, err_msg=image_id)
+  assert _rejected(output_dir, "val") == [] and len(read_records(output_dir, "val")) == len(splits["val"])
 
 
 def test_train_aug_reads_masks_from_segmentation_class_aug(faulty_run):
   root, output_dir, splits, _, _, _, summaries = faulty_run
-  records = _records(output_dir, "train_aug")
+  records = read_records(output_dir, "train_aug")
   assert sorted(records) == sorted(splits["train_aug"]) and summaries["train_aug"].rejected == 0
   aug_only = [i for i in splits["train_aug"] if not (root / voc.MASK_DIR / f"{i}.png").exists()]
   assert len(aug_only) == 3
   for image_id in aug_only:
-    np.testing.assert_array_equal(_mask(records[image_id]), _indices(root / voc.AUG_MASK_DIR / f"{image_id}.png"))
+    np.testing.assert_array_equal(record_mask(records[image_id]), _indices(root / voc.AUG_MASK_DIR / f"{image_id}.png"))
 
 
 def test_shards_of_an_earlier_shard_count_are_deleted(faulty_run):
@@ -244,7 +230,7 @@ def test_too_many_rejected_exits_nonzero_with_one_line_after_writing(small_voc, 
   assert "Traceback" not in process.stderr
   assert "train: 5/5 pairs" in process.stderr  # the progress line
   assert "train: 5 listed, 4 written in 1 shard(s), 1 rejected (missing_image 1)" in process.stdout
-  assert sorted(_records(tmp_path, "train")) == sorted(splits["train"])
+  assert sorted(read_records(tmp_path, "train")) == sorted(splits["train"])
   assert [r["reason"] for r in _rejected(tmp_path, "train")] == [pairs.MISSING_IMAGE]
 
 

@@ -1,5 +1,5 @@
-"""A user's own data set: 3 classes with their own names, from conversion to training, evaluation, pictures and
-exports, on generated data (so a clone without ../shared runs it)."""
+"""A user's own data set: 3 classes with their own names and colours, from conversion to training, evaluation,
+pictures and exports, on generated data (so a clone without ../shared runs it)."""
 
 import json
 import subprocess
@@ -22,6 +22,7 @@ from trainer import train
 from trainer import visualize
 
 NAMES = ("background", "road", "tree")
+COLOURS = ((10, 20, 30), (128, 64, 128), (0, 200, 0))  # not VOC's: the pictures must draw these
 
 
 @pytest.fixture(scope="module")
@@ -32,6 +33,7 @@ def own_voc(tmp_path_factory):
   shards.write_class_names(str(root), NAMES)
   records = tmp_path_factory.mktemp("own_records")
   make_tfrecords.run(["make_tfrecords", f"--voc_root={root}", f"--output_dir={records}"])  # No --num_classes.
+  shards.write_class_colours(str(records), COLOURS)  # as a conversion with a colour table writes them
   return root, records
 
 
@@ -71,6 +73,7 @@ def test_training_names_the_classes_in_its_report_config_and_tensorboard(own_run
   assert list(report["per_class_iou"]) == list(NAMES)
   assert list(json.loads((model_dir / "metrics.json").read_text())["per_class_iou"]) == list(NAMES)
   assert json.loads((model_dir / "config.json").read_text())["model"]["class_names"] == list(NAMES)
+  assert json.loads((model_dir / "config.json").read_text())["model"]["class_colours"] == [list(c) for c in COLOURS]
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   tags = {value.tag for path in model_dir.glob("events.out.tfevents.*")
           for event in tf.compat.v1.train.summary_iterator(str(path)) for value in event.summary.value}
@@ -98,7 +101,7 @@ def _legend_of(triptych_path, mask_path, truth, names) -> tuple[np.ndarray, np.n
   picture = cv2.imread(str(triptych_path))[..., ::-1]
   predicted = np.asarray(voc_mask(mask_path))
   shown = np.unique(np.concatenate([predicted.ravel(), truth.ravel()]))
-  expected = visualize.legend(shown, names, picture.shape[1])
+  expected = visualize.legend(shown, names, picture.shape[1], COLOURS)
   return picture[-expected.shape[0]:], expected
 
 
@@ -123,6 +126,7 @@ def test_evaluation_table_predict_legend_and_export_use_the_names(own_voc, own_r
   exports = tmp_path / "export"
   _python("inference.export", f"--model_dir={model_dir}", f"--output_dir={exports}")
   assert shards.read_class_names(shards.class_names_path(str(exports))) == NAMES
+  assert shards.read_class_colours(shards.class_colours_path(str(exports))) == COLOURS
   assert json.loads((exports / "export_report.json").read_text())["class_names"] == list(NAMES)
   for source in (f"--model_dir={model_dir}", f"--saved_model={exports}/saved_model"):
     out = tmp_path / source.split("=")[0].strip("-")
@@ -130,3 +134,6 @@ def test_evaluation_table_predict_legend_and_export_use_the_names(own_voc, own_r
             f"--voc_root={root}")
     strip, expected = _legend_of(out / f"{image_id}_triptych.png", out / f"{image_id}.png", truth, NAMES)
     np.testing.assert_array_equal(strip, expected)
+    from PIL import Image  # pylint: disable=g-import-not-at-top
+    with Image.open(out / f"{image_id}.png") as mask:  # the mask PNG's palette: the classes' own colours
+      assert tuple(map(tuple, np.reshape(mask.getpalette()[:9], (3, 3)).tolist())) == COLOURS

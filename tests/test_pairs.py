@@ -14,6 +14,7 @@ from PIL import Image
 from contracts import schema
 from contracts import voc
 from preprocessing import pairs
+from preprocessing import sources
 from preprocessing import synthetic_voc
 from tests.conftest import is_voc_sample
 
@@ -37,6 +38,13 @@ def _png(array: np.ndarray) -> bytes:
 def _pillow_bytes(array: np.ndarray, fmt: str) -> bytes:
   buffer = io.BytesIO()
   Image.fromarray(array).save(buffer, format=fmt)
+  return buffer.getvalue()
+
+
+def _animated_gif(array: np.ndarray) -> bytes:
+  buffer = io.BytesIO()
+  frames = [Image.fromarray(array), Image.fromarray(255 - array)]
+  frames[0].save(buffer, format="GIF", save_all=True, append_images=frames[1:])
   return buffer.getvalue()
 
 
@@ -84,17 +92,23 @@ def test_real_pairs_keep_the_jpeg_bytes_and_the_palette_indices(voc_data):
 
 
 def test_split_lists_of_the_real_sample(voc_data):
-  assert pairs.available_splits(str(voc_data)) == ["train", "trainval", "val"]
+  assert sources.available_splits(str(voc_data)) == ["train", "trainval", "val"]
   train = voc.read_split_ids(str(voc_data), "train")
   if is_voc_sample(voc_data):
     assert len(train) == 311 and len(set(train)) == 311 and train[0] == "2007_000032"
   else:
     assert train == [f"synthetic_{index:06d}" for index in range(16)]  # write_dataset's ids, in order
-  assert pairs.available_splits(str(voc_data / "nowhere")) == []
+  assert sources.available_splits(str(voc_data / "nowhere")) == []
 
 
-def test_repeated_ids_keep_their_first_occurrence():
-  assert pairs.partition_repeats(["a", "b", "a", "c", "b", "a"]) == (["a", "b", "c"], ["a", "b", "a"])
+def test_repeated_ids_keep_their_first_occurrence(tmp_path):
+  (tmp_path / voc.SPLIT_DIR).mkdir(parents=True)
+  synthetic_voc.write_split_list(str(tmp_path), "train", ["a", "b", "a", "c", "b", "a"])
+  listed = sources.voc_pairs(str(tmp_path), "train")
+  assert [pair.id for pair in listed.pairs] == ["a", "b", "c"]
+  assert [(image_id, reason) for image_id, reason, _ in listed.refused] == [("a", pairs.DUPLICATE_ID),
+                                                                           ("b", pairs.DUPLICATE_ID),
+                                                                           ("a", pairs.DUPLICATE_ID)]
 
 
 def test_rgb_and_rgba_masks_map_voc_colours_to_class_ids(scene):
@@ -150,8 +164,8 @@ def test_bad_pairs_are_rejected_with_their_reason(tmp_path, voc_data, scene):
       "png_mask_without_end": (real_jpeg, real_mask[:-12], pairs.CORRUPT_MASK),  # Pillow alone accepts this one
       "garbage_mask": (jpeg, b"\x89PNG\r\n\x1a\n" + b"\x00" * 40, pairs.CORRUPT_MASK),
       "jpeg_as_mask": (jpeg, jpeg, pairs.CORRUPT_MASK),
-      "gif_image": (_pillow_bytes(image, "GIF"), mask, pairs.UNSUPPORTED_IMAGE_FORMAT),
-      "bmp_image": (_pillow_bytes(image, "BMP"), mask, pairs.UNSUPPORTED_IMAGE_FORMAT),
+      "animated_gif": (_animated_gif(image), mask, pairs.UNSUPPORTED_IMAGE_FORMAT),
+      "float_tiff": (_pillow_bytes(image[..., 0].astype(np.float32), "TIFF"), mask, pairs.UNSUPPORTED_IMAGE_FORMAT),
       "mask_too_small": (jpeg, voc.encode_palette_png(class_ids[:-1]), pairs.SIZE_MISMATCH),
       "mask_16bit_values": (jpeg, _png(class_ids.astype(np.uint16) * 300), pairs.LABEL_OUT_OF_RANGE),
   }
@@ -175,6 +189,24 @@ def test_masks_fall_back_to_segmentation_class_aug(tmp_path, scene):
   _write_pair(tmp_path, "both", None, voc.encode_label_png(class_ids), voc.AUG_MASK_DIR)
   features = _parse(pairs.convert(str(tmp_path), "both"))
   assert not tf.io.decode_png(features[schema.MASK_ENCODED]).numpy().any()
+
+
+@pytest.mark.parametrize("fmt", ["TIFF", "BMP", "WEBP", "GIF"])
+def test_other_photo_formats_are_stored_as_lossless_png(tmp_path, scene, fmt):
+  image, class_ids = scene
+  if fmt == "GIF":  # a GIF holds at most 256 colours: the photo as its palette keeps it
+    image = np.asarray(Image.fromarray(image).quantize(64).convert("RGB"))
+  data = _pillow_bytes(image, fmt) if fmt != "WEBP" else _webp_lossless(image)
+  _write_pair(tmp_path, "photo", data, voc.encode_palette_png(class_ids))
+  features = _parse(pairs.convert(str(tmp_path), "photo"))
+  assert features[schema.IMAGE_FORMAT] == b"png"
+  np.testing.assert_array_equal(tf.io.decode_png(features[schema.IMAGE_ENCODED]).numpy(), image)
+
+
+def _webp_lossless(array: np.ndarray) -> bytes:
+  buffer = io.BytesIO()
+  Image.fromarray(array).save(buffer, format="WEBP", lossless=True)
+  return buffer.getvalue()
 
 
 def test_png_images_are_stored_as_png(tmp_path, scene):

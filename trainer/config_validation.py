@@ -15,6 +15,7 @@ from collections.abc import Callable
 import ml_collections
 
 from contracts import console
+from trainer import losses
 from trainer import mobilenet_v2
 
 IMAGENET_ALPHAS = (0.35, 0.5, 0.75, 1.0, 1.3, 1.4)  # The widths of keras.applications' ImageNet MobileNetV2s.
@@ -51,6 +52,12 @@ def is_size(value) -> bool:
   """An int > 0, or (height, width) of them: what input_pipeline.size_pair takes."""
   pair = value if isinstance(value, (tuple, list)) else (value, value)
   return len(pair) == 2 and all(is_int(side) and side > 0 for side in pair)
+
+
+def _colours(value) -> bool:
+  return isinstance(value, (tuple, list)) and all(
+      isinstance(colour, (tuple, list)) and len(colour) == 3 and all(is_int(v) and 0 <= v <= 255 for v in colour)
+      for colour in value)
 
 
 def _names(value) -> bool:
@@ -106,6 +113,7 @@ FIELD_RULES = (
     _split("eval_split"),
     _int("model.num_classes", 2, MAX_CLASSES),
     Rule("model.class_names", lambda v, c: _names(v), "() or a tuple of distinct, non-empty class names"),
+    Rule("model.class_colours", lambda v, c: _colours(v), "() or a tuple of (r, g, b) colours of 0..255"),
     _one_of("model.output_stride", mobilenet_v2.OUTPUT_STRIDES),
     _positive("model.alpha"),
     Rule("model.aspp_rates", lambda v, c: isinstance(v, (tuple, list)) and all(is_int(r) and r > 0 for r in v),
@@ -140,6 +148,8 @@ FIELD_RULES = (
     _positive("optimizer.power"),
     _int("optimizer.warmup_steps", 0),
     Rule("loss.class_weights", lambda v, c: _weights(v), "() for all 1, or numbers >= 0 (not all 0)"),
+    Rule("loss.class_weighting", lambda v, c: v in losses.CLASS_WEIGHTINGS,
+         f"one of {', '.join(repr(w) for w in losses.CLASS_WEIGHTINGS)}"),
     _number("loss.top_k_percent_pixels", "a number in (0, 1]", lambda v: 0 < v <= 1),
     _int("train.epochs", 0),
     _int("train.steps", 0),
@@ -154,6 +164,8 @@ FIELD_RULES = (
 )
 
 CROSS_FIELD_RULES = (
+    Rule("model.class_colours", lambda v, c: not v or len(v) == c.model.num_classes,
+         "{c.model.num_classes} colours, one per class (config.model.num_classes), or ()"),
     Rule("model.class_names", lambda v, c: not v or len(v) == c.model.num_classes,
          "{c.model.num_classes} names, one per class (config.model.num_classes), or ()"),
     Rule("model.alpha", lambda v, c: c.model.backbone_weights != "imagenet" or v in IMAGENET_ALPHAS,
@@ -167,6 +179,8 @@ CROSS_FIELD_RULES = (
          "a number >= config.input.min_scale={c.input.min_scale}"),
     Rule("optimizer.warmup_steps", lambda v, c: not c.train.steps or v < c.train.steps,
          "fewer than the config.train.steps={c.train.steps} of the whole run"),
+    Rule("loss.class_weighting", lambda v, c: not v or not c.loss.class_weights,
+         "'' when config.loss.class_weights gives the weights (one or the other)"),
     Rule("loss.class_weights", lambda v, c: not v or len(v) == c.model.num_classes,
          "{c.model.num_classes} weights, one per class (config.model.num_classes), or () for all 1"),
     Rule("train.epochs", lambda v, c: v >= 1 or c.train.steps > 0,

@@ -3,9 +3,37 @@
 from collections.abc import Sequence
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from contracts import voc
+
+
+CLASS_WEIGHTINGS = ("", "median_frequency", "inverse_log")
+
+
+def class_weights_from_pixels(class_pixels: Sequence[int], image_pixels: Sequence[int],
+                              method: str) -> tuple[float, ...]:
+  """Class weights from a training split's pixel counts: `class_pixels[c]`, the pixels of class c;
+  `image_pixels[c]`, the labelled pixels of the images holding class c.
+
+  median_frequency (Eigen & Fergus 2015; SegNet on CamVid): frequency f_c = class_pixels / image_pixels,
+  weight median(f) / f_c. inverse_log (ENet, Paszke et al. 2016): share p_c = class_pixels / all labelled pixels,
+  weight 1 / ln(1.02 + p_c), bounded by 1/ln(1.02) ~ 50. A class without pixels gets 1 (it never weighs).
+  """
+  pixels = np.asarray(class_pixels, np.float64)
+  present = pixels > 0
+  if not present.any():
+    raise ValueError("no labelled pixels to weigh the classes by")
+  weights = np.ones_like(pixels)
+  if method == "median_frequency":
+    frequency = pixels[present] / np.maximum(np.asarray(image_pixels, np.float64)[present], 1)
+    weights[present] = np.median(frequency) / frequency
+  elif method == "inverse_log":
+    weights[present] = 1.0 / np.log(1.02 + pixels[present] / pixels.sum())
+  else:
+    raise ValueError(f"unknown class weighting {method!r}: one of {', '.join(CLASS_WEIGHTINGS[1:])}")
+  return tuple(float(w) for w in weights)
 
 
 class SegmentationLoss(keras.losses.Loss):

@@ -63,18 +63,24 @@ def count_confusion(truth: np.ndarray, predicted: np.ndarray, num_classes: int,
 
 
 def summarize_confusion(confusion: np.ndarray, class_names=voc.CLASS_NAMES) -> dict:
-  """mIoU, pixel accuracy and per-class IoU from a confusion matrix; classes never seen nor predicted are
-  left out of the mean (as Keras's MeanIoU does) and reported as None."""
+  """The figures papers report from a confusion matrix [truth, prediction]: mIoU, global pixel accuracy, mean
+  class accuracy (the mean of each class's recall), per-class IoU and accuracy. Classes never seen nor predicted
+  are left out of mIoU (as Keras's MeanIoU does), classes absent from the truth out of the mean class accuracy;
+  either is reported as None."""
   confusion = np.asarray(confusion, dtype=np.float64)
   true_positives = np.diag(confusion)
-  union = confusion.sum(0) + confusion.sum(1) - true_positives
+  truth = confusion.sum(1)
+  union = confusion.sum(0) + truth - true_positives
   present = union > 0
   iou = np.where(present, true_positives / np.maximum(union, 1), np.nan)
+  accuracy = np.where(truth > 0, true_positives / np.maximum(truth, 1), np.nan)
   total = confusion.sum()
   names = list(class_names) if len(class_names) == len(confusion) else [str(i) for i in range(len(confusion))]
   return {
       "miou": float(np.nanmean(iou)) if present.any() else 0.0,
       "pixel_accuracy": float(true_positives.sum() / total) if total else 0.0,
+      "mean_class_accuracy": float(np.nanmean(accuracy)) if (truth > 0).any() else 0.0,
       "per_class_iou": {name: (None if np.isnan(v) else float(v)) for name, v in zip(names, iou)},
+      "per_class_accuracy": {name: (None if np.isnan(v) else float(v)) for name, v in zip(names, accuracy)},
       "valid_pixels": int(total),
   }

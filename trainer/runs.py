@@ -16,6 +16,11 @@ from trainer import input_pipeline
 from trainer import model as model_lib
 
 
+def class_colours_of(config: ml_collections.ConfigDict) -> tuple:
+  """The run's class colours (config.model.class_colours, from the data set's colour table), else () for VOC's."""
+  return tuple(tuple(colour) for colour in config.model.get("class_colours", ()))
+
+
 def class_names_of(config: ml_collections.ConfigDict) -> tuple[str, ...]:
   """The run's class names (config.model.class_names, else the default names of its number of classes)."""
   return tuple(config.model.class_names) or voc.default_class_names(config.model.num_classes)

@@ -54,10 +54,11 @@ class TensorBoardLog(keras.callbacks.Callback):
   console line). Every worker reads the validation confusion matrix (a collective); only the chief writes."""
 
   def __init__(self, log_dir: str, *, config: ml_collections.ConfigDict, class_names, miou: metrics_lib.MeanIoU,
-               samples, write: bool):
+               samples, write: bool, class_colours=()):
     super().__init__()
     self.config = config
     self.class_names = tuple(class_names)
+    self.class_colours = tuple(class_colours)
     self.global_batch_size = config.batch_size
     self.log_every_steps = config.train.log_every_steps
     self.miou = miou
@@ -141,9 +142,13 @@ class TensorBoardLog(keras.callbacks.Callback):
     report = self.last_report
     for name in ("loss", "miou", "pixel_accuracy"):
       tf.summary.scalar(f"validation/{name}", logs[f"val_{name}"])
+    tf.summary.scalar("validation/mean_class_accuracy", report["mean_class_accuracy"])
     for name, value in report["per_class_iou"].items():
       if value is not None:
         tf.summary.scalar(f"validation/iou/{name}", value)
+    for name, value in report["per_class_accuracy"].items():
+      if value is not None:
+        tf.summary.scalar(f"validation/accuracy/{name}", value)
     picture = visualize.confusion_matrix_picture(confusion, self.class_names)
     tf.summary.image("validation/confusion_matrix", picture[None])
     tf.summary.text("validation/confusion_table", visualize.confusion_matrix_table(confusion, self.class_names))
@@ -151,7 +156,8 @@ class TensorBoardLog(keras.callbacks.Callback):
       logits = self.model(tf.constant(image[None], tf.float32), training=False)
       prediction = np.argmax(keras.ops.convert_to_numpy(logits)[0], axis=-1).astype(np.uint8)
       tf.summary.image(f"validation/triptych/{index}",
-                       visualize.triptych(image, label, prediction, class_names=self.class_names)[None])
+                       visualize.triptych(image, label, prediction, class_names=self.class_names,
+                                          class_colours=self.class_colours)[None])
 
   def write_final(self, report: dict) -> None:
     """The figures of the weights the run kept (scored after training), at the last step."""

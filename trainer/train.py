@@ -95,8 +95,9 @@ def plan_execution(config: ml_collections.ConfigDict, strategy, steps_per_loop: 
 
 
 def with_class_names(config: ml_collections.ConfigDict, data_dir: str) -> ml_collections.ConfigDict:
-  """A copy of `config` with model.class_names filled in: the config's own, else those the conversion wrote
-  beside the shards, else the default names. Raises ConfigError when the data names another number of classes."""
+  """A copy of `config` with model.class_names (and class_colours) filled in: the config's own, else those the
+  conversion wrote beside the shards, else the default names (and VOC's colours). Raises ConfigError when the data
+  names another number of classes."""
   names, source = tuple(config.model.class_names), "config.model.class_names"
   if not names:
     source = shards.class_names_path(data_dir)
@@ -104,8 +105,32 @@ def with_class_names(config: ml_collections.ConfigDict, data_dir: str) -> ml_col
   if len(names) != config.model.num_classes:
     raise ConfigError(f"config.model.num_classes={config.model.num_classes}, but {source} names {len(names)} "
                       f"classes ({', '.join(names)}): set --config.model.num_classes={len(names)}")
+  colours = tuple(config.model.class_colours) or \
+      shards.read_class_colours(shards.class_colours_path(data_dir)) or ()
   config = copy.deepcopy(config)
   config.model.class_names = names
+  config.model.class_colours = tuple(tuple(colour) for colour in colours) if len(colours) == len(names) else ()
+  return config
+
+
+def with_class_weights(config: ml_collections.ConfigDict, data_dir: str) -> ml_collections.ConfigDict:
+  """With config.loss.class_weighting, a copy of `config` whose loss.class_weights are computed from the training
+  split's pixel counts (its conversion summary) and logged; else `config`."""
+  method = config.loss.class_weighting
+  if not method:
+    return config
+  summary = shards.read_summary(data_dir, config.train_split)
+  names = runs.class_names_of(config)
+  if not summary or "class_image_pixels" not in summary:
+    raise ConfigError(f"config.loss.class_weighting={method!r} needs the pixel counts of "
+                      f"{shards.summary_path(data_dir, config.train_split)}, which a conversion by this version "
+                      f"writes: convert the data again, or give config.loss.class_weights")
+  weights = losses.class_weights_from_pixels([summary["class_pixels"].get(name, 0) for name in names],
+                                             [summary["class_image_pixels"].get(name, 0) for name in names], method)
+  logging.info("class weights (%s, from %s's pixel counts): %s", method, config.train_split,
+               ", ".join(f"{name} {weight:.3f}" for name, weight in zip(names, weights)))
+  config = copy.deepcopy(config)
+  config.loss.class_weights = tuple(round(weight, 6) for weight in weights)
   return config
 
 
@@ -276,7 +301,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, *, data_dir: str, mode
   logging.info("plan: %d training examples, global batch %d over %d replicas, %d loops x %d steps = %d steps",
                plan.num_train_examples, plan.global_batch_size, strategy.num_replicas_in_sync, plan.num_loops,
                plan.steps_per_loop, plan.total_steps)
-  config = with_class_names(config, data_dir)
+  config = with_class_weights(with_class_names(config, data_dir), data_dir)
   execution = plan_execution(config, strategy, plan.steps_per_loop, tpu=tpu)
   logging.info("execution: jit_compile=%s, %d steps per execution%s", execution.jit_compile,
                execution.steps_per_execution, ", fixed batch shapes" if execution.fixed_batch_shapes else "")
@@ -311,7 +336,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, *, data_dir: str, mode
     logging.info("resuming after loop %d of %d (step %d)", completed_loops, plan.num_loops,
                  int(model.optimizer.iterations.numpy()))
   tensorboard = summaries.TensorBoardLog(
-      model_dir, config=config, class_names=runs.class_names_of(config), miou=miou,
+      model_dir, config=config, class_names=runs.class_names_of(config), class_colours=runs.class_colours_of(config),
+      miou=miou,
       samples=_validation_samples(eval_files, config.train.num_triptychs) if chief else [], write=chief)
   callbacks = [tensorboard, keras.callbacks.TerminateOnNaN()]
   if chief:

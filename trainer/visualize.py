@@ -21,30 +21,32 @@ def _titled(picture: np.ndarray, title: str) -> np.ndarray:
 
 def triptych(image: np.ndarray, truth: np.ndarray | None, prediction: np.ndarray,
              titles: Sequence[str] = ("image", "ground truth", "prediction"),
-             class_names: Sequence[str] = voc.CLASS_NAMES) -> np.ndarray:
+             class_names: Sequence[str] = voc.CLASS_NAMES, class_colours=()) -> np.ndarray:
   """Side by side, titled, over a legend of the classes in the truth or the prediction; `truth` None (no mask
-  known) leaves that panel out. 255 (void, not scored) shows as VOC's cream."""
+  known) leaves that panel out. Classes in their own colours where the data set has them (voc.class_palette);
+  255 (void, not scored) shows as VOC's cream."""
   panels = [np.asarray(image, np.uint8)]
   names = [titles[0]]
   if truth is not None:
-    panels.append(voc.colorize(truth))
+    panels.append(voc.colorize(truth, class_colours))
     names.append(titles[1])
-  panels.append(voc.colorize(prediction))
+  panels.append(voc.colorize(prediction, class_colours))
   names.append(titles[2])
   row = []
   for panel, name in zip(panels, names):
     row += [_titled(panel, name), np.full((panel.shape[0] + 24, 4, 3), 255, np.uint8)]
   row = np.concatenate(row[:-1], axis=1)
   shown = np.unique(np.concatenate([np.ravel(prediction)] + ([np.ravel(truth)] if truth is not None else [])))
-  return np.concatenate([row, legend(shown, class_names, row.shape[1])], axis=0)
+  return np.concatenate([row, legend(shown, class_names, row.shape[1], class_colours)], axis=0)
 
 
-def legend(class_ids: Sequence[int], class_names: Sequence[str], width: int) -> np.ndarray:
+def legend(class_ids: Sequence[int], class_names: Sequence[str], width: int, class_colours=()) -> np.ndarray:
   """A white strip `width` wide: a swatch and the name of each class id (and void), wrapped into rows."""
-  entries = [(voc.palette()[c], class_names[c] if c < len(class_names) else f"class {c}")
+  colours = voc.class_palette(class_colours)
+  entries = [(colours[c], class_names[c] if c < len(class_names) else f"class {c}")
              for c in sorted(int(c) for c in class_ids) if c != voc.IGNORE_LABEL]
   if voc.IGNORE_LABEL in set(int(c) for c in class_ids):
-    entries.append((voc.palette()[voc.IGNORE_LABEL], "void (not scored)"))
+    entries.append((colours[voc.IGNORE_LABEL], "void (not scored)"))
   row_height, x, y, lines = 20, 4, 0, [[]]
   for colour, name in entries:
     entry_width = 24 + cv2.getTextSize(name, _FONT, 0.45, 1)[0][0] + 12
@@ -64,14 +66,15 @@ def legend(class_ids: Sequence[int], class_names: Sequence[str], width: int) -> 
 
 
 def overlay(image: np.ndarray, prediction: np.ndarray, alpha: float = 0.5,
-            class_names: Sequence[str] = voc.CLASS_NAMES) -> np.ndarray:
+            class_names: Sequence[str] = voc.CLASS_NAMES, class_colours=()) -> np.ndarray:
   """The prediction blended over the photo, background left clear, with a legend of the classes present.
 
   The legend sits on a darkened box (readable over any photo) and wraps into more columns when the classes do
   not fit in the image's height.
   """
   image = np.asarray(image, np.uint8)
-  colours = voc.colorize(prediction)
+  palette = voc.class_palette(class_colours)
+  colours = palette[np.asarray(prediction, np.uint8)]
   foreground = (prediction != 0)[..., None]
   blended = np.where(foreground, (image * (1 - alpha) + colours * alpha).astype(np.uint8), image)
   present = [int(c) for c in np.unique(prediction) if c != 0 and c < len(class_names)]
@@ -86,7 +89,7 @@ def overlay(image: np.ndarray, prediction: np.ndarray, alpha: float = 0.5,
   blended[:bottom, :right] = (blended[:bottom, :right] * 0.45).astype(np.uint8)
   for index, class_id in enumerate(present):
     x, y = margin + 2 + column_width * (index // rows), margin + row_height * (index % rows)
-    colour = tuple(int(v) for v in voc.palette()[class_id])
+    colour = tuple(int(v) for v in palette[class_id])
     cv2.rectangle(blended, (x, y + 2), (x + 14, y + 16), colour, -1)
     cv2.rectangle(blended, (x, y + 2), (x + 14, y + 16), (255, 255, 255), 1)
     cv2.putText(blended, class_names[class_id], (x + 19, y + 14), _FONT, 0.45, (255, 255, 255), 1, cv2.LINE_AA)

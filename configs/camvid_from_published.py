@@ -1,0 +1,44 @@
+"""CamVid's 11 classes from Google's published DeepLabV3-MobileNetV2 VOC model, sized for a 2-core CPU.
+
+  printf '%s\n' sky building pole road pavement tree signsymbol fence car pedestrian bicyclist > camvid_classes.txt
+  python -m preprocessing.make_tfrecords --images='../shared/data/camvid/{split}/*.png' \
+      --masks='../shared/data/camvid/{split}annot/{stem}.png' --class_names=camvid_classes.txt --void_values=11 \
+      --output_dir=data/camvid
+  python -m inference.import_model --source=../shared/models/deeplabv3_mnv2_pascal_quant.tflite \
+      --model_dir=runs/deeplabv3_mnv2_pascal
+  python -m trainer.main --config=configs/camvid_from_published.py --data_dir=data/camvid \
+      --model_dir=runs/camvid_from_published
+  python -m inference.evaluate --model_dir=runs/camvid_from_published --data_dir=data/camvid
+  python -m inference.export --model_dir=runs/camvid_from_published --output_dir=exports/camvid --tflite
+
+The import gives the encoder and ASPP; the logits (11 classes instead of VOC's 21) start fresh, and a DeepLabV3+
+decoder joins the stride-4 features, where poles, signs and pedestrians are still a few pixels wide. Everything
+trains. Whole 360x480 frames at scales 0.75-1.5 (road scenes are seen from one height), weights from the
+training split's pixel counts (ENet's inverse-log: small classes weigh up to ~40x more, but not the hundreds
+median frequency gives them). Evaluation at the photos' own size.
+"""
+
+from configs import base
+
+
+def get_config():
+  config = base.get_config()
+  config.model.num_classes = 11
+  config.model.init_from = "runs/deeplabv3_mnv2_pascal"  # What python -m inference.import_model wrote.
+  config.model.backbone_weights = ""  # init_from provides them.
+  config.model.aspp_rates = ()  # Google's mobile models: image pooling + 1x1 branch only.
+  config.model.align_corners = True  # What the published weights were trained with.
+  config.model.decoder = True
+  config.model.trainable_layers = "all"
+  del config.input["crop_size"]  # an int in base.py; a (height, width) here
+  config.input.crop_size = (353, 481)  # 16 x k + 1 for corner-aligned resizes; about a whole 360x480 frame.
+  config.input.canvas_size = 480
+  config.input.min_scale = 0.75
+  config.input.max_scale = 1.5
+  config.input.eval_pad_to = 480
+  config.batch_size = 8
+  config.eval_batch_size = 8
+  config.loss.class_weighting = "inverse_log"
+  config.optimizer.update(name="adam", learning_rate=5e-4, weight_decay=0.0, schedule="poly", warmup_steps=50)
+  config.train.update(epochs=0, steps=1200, steps_per_loop=200, num_triptychs=4)
+  return config
