@@ -2,7 +2,8 @@
 
 Two encodings, as data sets come:
 - class ids: each pixel's value (grayscale, or a palette PNG's index) is its class; `void_values` name the values
-  that mean "not labelled" (VOC's 255, CamVid's 11, ...). RGB masks in this encoding are read in VOC's colours.
+  that mean "not labelled" (VOC's 255, CamVid's 11, ...). RGB masks in this encoding are read in VOC's colours,
+  or, where they are not VOC's and every pixel is grey, by their grey values.
 - colours: each class is a colour of a colour table; palette PNGs are read by their colours, not their indices.
 A label map (raw value or colour -> class id or void) merges, reorders and drops classes; with one, a value the
 map does not name is unknown. A value outside the classes, or a colour outside the table, rejects its pair with
@@ -111,7 +112,13 @@ def decode(data: bytes, encoding: MaskEncoding) -> DecodedMask:
     elif mode in _ID_MODES:
       raw = np.asarray(image)
     elif mode in _COLOUR_MODES:
-      raw = voc_colours_to_ids(np.asarray(image)[..., :3])
+      rgb = np.asarray(image)[..., :3]
+      try:
+        raw = voc_colours_to_ids(rgb)
+      except MaskValueError:
+        if not ((rgb[..., 0] == rgb[..., 1]) & (rgb[..., 1] == rgb[..., 2])).all():
+          raise
+        raw = rgb[..., 0]  # class ids saved as grey RGB
     else:
       raise ValueError(f"a mode {mode} image; masks are palette (P), grayscale (L, I;16) or RGB(A) colour")
   return map_values(raw, encoding)

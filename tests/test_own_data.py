@@ -436,3 +436,14 @@ def test_real_camvid_folders_give_the_same_records_as_its_lists(camvid, camvid_c
   assert sorted(from_folders) == sorted(from_lists)
   for image_id, features in from_folders.items():
     assert features[schema.MASK_ENCODED] == from_lists[image_id][schema.MASK_ENCODED]
+
+
+def test_class_ids_saved_as_grey_rgb_are_read_as_ids():
+  ids = np.array([[0, 1, 2], [11, 3, 1]], np.uint8)
+  decoded = mask_encoding.decode(_encode(np.repeat(ids[..., None], 3, axis=-1)),
+                                 mask_encoding.MaskEncoding(num_classes=4, void_values=(11,)))
+  np.testing.assert_array_equal(decoded.class_ids, np.where(ids == 11, voc.IGNORE_LABEL, ids))
+  # A VOC colour mask that happens to be grey (background and car, 128,128,128) stays VOC's.
+  voc_grey = voc.colorize(np.array([[0, 7]], np.uint8))
+  decoded = mask_encoding.decode(_encode(voc_grey), mask_encoding.MaskEncoding(num_classes=21))
+  np.testing.assert_array_equal(decoded.class_ids, [[0, 7]])
