@@ -159,3 +159,53 @@ def voc_data(request) -> pathlib.Path:
 def is_voc_sample(root: pathlib.Path) -> bool:
   """Whether a voc_data root is the real sample, for assertions that only real photos meet (exact counts...)."""
   return root == SHARED_DIR / "data/voc_sample"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Comparing two computations of the same thing by other kernels (XLA or TensorFlow's, a SavedModel's graph, a
+# TFLite conversion's): what rounding may change, so that the suite holds on any x86-64 CPU
+# ---------------------------------------------------------------------------------------------------------------
+
+# Logits: two float32 computations of the same network differ by rounding, 4-7e-6 of the logits' spread (their
+# standard deviation over an image) between XLA's and TensorFlow's kernels here: float32's 6e-8 per operation
+# compounded over ~60 layers. Only a pixel whose top two logits are closer than that can change class; one further
+# apart than TIE = 1e-4 of the spread (15x the deviation seen) cannot. 0.03-0.05% of a picture's pixels are that
+# close on the untrained models these tests export (none on the smoke-trained one of tests/test_evaluate.py).
+TIE = 1e-4
+# Softmax probabilities of two logits tell them apart only beyond a few float32 ulps of their ratio (2^-23 = 1.2e-7
+# each): an argmax over probabilities may pick either of two logits closer than this, whatever their spread.
+SOFTMAX_RESOLUTION = 1e-6
+
+
+def clear_pixels(logits, resolution: float = 0.0):
+  """Pixels [..., H, W] whose class (argmax over the last axis) no float32 rounding can change: top two logits more
+  than TIE x the logits' spread (and more than `resolution`) apart."""
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  logits = np.asarray(logits, np.float64)
+  top_two = np.sort(logits, axis=-1)[..., -2:]
+  return top_two[..., 1] - top_two[..., 0] > max(TIE * float(logits.std()), resolution)
+
+
+# Training steps: one SGD step's update computed twice, with rounding noise d of relative size e (|d| <= e|u|), has
+# cos(u, u + d) >= sqrt(1 - e^2) (~1 - e^2/2) and a norm ratio within 1 +- e. A different step (other crops, class
+# weights or top-k ignored, statistics not updated, a wrong sign) changes the direction or the size by O(1).
+# In float32 (eps 6e-8) the forward pass agrees to ~1e-6, but where rounding flips a ReLU at its kink, one pixel's
+# share of a gradient that cancels over thousands of random-looking labels moves: ~1/sqrt(4600) = 1.5% for two 48x48
+# crops. 0.018 was seen between XLA and TensorFlow's kernels on an Intel Xeon with AMX, 3e-4 on an AMD EPYC: e = 0.2
+# is 10x the Intel figure, while a step on crops one pixel off is at cosine ~0 and one without class weights or
+# top-k at 0.90-0.91 (tests/test_xla.py, tests/test_input_pipeline.py).
+FLOAT32_STEP_NOISE = 0.2
+
+
+def direction_and_size(update, reference) -> tuple[float, float]:
+  """(cosine, norm ratio) of a weight update against the reference update (float64 arithmetic)."""
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  update, reference = np.asarray(update, np.float64).ravel(), np.asarray(reference, np.float64).ravel()
+  norm, reference_norm = np.linalg.norm(update), np.linalg.norm(reference)
+  return float(update @ reference / max(norm * reference_norm, 1e-300)), float(norm / reference_norm)
+
+
+def same_step(update, reference, noise: float) -> bool:
+  """Whether `update` is `reference` up to rounding noise of relative size `noise` (see FLOAT32_STEP_NOISE)."""
+  cosine, ratio = direction_and_size(update, reference)
+  return cosine >= (1.0 - noise ** 2) ** 0.5 and abs(ratio - 1.0) <= noise

@@ -13,6 +13,9 @@ from inference import scoring
 from preprocessing import make_tfrecords
 from preprocessing import synthetic_voc
 from tests.conftest import REPO_ROOT
+from tests.conftest import SOFTMAX_RESOLUTION
+from tests.conftest import TIE
+from tests.conftest import clear_pixels
 from trainer import distribute
 from trainer import input_pipeline
 from trainer import runs
@@ -42,13 +45,19 @@ def test_native_size_confusion_counts_every_valid_pixel_of_the_model_prediction(
   assert weights.endswith("best.weights.h5")
   confusion = scoring.confusion_of_split(model, records, "val", config.model.num_classes, scales=[1.0], flip=False)
   expected = np.zeros_like(confusion)
+  tied = 0
   for image, label in input_pipeline.eval_dataset(f"{records}/val-*.tfrecord", batch_size=1):
     assert image.shape[1:3] == (90, 117)  # scored at the native size, never padded
-    predicted = np.argmax(model.predict(image, verbose=0)[0], axis=-1)
+    logits = model.predict(image, verbose=0)[0]
+    predicted = np.argmax(logits, axis=-1)
     truth = label[0].numpy()
     for t, p in zip(truth[truth != 255], predicted[truth != 255]):
       expected[t, p] += 1
-  np.testing.assert_array_equal(confusion, expected)
+    tied += int(((truth != 255) & ~clear_pixels(logits, resolution=SOFTMAX_RESOLUTION)).sum())
+  # The scoring takes the argmax of softmax probabilities in its own graph: only pixels whose top two logits tie
+  # within rounding (none on this run) may change class, each moving one count from one cell to another.
+  assert confusion.sum() == expected.sum()
+  assert np.abs(confusion - expected).sum() <= 2 * tied, (np.abs(confusion - expected).sum(), tied)
 
 
 def test_multi_scale_and_flip_average_probabilities_at_the_native_size(trained_run):
@@ -58,10 +67,16 @@ def test_multi_scale_and_flip_average_probabilities_at_the_native_size(trained_r
   single = scoring.make_predictor(model, [1.0], flip=False)(image).numpy()
   mirrored = scoring.make_predictor(model, [1.0], flip=True)(image).numpy()
   flipped_alone = scoring.make_predictor(model, [1.0], flip=False)(tf.reverse(image, [1])).numpy()[:, ::-1]
-  np.testing.assert_allclose(mirrored, single + flipped_alone, atol=1e-4)
+  # A batch of two against two single images: other kernel blockings, logits apart by rounding (< conftest.TIE of
+  # their spread); a probability moves by at most half its logits' change, so the sum of two by less than TIE x
+  # spread (5e-6 here; 2e-8 measured), where the mirror not flipped back moves it by 1.7e-4 on this smoke run.
+  spread = float(np.std(model(image[tf.newaxis], training=False)))
+  np.testing.assert_allclose(mirrored, single + flipped_alone, atol=TIE * spread)
   several = scoring.make_predictor(model, [0.5, 1.0, 1.5], flip=True)(image).numpy()
   assert several.shape == (90, 117, 21)
-  np.testing.assert_allclose(several.sum(-1), 6.0, atol=1e-3)  # 3 scales x 2 mirrors of probabilities
+  # 3 scales x 2 mirrors of probabilities, each summing to 1 within 21 float32 roundings and a bilinear resize
+  # (1.4e-6 measured); a scale or mirror missing is off by 1.
+  np.testing.assert_allclose(several.sum(-1), 6.0, atol=1e-3)
 
 
 def test_command_prints_the_table_and_writes_json_and_picture(trained_run):

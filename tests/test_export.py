@@ -25,8 +25,10 @@ from inference import serving
 from inference import tflite_interpreter
 from preprocessing import pairs
 from tests.conftest import REPO_ROOT
-from trainer import runs
+from tests.conftest import clear_pixels
 from trainer import augment
+from trainer import input_pipeline
+from trainer import runs
 
 TRAIN_IDS = 3
 VAL_IDS = 2
@@ -77,8 +79,15 @@ def keras_model(tiny_run):
   return runs.load_run(str(tiny_run))[1]
 
 
-def _keras_classes(model, image: np.ndarray) -> np.ndarray:
-  return np.argmax(model.predict(image[np.newaxis].astype(np.float32), verbose=0)[0], axis=-1).astype(np.uint8)
+def _keras_logits(model, image: np.ndarray) -> np.ndarray:
+  return model.predict(image[np.newaxis].astype(np.float32), verbose=0)[0]
+
+
+# The exports compute the Keras model's logits with other kernels (the SavedModel's graph, TFLite's converted and
+# batch-norm-folded graph): their classes are the Keras model's wherever rounding cannot decide
+# (conftest.clear_pixels), and the comparisons below hold on those pixels, which must be nearly all of them
+# (0.03-0.05% tie within rounding on this untrained model's logits): 0.99 leaves room for other photos.
+MIN_CLEAR = 0.99
 
 
 def test_saved_model_answers_a_jpeg_and_a_png_of_other_sizes_with_the_keras_masks(exported, keras_model,
@@ -104,9 +113,11 @@ def test_saved_model_answers_a_jpeg_and_a_png_of_other_sizes_with_the_keras_mask
   assert list(widths) == [jpeg_image.shape[1], png_image.shape[1]]
   assert masks.shape == (2, max(heights), max(widths))
   for mask, image, height, width in zip(masks, (jpeg_image, png_image), heights, widths):
-    expected = _keras_classes(keras_model, image)
-    assert len(np.unique(expected)) > 1  # A mask that could tell a wrong model from a right one.
-    np.testing.assert_array_equal(mask[:height, :width], expected)
+    logits = _keras_logits(keras_model, image)
+    expected, clear = np.argmax(logits, axis=-1), clear_pixels(logits)
+    assert clear.mean() > MIN_CLEAR
+    assert len(np.unique(expected[clear])) > 1  # A mask that could tell a wrong model from a right one.
+    np.testing.assert_array_equal(mask[:height, :width][clear], expected[clear])
     assert (mask[height:] == 255).all() and (mask[:, width:] == 255).all()
 
 
@@ -129,10 +140,12 @@ def test_tflite_models_run_in_the_interpreter_on_a_513_input_and_give_class_ids(
   assert classes.shape == image.shape[:2] and classes.max() < 21
   padded = np.full((513, 513, 3), augment.MEAN_PIXEL, np.float32)
   padded[:image.shape[0], :image.shape[1]] = image
-  keras_classes = _keras_classes(keras_model, padded)[:image.shape[0], :image.shape[1]]
-  agreement = (classes == keras_classes).mean()
+  logits = _keras_logits(keras_model, padded)[:image.shape[0], :image.shape[1]]
   if input_dtype == np.float32:
-    assert agreement > 0.999  # The conversion itself changes nothing but float rounding.
+    # The conversion changes nothing but float rounding: the same class wherever rounding cannot decide.
+    clear = clear_pixels(logits)
+    assert clear.mean() > MIN_CLEAR
+    np.testing.assert_array_equal(classes[clear], np.argmax(logits, axis=-1)[clear])
   else:
     scale, zero_point = input_details["quantization"]
     assert scale > 0 and 0 <= zero_point <= 255
@@ -140,7 +153,21 @@ def test_tflite_models_run_in_the_interpreter_on_a_513_input_and_give_class_ids(
     assert np.dtype(np.int8) in _all_tensor_dtypes(interpreter)
 
 
-def test_command_checks_every_export_on_the_same_images_and_writes_the_report(exported):
+def _tied_pixels(model, records) -> tuple[int, int, int]:
+  """(scored pixels, of them those whose top two logits tie within rounding at the image's own size, and on the
+  513 canvas the TFLite models see) over the check's images: the val records, as the command reads them."""
+  scored = tied_native = tied_canvas = 0
+  for image, label in input_pipeline.eval_dataset(f"{records}/val-*.tfrecord", batch_size=1):
+    image, valid = image[0].numpy().astype(np.uint8), label[0].numpy() != voc.IGNORE_LABEL
+    canvas, (height, width) = serving._fit_and_pad(  # pylint: disable=protected-access
+        image, serving.TFLITE_SIZE, augment.MEAN_PIXEL)
+    scored += int(valid.sum())
+    tied_native += int((valid & ~clear_pixels(_keras_logits(model, image))).sum())
+    tied_canvas += int((valid & ~clear_pixels(_keras_logits(model, canvas)[:height, :width])).sum())
+  return scored, tied_native, tied_canvas
+
+
+def test_command_checks_every_export_on_the_same_images_and_writes_the_report(exported, keras_model, records):
   output_dir, result = exported
   report = json.loads((output_dir / serving.REPORT).read_text())
   assert report["images"] == VAL_IDS and report["scored_pixels"] > 0
@@ -148,9 +175,13 @@ def test_command_checks_every_export_on_the_same_images_and_writes_the_report(ex
   assert list(exports) == ["keras", "saved_model", "keras_513", "tflite_float32", "tflite_int8"]
   for row in exports.values():
     assert 0.0 <= row["miou"] <= 1.0 and 0.0 <= row["pixel_accuracy"] <= 1.0
-  assert exports["saved_model"]["agreement_with_keras"] == 1.0
-  assert exports["saved_model"]["miou"] == exports["keras"]["miou"]
-  assert exports["tflite_float32"]["agreement_with_keras_513"] > 0.999
+  # The SavedModel and the float32 TFLite model may differ from Keras only where rounding decides the class.
+  scored, tied_native, tied_canvas = _tied_pixels(keras_model, records)
+  assert scored == report["scored_pixels"]
+  assert exports["saved_model"]["agreement_with_keras"] >= 1.0 - tied_native / scored, (tied_native, scored)
+  if exports["saved_model"]["agreement_with_keras"] == 1.0:
+    assert exports["saved_model"]["miou"] == exports["keras"]["miou"]  # The same classes: the same score.
+  assert exports["tflite_float32"]["agreement_with_keras_513"] >= 1.0 - tied_canvas / scored, (tied_canvas, scored)
   assert report["int8_drop_points"] == pytest.approx(
       100 * (exports["tflite_float32"]["miou"] - exports["tflite_int8"]["miou"]))
   assert report["tflite"]["tflite_int8"]["bytes"] > 0
@@ -204,6 +235,7 @@ def test_int8_activation_ranges_are_the_mean_of_each_images_min_and_max():
   [input_index] = [d["index"] for d in interpreter.get_input_details()]
   assert input_index not in ranges  # The input keeps the range callers feed.
   low, high = ranges[output_index]
+  # TFLite's calibrator runs the float graph in float32 on outputs <= 280 (~3e-5 rounding), the reference in float64.
   assert low == pytest.approx(np.mean([o.min() for o in outputs]), abs=1e-3)
   assert high == pytest.approx(np.mean([o.max() for o in outputs]), abs=1e-3)  # TFLite's own: 280.
 
@@ -270,5 +302,7 @@ def test_int8_keeps_the_quantization_grid_of_imported_weights():
   exact = np.concatenate([graph(tf.constant(np.round(image))).numpy() for image in images])
   kept_error = np.abs(outputs(kept_model)[..., :3] - exact[..., :3]).mean()
   own_error = np.abs(outputs(tflite_own)[..., :3] - exact[..., :3]).mean()
+  # Both int8 models run integer arithmetic (the same on every CPU) against float32 on integer inputs (~1e-5 rounding):
+  # 2.30 against 2.40 measured, a gap made by the grids, not by rounding.
   assert kept_error < own_error
   assert int8_ranges.grid_step(np.float32(rng.normal(size=(3, 3, 8, 8)))) is None  # Trained weights: no grid.

@@ -6,6 +6,7 @@ and again on the real VOC sample where ../shared is."""
 
 import functools
 import io
+import math
 import pathlib
 import re
 
@@ -17,7 +18,10 @@ import pytest
 import tensorflow as tf
 
 from contracts import schema, voc
+from tests.conftest import FLOAT32_STEP_NOISE
+from tests.conftest import direction_and_size
 from tests.conftest import is_voc_sample
+from tests.conftest import same_step
 from trainer import augment, input_pipeline, losses, metrics, model
 
 
@@ -228,7 +232,10 @@ def test_train_crops_are_the_reference_resize_pad_crop_flip(voc_data, shards):
       image_id = sources[canvas[:height, :width].tobytes()]
       expected_image, expected_label = _reference_crop(_source_rgb(voc_data, image_id),
                                                        _source_mask(voc_data, image_id), draw, crop)
+      # tf.image.resize's kernel and our gathers blend the same taps of values <= 255 in another order: a few float32
+      # ulps of 255 (~1e-4) apart; a tap or offset off by one moves pixels by whole levels.
       np.testing.assert_allclose(image, expected_image, atol=1e-3, err_msg=image_id)
+      # Exact: both take the label at floor((y + 0.5) x size / scaled size), the same IEEE float32 operations.
       np.testing.assert_array_equal(label, expected_label, err_msg=image_id)
       draws.append(draw)
   draws = np.array(draws)
@@ -241,29 +248,47 @@ def test_train_crops_are_the_reference_resize_pad_crop_flip(voc_data, shards):
 
 def test_the_train_step_crops_on_the_device_as_on_the_host(shards):
   """SegmentationModel.train_step on ({"image": canvases, "geometry": g}, labels) makes the same update as a step
-  on crops made beforehand: the geometry is applied, to the crop size in the model's config."""
+  on crops made beforehand: the geometry is applied, to the crop size in the model's config. A step on crops one
+  pixel to the side does not."""
   batch = next(iter(input_pipeline.train_dataset(shards["train"], batch_size=2, crop_size=65, seed=4)))
   images, labels = augment.crops_of((65, 65))(*batch)
-  updated = []
-  for data in (batch, (images, labels)):
+  features, canvas_labels = batch
+  geometry = features["geometry"].numpy().copy()
+  geometry[:, augment.OFFSET_X] += 1
+  one_pixel_off = ({"image": features["image"], "geometry": geometry}, canvas_labels)
+  steps = []
+  for data in (batch, (images, labels), one_pixel_off):
     keras.utils.set_random_seed(0)
     net = model.build_deeplabv3plus(alpha=0.35, aspp_rates=(), freeze_backbone_bn=False, train_crop_size=(65, 65))
     assert net.get_config()["train_crop_size"] == (65, 65)
-    net.compile(optimizer=keras.optimizers.SGD(0.1), loss=losses.SegmentationLoss(voc.NUM_CLASSES),
-                metrics=[metrics.MeanIoU(voc.NUM_CLASSES)])
-    logs = net.train_on_batch(*data, return_dict=True)
-    updated.append((logs, [w.numpy() for w in net.trainable_weights]))
-  assert updated[0][0]["loss"] == pytest.approx(updated[1][0]["loss"], rel=1e-5)
-  assert updated[0][0]["miou"] == pytest.approx(updated[1][0]["miou"], abs=1e-6)
-  for on_device, on_host in zip(updated[0][1], updated[1][1]):
-    np.testing.assert_allclose(on_device, on_host, rtol=1e-4, atol=1e-5)
+    miou = metrics.MeanIoU(voc.NUM_CLASSES)
+    net.compile(optimizer=keras.optimizers.SGD(0.1), loss=losses.SegmentationLoss(voc.NUM_CLASSES), metrics=[miou])
+    before = [w.numpy().copy() for w in net.trainable_weights]
+    loss = net.train_on_batch(*data, return_dict=True)["loss"]
+    update = np.concatenate([np.ravel(w.numpy() - old) for w, old in zip(net.trainable_weights, before)])
+    steps.append((loss, miou.confusion_matrix(), update))
+  (loss, confusion, update), (host_loss, host_confusion, host_update), (_, _, off_update) = steps
+  # The crop is the same float32 ops (gathers, a multiply and an add per tap) in both graphs: bit-identical on this
+  # CPU. Were some pixel to round otherwise on another, the forward pass would carry it to ~1e-7 of the loss (1e-5
+  # is 100x that); only pixels whose top two logits tie within rounding (< 0.1%, conftest.TIE) could change class in
+  # the metric, each moving one count; and the update would move by no more than rounding noise
+  # (conftest.FLOAT32_STEP_NOISE), where crops one pixel off give an unrelated update (cosine ~0).
+  assert loss == pytest.approx(host_loss, rel=1e-5)
+  assert confusion.sum() == host_confusion.sum() == int((labels.numpy() != voc.IGNORE_LABEL).sum())
+  assert np.abs(confusion - host_confusion).sum() <= 2 * math.ceil(1e-3 * confusion.sum())
+  assert same_step(update, host_update, FLOAT32_STEP_NOISE), direction_and_size(update, host_update)
+  assert not same_step(off_update, host_update, FLOAT32_STEP_NOISE), direction_and_size(off_update, host_update)
 
 
 def test_scale_crop_flip_compiles_with_xla_for_tpus(shards):
   batch = next(iter(input_pipeline.train_dataset(shards["train"], batch_size=2, crop_size=97, seed=5)))
   compiled = tf.function(augment.crops_of((97, 97)), jit_compile=True)(*batch)
   eager = augment.crops_of((97, 97))(*batch)
+  # Pixel values <= 255 blended by float32 weights: XLA may fuse a multiply-add or round a tap's weight otherwise,
+  # a few ulps of 255 (~1e-4); 1e-2 is slack for that, where a wrong tap or offset moves pixels by whole levels.
   np.testing.assert_allclose(compiled[0], eager[0], atol=1e-2)
+  # Exact: labels are gathered (no arithmetic on them) at floor(position x ratio), one IEEE-rounded product that
+  # both compilations round alike.
   np.testing.assert_array_equal(compiled[1], eager[1])
 
 
@@ -273,6 +298,7 @@ def test_uint8_canvases_feed_the_model_loss_and_metrics_like_float32_int32(shard
   images, labels = features["image"].numpy(), labels.numpy()
   net = model.build_deeplabv3plus(alpha=0.35, aspp_rates=())
   logits = net(images, training=False).numpy()
+  # Exact: the model's first op casts to float32 (exact for uint8), then the same kernels run on the same numbers.
   np.testing.assert_array_equal(logits, net(images.astype(np.float32), training=False).numpy())
   loss = losses.SegmentationLoss(voc.NUM_CLASSES)
   assert float(loss(labels, logits)) == pytest.approx(float(loss(labels.astype(np.int32), logits)))
@@ -306,7 +332,7 @@ def test_train_scale_half_pads_with_mean_pixel_and_ignore_label(voc_data, tmp_pa
   dataset = input_pipeline.train_dataset(path, batch_size=2, min_scale=0.5, max_scale=0.5, flip=False, seed=0)
   images, labels, _ = _crops(next(iter(dataset)), 513)
   for image, label in zip(images, labels):
-    np.testing.assert_allclose(image, expected_image, atol=1e-3)
+    np.testing.assert_allclose(image, expected_image, atol=1e-3)  # As in the random crops' test: float32 ulps of 255.
     np.testing.assert_array_equal(label, expected_label)
 
 

@@ -27,6 +27,8 @@ def test_loss_ignores_void_pixels_and_averages_over_valid_ones():
   logits = np.random.default_rng(0).normal(size=(1, 2, 2, 3)).astype(np.float32)
   expected = np.mean([_ce(logits[0, 0, 0], 1), _ce(logits[0, 0, 1], 2)])
   got = float(losses.SegmentationLoss(3)(labels, logits))
+  # The same cross-entropies by another op (sparse_softmax_cross_entropy_with_logits against log_softmax): a few
+  # float32 roundings of values ~1 apart (~1e-7); 1e-5 here and below is slack for that.
   assert got == pytest.approx(expected, rel=1e-5)
   # Whatever the void pixels' logits are, the loss does not move.
   logits[0, 1] = 100.0
@@ -90,6 +92,8 @@ def test_miou_matches_keras_on_random_batches_with_void_pixels():
   for half in (slice(0, 2), slice(2, 4)):  # Accumulates over updates.
     ours.update_state(labels[half], logits[half])
     reference.update_state(labels[half], logits[half])
+  # Exact: both count the argmax of the same float32 logits (normal draws never tie); the results are float32
+  # means of the same counts.
   np.testing.assert_array_equal(ours.confusion_matrix(), keras.ops.convert_to_numpy(reference.total_cm))
   assert ours.confusion_matrix().sum() == int((labels != 255).sum())
   assert float(ours.result()) == pytest.approx(float(reference.result()), rel=1e-6)

@@ -158,6 +158,10 @@ def test_features_agree_with_keras_applications_on_a_voc_photo(backbone, size):
     actual = _features(model, compared, image)  # Raw pixels: the model scales them itself.
     for name, mine, theirs in zip(compared, actual, expected):
       assert mine.shape == theirs.shape, name
+      # Other kernels for the same features (our fused batch norm and SAME padding against Keras's separate ops and
+      # explicit padding): 2e-7 of the largest feature on generated weights, up to 1.3e-5 on ImageNet's large
+      # folded weights (block 2, where sums cancel most); 1e-4 is 8x that, and still sees a batch-norm epsilon
+      # off by 1e-3 (~5e-4 a layer).
       np.testing.assert_allclose(mine, theirs, rtol=1e-4, atol=1e-4 * float(np.abs(theirs).max()),
                                  err_msg=f"{name} at output stride {output_stride}")
   # Past the replaced stride the features differ in size (and so in values).
@@ -263,6 +267,9 @@ def test_fused_batch_norm_matches_keras_batch_norm(mode):
       loss = tf.reduce_sum(y * tf.range(1, 6, dtype=tf.float32) * x)
     results.append((y, tape.gradient(loss, x), _moving_stats(layer)))
   (y, dx, (mean, variance)), (expected_y, expected_dx, (expected_mean, expected_variance)) = results
+  # One layer, two kernels (FusedBatchNormV3 against Keras's moments and arithmetic): statistics of 256 values
+  # round to ~eps sqrt(256) = 1e-6, outputs and input gradients of size ~5 to ~1e-5; 1e-4 (1e-5 for the
+  # statistics) is 10x that, where a wrong momentum or a missed bias correction moves the statistics by 1e-2.
   np.testing.assert_allclose(y, expected_y, rtol=1e-4, atol=1e-4)
   np.testing.assert_allclose(dx, expected_dx, rtol=1e-4, atol=1e-4)
   np.testing.assert_allclose(mean, expected_mean, rtol=1e-5)
@@ -295,5 +302,6 @@ def test_saved_model_file_round_trip(tmp_path):
   model.save(tmp_path / "model.keras")
   restored = keras.models.load_model(tmp_path / "model.keras")
   images = _images(1, 37, 45)
+  # The same weights (restored bit for bit) through the same kernels: equal; 1e-5 only allows for float32 rounding.
   np.testing.assert_allclose(restored(images), model(images), rtol=1e-5, atol=1e-5)
   assert restored.get_layer("bn_Conv1").trainable is False
