@@ -14,5 +14,5 @@ def get_config():
   config.model.init_from = ""
   config.model.backbone_weights = "imagenet"  # Keras's download, or a local no-top .weights.h5 file.
   config.model.align_corners = False
-  config.input.crop_size = (352, 480)
+  config.input.crop_size = (192, 256)
   return config
