@@ -13,6 +13,7 @@ Writes into output_dir:
                         scale/zero point (1.0/0, i.e. raw pixels, when calibration images span 0..255).
   class_names.txt       the run's class names, one per line, in class-id order (what inference.predict names the
                         classes of a --saved_model by).
+  class_colours.txt     the run's class colours (a data set converted with a colour table), which predictions draw.
   export_report.json    with --check_data (or --data_dir: the run's eval split): mIoU of the Keras model and of
                         each export on the same images; a table is printed too.
 TFLite has the fixed input of Google's reference model (513x513): an image is padded bottom/right with the mean
