@@ -80,12 +80,24 @@ def mask_paths(voc_root: str, image_id: str) -> tuple[str, str]:
 
 
 def decode_class_ids(data: bytes) -> np.ndarray:
-  """The class ids of a mask as VOC stores them (a palette PNG's indices, or grey values): uint8 [H, W]. Raises
-  ValueError for a colour mask, OSError for a damaged file."""
+  """The class ids of a mask as VOC stores them: a palette PNG's indices, grey values, or VOC's colours (uint8
+  [H, W]). Raises ValueError for colours outside VOC's map or another mode, OSError for a damaged file."""
   with Image.open(io.BytesIO(data)) as image:
-    if image.mode not in ("P", "L"):
-      raise ValueError(f"a mode {image.mode} mask; VOC's are palette (P) or grayscale (L)")
-    return np.asarray(image, np.uint8)
+    values = np.asarray(image)
+    mode = image.mode
+  if mode in ("P", "L"):
+    return values.astype(np.uint8)
+  if mode in ("LA", "PA"):
+    return values[..., 0].astype(np.uint8)
+  if mode not in ("RGB", "RGBA"):
+    raise ValueError(f"a mode {mode} mask; VOC's are palette (P), grayscale (L) or VOC-coloured RGB")
+  packed = (values[..., 0].astype(np.int64) << 16) | (values[..., 1].astype(np.int64) << 8) | values[..., 2]
+  colours = palette().astype(np.int64)
+  lookup = {int((r << 16) | (g << 8) | b): index for index, (r, g, b) in enumerate(colours)}
+  unique, inverse = np.unique(packed, return_inverse=True)
+  if any(int(c) not in lookup for c in unique):
+    raise ValueError("an RGB mask with colours outside VOC's colour map")
+  return np.array([lookup[int(c)] for c in unique], np.uint8)[inverse].reshape(packed.shape)
 
 
 def split_list_path(voc_root: str, split: str) -> str:

@@ -204,6 +204,11 @@ def _classes(job: Job, voc_root: str | None) -> tuple[tuple[str, ...], tuple | N
                            f"colours to void there", exitcode=EXIT_USAGE)
   else:
     void = job.void_values if job.void_values is not None else (voc.IGNORE_LABEL,)
+    named = sorted(v for v in void if v < len(names) and not label_map)
+    if named:
+      raise app.UsageError(f"--void_values: {', '.join(f'{v} is class {names[v]!r}' for v in named)} of the "
+                           f"{len(names)} classes; a void value is no class: drop it from the names (or map it "
+                           f"with --label_map)", exitcode=EXIT_USAGE)
   colours = table.colours if table else (() if by_colour else None)
   encoding = mask_encoding.MaskEncoding(num_classes=len(names), colours=colours,
                                         void_values=tuple(void), label_map=label_map,

@@ -218,20 +218,18 @@ def parse_colour_table(text: str, source: str) -> ColourTable:
         raise EncodingError(f"{source}: {name!r}: {colour!r} is not a colour (r, g, b) of 0..255")
       rows.append((str(name), parsed))
   else:
+    first = True
     for number, line in enumerate(text.splitlines(), 1):
       if not line.strip() or _COMMENT.match(line):
         continue
       tokens = [t for t in re.split(r"[\s,;]+", line.strip()) if t]
-      numbers = [i for i, t in enumerate(tokens) if _INT.match(t)]
-      if len(numbers) == 3 and numbers in ([0, 1, 2], [len(tokens) - 3, len(tokens) - 2, len(tokens) - 1]):
-        colour = tuple(int(tokens[i]) for i in numbers)
-        name = " ".join(t for i, t in enumerate(tokens) if i not in numbers)
-        if name and max(colour) < 256:
-          rows.append((name, colour))
-          continue
-      if not rows and not numbers:
-        continue  # a CSV header
-      raise EncodingError(f"{source}:{number}: {line.strip()!r} is not a name and a colour (r g b, 0..255)")
+      row = _name_and_colour(tokens)
+      if row:
+        rows.append(row)
+      elif not (first and not any(_INT.match(t) or t.startswith("#") for t in tokens)):  # else a CSV header
+        raise EncodingError(f"{source}:{number}: {line.strip()!r} is not a name and a colour (r g b of 0..255, "
+                            f"or #rrggbb)")
+      first = False
   if not rows:
     raise EncodingError(f"{source}: no classes (a name and a colour r g b per line)")
   names = [name for name, _ in rows if name.lower() not in VOID_NAMES]
@@ -243,6 +241,17 @@ def parse_colour_table(text: str, source: str) -> ColourTable:
   if len(set(names)) != len(names):
     raise EncodingError(f"{source}: class names repeat: {', '.join(sorted({n for n in names if names.count(n) > 1}))}")
   return ColourTable(tuple(names), tuple(colours), tuple(void))
+
+
+def _name_and_colour(tokens: list[str]) -> tuple[str, Colour] | None:
+  """A row's name and colour: three integers or one #rrggbb, first or last, the name the rest."""
+  for colour_at, name_at in ((slice(0, 3), slice(3, None)), (slice(-3, None), slice(0, -3)),
+                             (slice(0, 1), slice(1, None)), (slice(-1, None), slice(0, -1))):
+    colour = parse_colour(" ".join(tokens[colour_at]))
+    name = " ".join(tokens[name_at])
+    if colour and name and parse_colour(name) is None and not all(_INT.match(t) for t in tokens[name_at]):
+      return name, colour
+  return None
 
 
 def parse_label_map(text: str, source: str, *, by_colour: bool | None,

@@ -32,11 +32,12 @@ SIZE_MISMATCH = "size_mismatch"
 LABEL_OUT_OF_RANGE = "label_out_of_range"
 UNKNOWN_MASK_COLOUR = "unknown_mask_colour"
 DUPLICATE_ID = sources.DUPLICATE_ID
+SHARED_MASK = sources.SHARED_MASK
 BAD_LIST_LINE = sources.BAD_LIST_LINE
 UNEXPECTED_ERROR = "unexpected_error"
 REASONS = (MISSING_IMAGE, MISSING_MASK, CORRUPT_IMAGE, CORRUPT_MASK, UNSUPPORTED_IMAGE_FORMAT,
            UNSUPPORTED_MASK_FORMAT, SIZE_MISMATCH, LABEL_OUT_OF_RANGE, UNKNOWN_MASK_COLOUR, DUPLICATE_ID,
-           BAD_LIST_LINE, UNEXPECTED_ERROR)
+           SHARED_MASK, BAD_LIST_LINE, UNEXPECTED_ERROR)
 
 # A converted pair's pixel counts: one per value 0..255 of its class-id mask (255 = void); then the pixels of
 # unknown values made void (--unknown_to_void), which are among the void ones; then, per class id 0..255, the

@@ -16,6 +16,7 @@
 Every path may be local or gs:// (tf.io.gfile).
 """
 
+import collections
 import dataclasses
 import posixpath
 import re
@@ -26,6 +27,7 @@ from contracts import voc
 
 BAD_LIST_LINE = "bad_list_line"
 DUPLICATE_ID = "duplicate_id"
+SHARED_MASK = "shared_mask"
 _WILDCARD = re.compile(r"[*?\[]")
 
 
@@ -121,8 +123,11 @@ class _Glob:
     name = relative[-1]
     if name == "**":
       raise SourceError(f"{pattern}: the glob must end with a file name pattern (e.g. **/*.png)")
-    return cls(base, re.compile(folders + _part_regex(name, capture_stem=True) + "$"),
-               recursive="**" in relative or len(relative) > 1)
+    try:
+      regex = re.compile(folders + _part_regex(name, capture_stem=True) + "$")
+    except re.error as e:
+      raise SourceError(f"{pattern}: not a glob this job reads ({e})") from None
+    return cls(base, regex, recursive="**" in relative or len(relative) > 1)
 
   def find(self) -> list[str]:
     """Paths relative to base, sorted."""
@@ -196,21 +201,33 @@ def folder_pairs(images: str, masks: str, split: str) -> Listed:
       stem = _without_extension(name if stem is None else stem)
     mask_of[relative] = join("", masks.format(split=split, dir=folder, stem=stem, name=name))
   images_found = [join(glob.base, relative) for relative in found]
+  itself = next((path for relative, path in zip(found, images_found) if mask_of[relative] == path), None)
+  if itself:
+    raise SourceError(f"--masks={masks} names the photo itself ({itself}) as its mask")
   mask_paths = set(mask_of.values())
   # Files that are another image's mask (a `_mask.png` beside its photo) are masks, not images.
   photos = [(relative, path) for relative, path in zip(found, images_found) if path not in mask_paths]
-  stems = [_without_extension(relative) for relative, _ in photos]
-  candidates = [PairFiles(stem if stems.count(stem) == 1 else relative, path, (mask_of[relative],))
-                for (relative, path), stem in zip(photos, stems)]
-  pairs, refused = _distinct(candidates)
-  return Listed(tuple(pairs), tuple(refused), _unpaired_masks(masks, split, mask_paths))
+  candidates = _with_ids([(relative, path, mask_of[relative]) for relative, path in photos])
+  sharing = collections.Counter(pair.masks[0] for pair in candidates)
+  refused = [(pair.id, SHARED_MASK, f"its mask {pair.masks[0]} is also another photo's (put {{dir}} or {{name}} in "
+                                    f"--masks)") for pair in candidates if sharing[pair.masks[0]] > 1]
+  pairs, repeats = _distinct([pair for pair in candidates if sharing[pair.masks[0]] == 1])
+  return Listed(tuple(pairs), tuple(refused + repeats), _unpaired_masks(masks, split, mask_paths))
+
+
+def _with_ids(found: list[tuple[str, str, str]]) -> list[PairFiles]:
+  """(path below the root, photo, mask) -> pairs whose id is that path without its extension, or with it where two
+  photos differ only by theirs."""
+  stems = collections.Counter(_without_extension(relative) for relative in {relative for relative, _, _ in found})
+  return [PairFiles(_without_extension(relative) if stems[_without_extension(relative)] == 1 else relative, image,
+                    (mask,)) for relative, image, mask in found]
 
 
 def _unpaired_masks(masks: str, split: str, paired: set[str]) -> tuple[str, ...]:
   """The files the mask template could name that no image does."""
   pattern = masks.format(split=split, dir="**", stem="*", name="*")
   parts = [part if part == "**" or "**" not in part else part.replace("**", "*") for part in pattern.split("/")]
-  glob = _Glob.of("/".join(part for i, part in enumerate(parts) if part or i == 0))
+  glob = _Glob.of(join("", "/".join(parts)))  # folds an empty {dir}'s '//', keeps gs://
   return tuple(path for path in (join(glob.base, relative) for relative in glob.find()) if path not in paired)
 
 
@@ -236,7 +253,7 @@ def list_pairs(pair_lists: str, split: str, reroot: tuple[str, str] | None = Non
     lines = f.read().splitlines()
   folder = posixpath.dirname(path) or "."
   root = reroot[1] if reroot else folder
-  candidates, refused = [], []
+  found, refused = [], []
   for number, line in enumerate(lines, 1):
     tokens = line.split()
     if not tokens:
@@ -246,9 +263,8 @@ def list_pairs(pair_lists: str, split: str, reroot: tuple[str, str] | None = Non
                       f"expected `image mask`, got {len(tokens)} field(s): {line.strip()[:200]!r}"))
       continue
     image, mask = (_placed(token, folder, reroot) for token in tokens)
-    image_id = _without_extension(_below(image, root))
-    candidates.append(PairFiles(image_id, image, (mask,)))
-  pairs, repeats = _distinct(candidates)
+    found.append((_below(image, root), image, mask))
+  pairs, repeats = _distinct(_with_ids(found))
   return Listed(tuple(pairs), tuple(refused + repeats))
 
 

@@ -168,15 +168,34 @@ def test_masks_beside_their_photos_are_not_taken_for_photos(tmp_path):
   assert (out / shards.CLASS_NAMES_FILE).read_text().split() == ["background", "class_1", "class_2"]
 
 
-def test_two_photos_that_differ_only_by_extension_are_tworead_records(tmp_path):
+def test_two_photos_that_differ_only_by_extension_are_two_records_and_never_share_a_mask(tmp_path):
   rng = np.random.default_rng(2)
-  labels = _labels(rng, 16, 16, [0, 1])
   _write(tmp_path / "img" / "x.jpg", _encode(_photo(rng, 16, 16), "JPEG"))
   _write(tmp_path / "img" / "x.png", _encode(_photo(rng, 16, 16)))
-  _write(tmp_path / "ann" / "x.png", _encode(labels))
-  _run(tmp_path / "out", f"--images={tmp_path}/img/*", f"--masks={tmp_path}/ann/{{stem}}.png", "--num_classes=2",
-       "--splits=train")
+  for name in ("x.jpg", "x.png"):
+    _write(tmp_path / "ann" / f"{name}.png", _encode(_labels(rng, 16, 16, [0, 1])))
+  _write(tmp_path / "ann" / "x.png", _encode(_labels(rng, 16, 16, [0, 1])))
+  common = [f"--images={tmp_path}/img/*", "--num_classes=2", "--splits=train", "--max_rejected_fraction=1"]
+  _run(tmp_path / "out", *common, f"--masks={tmp_path}/ann/{{name}}.png")
   assert sorted(read_records(tmp_path / "out", "train")) == ["x.jpg", "x.png"]  # nothing merged
+  # A template that gives both photos the same mask would label one of them wrongly: both are refused, named.
+  _run(tmp_path / "shared", *common, f"--masks={tmp_path}/ann/{{stem}}.png")
+  rejected = _rejected(tmp_path / "shared", "train")
+  assert {image_id: reason for image_id, (reason, _) in rejected.items()} == {"x.jpg": pairs.SHARED_MASK,
+                                                                             "x.png": pairs.SHARED_MASK}
+
+
+def test_a_mask_template_that_names_the_photo_itself_is_refused(tmp_path):
+  _write(tmp_path / "img" / "a.png", _encode(_photo(np.random.default_rng(0), 8, 8)))
+  with pytest.raises(Exception, match="names the photo itself"):
+    _run(tmp_path / "out", f"--images={tmp_path}/img/*.png", f"--masks={tmp_path}/img/{{stem}}.png",
+         "--num_classes=2", "--splits=train")
+
+
+def test_a_void_value_that_is_a_class_is_refused(tmp_path):
+  with pytest.raises(app.UsageError, match="--void_values: 2 is class 'class_2' of the 3 classes"):
+    _run(tmp_path / "out", f"--images={tmp_path}/{{split}}/*.png", f"--masks={tmp_path}/{{stem}}.png",
+         "--num_classes=3", "--void_values=2")
 
 
 # --------------------------------------------------------------------------------------------- list files
@@ -338,6 +357,7 @@ def test_class_ids_outside_the_classes_are_rejected_naming_the_values(tmp_path):
     ("64 128 64\tAnimal\n192 0 128\tArchway\n0 0 0\tVoid\n", ("Animal", "Archway"), ((64, 128, 64), (192, 0, 128)),
      ((0, 0, 0),)),  # CamVid's own label_colors.txt: the colour first
     ('{"sky": [128, 128, 128], "road": "#804080"}', ("sky", "road"), ((128, 128, 128), (128, 64, 128)), ()),
+    ("background #000000\nroad,#804080\n", ("background", "road"), ((0, 0, 0), (128, 64, 128)), ()),
     ('[{"name": "traffic light", "color": [250, 170, 30]}, {"name": "ignore", "colour": [0, 0, 0]}]',
      ("traffic light",), ((250, 170, 30),), ((0, 0, 0),)),
 ])
@@ -351,6 +371,7 @@ def test_colour_tables_in_the_forms_people_have(text, names, colours, void):
     ("sky 1 2 3\nroad 1 2 3\n", "colour(s) (1, 2, 3) given to more than one row"),
     ("sky 1 2 3\nsky 4 5 6\n", "class names repeat: sky"),
     ("sky 1 2 300\n", "is not a name and a colour"),
+    ("name,r,g,b\nsky 1 2 3\nroad\n", "table:3: 'road' is not a name and a colour"),
 ])
 def test_bad_colour_tables_are_refused_naming_the_line(text, message):
   with pytest.raises(mask_encoding.EncodingError, match=message.replace("(", r"\(").replace(")", r"\)")):
