@@ -91,13 +91,21 @@ def decode_class_ids(data: bytes) -> np.ndarray:
     return values[..., 0].astype(np.uint8)
   if mode not in ("RGB", "RGBA"):
     raise ValueError(f"a mode {mode} mask; VOC's are palette (P), grayscale (L) or VOC-coloured RGB")
-  packed = (values[..., 0].astype(np.int64) << 16) | (values[..., 1].astype(np.int64) << 8) | values[..., 2]
-  colours = palette().astype(np.int64)
-  lookup = {int((r << 16) | (g << 8) | b): index for index, (r, g, b) in enumerate(colours)}
-  unique, inverse = np.unique(packed, return_inverse=True)
-  if any(int(c) not in lookup for c in unique):
-    raise ValueError("an RGB mask with colours outside VOC's colour map")
-  return np.array([lookup[int(c)] for c in unique], np.uint8)[inverse].reshape(packed.shape)
+  class_ids, unknown = colours_to_ids(values[..., :3])
+  if unknown:
+    raise ValueError(f"an RGB mask with {len(unknown)} colour(s) outside VOC's colour map")
+  return class_ids
+
+
+def colours_to_ids(rgb: np.ndarray) -> tuple[np.ndarray | None, list[tuple[int, int, int]]]:
+  """[H, W, 3] VOC colours -> ([H, W] uint8 palette indices, []), or (None, the colours outside VOC's map)."""
+  packed = (rgb[..., 0].astype(np.int64) << 16) | (rgb[..., 1].astype(np.int64) << 8) | rgb[..., 2]
+  lookup = {(int(r) << 16) | (int(g) << 8) | int(b): index for index, (r, g, b) in enumerate(palette())}
+  unique, inverse = np.unique(packed.ravel(), return_inverse=True)
+  unknown = [(int(c) >> 16, (int(c) >> 8) & 255, int(c) & 255) for c in unique if int(c) not in lookup]
+  if unknown:
+    return None, unknown
+  return np.array([lookup[int(c)] for c in unique], np.uint8)[inverse].reshape(packed.shape), []
 
 
 def split_list_path(voc_root: str, split: str) -> str:

@@ -158,21 +158,14 @@ def _unknown_message(values: np.ndarray, encoding: MaskEncoding) -> str:
   return f"values {shown}{more} outside 0..{encoding.num_classes - 1} and the void value(s) ({void})"
 
 
-# Packed 0xRRGGBB -> id for all 256 VOC colours (the colour map is one-to-one; 255 is the void colour).
-_VOC_COLOUR_TO_ID = {pack(colour): index for index, colour in enumerate(voc.palette())}
-
-
 def voc_colours_to_ids(rgb: np.ndarray) -> np.ndarray:
   """[H, W, 3] VOC colours -> [H, W] VOC palette indices; MaskValueError naming any colour outside VOC's map."""
-  packed = (rgb[..., 0].astype(np.uint32) << 16) | (rgb[..., 1].astype(np.uint32) << 8) | rgb[..., 2]
-  colours, inverse = np.unique(packed.ravel(), return_inverse=True)
-  unknown = [int(c) for c in colours if int(c) not in _VOC_COLOUR_TO_ID]
+  class_ids, unknown = voc.colours_to_ids(rgb)
   if unknown:
-    shown = ", ".join(str(unpack(c)) for c in unknown[:5])
+    shown = ", ".join(str(colour) for colour in unknown[:5])
     raise MaskValueError(f"{len(unknown)} RGB colour(s) not in the VOC colour map: {shown} (a colour mask of "
                          f"another data set needs its colour table: --colour_table)", colours=True)
-  ids = np.array([_VOC_COLOUR_TO_ID[int(c)] for c in colours], dtype=np.uint8)
-  return ids[inverse].reshape(packed.shape)
+  return class_ids
 
 
 # ------------------------------------------------------------------------------------------------ the files
