@@ -18,7 +18,7 @@ setuptools.setup(
     description="DeepLabV3+ on MobileNetV2 for Pascal VOC: Beam conversion, tf.distribute training, export.",
     python_requires=">=3.10.12,<3.13",  # tarfile extraction filters
     packages=setuptools.find_packages(
-        include=["contracts*", "preprocessing*", "trainer*", "inference*", "configs*", "launch*"]),
+        include=["contracts*", "deeplab*", "preprocessing*", "trainer*", "inference*", "configs*", "launch*"]),
     install_requires=[
         # These ranges resolve together (TF 2.21 / Keras 3.15 / Beam 2.77 / protobuf 6 / numpy 2.4).
         *([TENSORFLOW] if TENSORFLOW else []),

@@ -5,13 +5,13 @@
 
 Contenders, all 1x513x513x3 in, class ids out, on the TFLite interpreter (LiteRT's when ai-edge-litert is
 installed, else tf.lite's) with --num_threads (2) threads:
-  ours float32  `inference.serving.convert_tflite(model)`: float32 raw pixels in;
+  ours float32  `inference.exporting.convert_tflite(model)`: float32 raw pixels in;
   ours int8     the same, full-integer, calibrated on the first --num_calibration training images; uint8 in;
   reference     --reference, by default ../shared/models/deeplabv3_mnv2_pascal_quant.tflite (DeepLabV3,
                 MobileNetV2 1.0, VOC train_aug + COCO; uint8 raw pixels in).
 The TFLite files come from --exports_dir (what `python -m inference.export --tflite --int8` wrote) when given, else
 are converted here. mIoU: the first --num_images (0: all) val images, each padded bottom/right to 513 (the
-reference with 128 as ../shared/NOTES.md does, ours with the mean pixel through `inference.serving.tflite_predict`),
+reference with 128 as ../shared/NOTES.md does, ours with the mean pixel through `inference.exporting.tflite_predict`),
 the prediction cropped back, 255 ignored. Latency: median of `invoke()` alone, batch 1, on one padded val image;
 the contenders take turns each round (--rounds), so that other load on the machine slows all alike.
 
@@ -27,18 +27,19 @@ import time
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
-import trainer  # noqa: F401,E402  (imports TensorFlow quietly)
+import deeplab  # noqa: F401,E402  (imports TensorFlow quietly)
 
 from absl import app, flags  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from inference import published  # noqa: E402
-from inference import serving  # noqa: E402
+from deeplab import metrics as metrics_lib  # noqa: E402
+from deeplab import pixels  # noqa: E402
+from deeplab import run_folder  # noqa: E402
+from deeplab import tfrecords  # noqa: E402
+from inference import exporting  # noqa: E402
+from inference import importing  # noqa: E402
 from inference import tflite_interpreter  # noqa: E402
-from trainer import input_pipeline  # noqa: E402
-from trainer import metrics as metrics_lib  # noqa: E402
-from trainer import runs  # noqa: E402
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 REFERENCE = (pathlib.Path(os.environ.get("SEG_SHARED_DIR", REPO_ROOT.parent / "shared")) / "models" /
@@ -61,18 +62,18 @@ flags.DEFINE_string("reference", str(REFERENCE), "Google's TFLite file to compar
 def our_tflite_models(model_dir: str) -> dict[str, bytes]:
   if FLAGS.exports_dir:
     return {name: tf.io.gfile.GFile(f"{FLAGS.exports_dir}/{file}", "rb").read()
-            for name, file in (("ours float32", serving.FLOAT32_TFLITE), ("ours int8", serving.INT8_TFLITE))}
-  _, model, weights = runs.load_run(model_dir)
+            for name, file in (("ours float32", exporting.FLOAT32_TFLITE), ("ours int8", exporting.INT8_TFLITE))}
+  _, model, weights = run_folder.load_run(model_dir)
   print(f"converting {weights} to TFLite float32 and int8 ({FLAGS.num_calibration} calibration images) ...",
         file=sys.stderr, flush=True)
-  calibration = serving.calibration_images(f"{FLAGS.records_dir}/train-*.tfrecord", FLAGS.num_calibration)
-  return {"ours float32": serving.convert_tflite(model), "ours int8": serving.convert_tflite(model, calibration)}
+  calibration = exporting.calibration_images(f"{FLAGS.records_dir}/train-*.tfrecord", FLAGS.num_calibration)
+  return {"ours float32": exporting.convert_tflite(model), "ours int8": exporting.convert_tflite(model, calibration)}
 
 
 def score(predictors: dict, file_pattern: str, num_images: int, num_classes: int = 21) -> dict[str, dict]:
   confusions = {name: np.zeros((num_classes, num_classes), np.int64) for name in predictors}
   count = 0
-  for image, label in input_pipeline.eval_dataset(file_pattern, batch_size=1).take(num_images or -1):
+  for image, label in tfrecords.eval_dataset(file_pattern, batch_size=1).take(num_images or -1):
     image = image[0].numpy().astype(np.uint8)
     truth = label[0].numpy()
     for name, predict in predictors.items():
@@ -88,7 +89,7 @@ def latencies(interpreters: dict, image: np.ndarray, rounds: int) -> dict[str, f
   """Median ms of invoke() alone, the input set once (a padded real image), the contenders in turns."""
   for name, interpreter in interpreters.items():
     [input_details] = interpreter.get_input_details()
-    padded = np.full(input_details["shape"], published.PAD_PIXEL, np.uint8)
+    padded = np.full(input_details["shape"], pixels.MEAN_PIXEL_UINT8, np.uint8)
     padded[0, :image.shape[0], :image.shape[1]] = image
     interpreter.set_tensor(input_details["index"], padded.astype(input_details["dtype"]))
     interpreter.invoke()  # Warm-up: XNNPACK packs its weights on the first run.
@@ -107,11 +108,11 @@ def main(argv):
   contents = {**our_tflite_models(FLAGS.model_dir), "reference": pathlib.Path(FLAGS.reference).read_bytes()}
   interpreters = {name: tflite_interpreter.make_interpreter(content, FLAGS.num_threads)
                   for name, content in contents.items()}
-  predictors = {name: (lambda image, i=interpreter: serving.tflite_predict(i, image))
+  predictors = {name: (lambda image, i=interpreter: exporting.tflite_predict(i, image))
                 for name, interpreter in interpreters.items() if name != "reference"}
-  predictors["reference"] = lambda image: published.tflite_classes(interpreters["reference"], image)
+  predictors["reference"] = lambda image: importing.tflite_classes(interpreters["reference"], image)
   scores = score(predictors, val, FLAGS.num_images)
-  first_image = next(iter(input_pipeline.eval_dataset(val, batch_size=1)))[0][0].numpy().astype(np.uint8)
+  first_image = next(iter(tfrecords.eval_dataset(val, batch_size=1)))[0][0].numpy().astype(np.uint8)
   medians = latencies(interpreters, first_image, FLAGS.rounds)
 
   print(f"{'model':<14}{'MB':>7}{'ms (median)':>13}{'mIoU':>8}{'pixel acc.':>12}")

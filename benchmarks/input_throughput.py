@@ -49,6 +49,8 @@ from PIL import Image  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from contracts import schema, voc  # noqa: E402
+from deeplab import pixels  # noqa: E402
+from deeplab import tfrecords  # noqa: E402
 from trainer import augment, input_pipeline  # noqa: E402
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -86,7 +88,7 @@ def write_records(voc_dir: pathlib.Path, split: str, out_dir: pathlib.Path, num_
 
 def endless_records(file_pattern: str) -> tf.data.Dataset:
   """Serialized records of all files, interleaved in parallel, repeated: the reading (a), (a') and (d) share."""
-  files = input_pipeline.list_files(file_pattern)
+  files = tfrecords.list_files(file_pattern)
   return tf.data.Dataset.from_tensor_slices(files).repeat().interleave(
       tf.data.TFRecordDataset, cycle_length=len(files), num_parallel_calls=tf.data.AUTOTUNE, deterministic=False)
 
@@ -96,7 +98,7 @@ def decode_only(file_pattern: str, batch_size: int) -> tf.data.Dataset:
   dataset = endless_records(file_pattern)
 
   def decode(serialized):
-    example = input_pipeline.decode_record(serialized)
+    example = tfrecords.decode_record(serialized)
     return tf.shape(example["image"]), tf.shape(example["label"])  # Data-dependent: the decoding has to run.
 
   dataset = dataset.map(decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=False).batch(batch_size)
@@ -109,12 +111,12 @@ def decode_and_batch(file_pattern: str, batch_size: int, canvas: int = 512) -> t
   dataset = endless_records(file_pattern)
 
   def decode(serialized):
-    example = input_pipeline.decode_record(serialized)
+    example = tfrecords.decode_record(serialized)
     return example["image"], example["label"]
 
   dataset = dataset.map(decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=False)
   dataset = dataset.padded_batch(batch_size, padded_shapes=([canvas, canvas, 3], [canvas, canvas]),
-                                 padding_values=(tf.constant(input_pipeline.TRAIN_PAD_PIXEL, tf.uint8),
+                                 padding_values=(tf.constant(pixels.MEAN_PIXEL_UINT8, tf.uint8),
                                                  tf.constant(voc.IGNORE_LABEL, tf.uint8)))
   return dataset.prefetch(tf.data.AUTOTUNE)
 
@@ -124,7 +126,7 @@ def scale_then_crop(file_pattern: str, batch_size: int, crop: int) -> tf.data.Da
   dataset = endless_records(file_pattern)
 
   def augment(serialized):
-    example = input_pipeline.decode_record(serialized)
+    example = tfrecords.decode_record(serialized)
     size = tf.cast(tf.cast(tf.shape(example["label"]), tf.float32) * tf.random.uniform([], 0.5, 2.0), tf.int32)
     image = tf.image.resize(tf.cast(example["image"], tf.float32), size)
     label = tf.image.resize(example["label"][..., tf.newaxis], size, method="nearest")

@@ -88,12 +88,13 @@ class Served:
 def serve_ours(rates: tuple[int, ...], freeze_backbone_bn: bool) -> None:
   import keras
 
-  from trainer import model as model_lib
+  from deeplab import flops
+  from deeplab import network
 
   keras.utils.set_random_seed(0)
-  model = model_lib.build_deeplabv3plus(num_classes=harness.NUM_CLASSES, aspp_rates=rates,
-                                        freeze_backbone_bn=freeze_backbone_bn)
-  info = {"params": model.count_params(), "flops_512": model_lib.count_flops(model, 512, 512)}
+  model = network.build_deeplabv3plus(num_classes=harness.NUM_CLASSES, aspp_rates=rates,
+                                      freeze_backbone_bn=freeze_backbone_bn)
+  info = {"params": model.count_params(), "flops_512": flops.count_flops(model, 512, 512)}
   timer = harness.StepTimer(model, lambda: model.trainable_variables, keras.optimizers.SGD(0.01, momentum=0.9))
   harness.serve(timer, info)
 

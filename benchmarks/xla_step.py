@@ -35,8 +35,9 @@ def _measure(spec: dict) -> dict:
   import numpy as np  # pylint: disable=g-import-not-at-top
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   from configs import deeplab_voc  # pylint: disable=g-import-not-at-top
+  from deeplab import building  # pylint: disable=g-import-not-at-top
+  from deeplab import tfrecords  # pylint: disable=g-import-not-at-top
   from trainer import augment  # pylint: disable=g-import-not-at-top
-  from trainer import runs  # pylint: disable=g-import-not-at-top
   from trainer import train  # pylint: disable=g-import-not-at-top
 
   keras.mixed_precision.set_global_policy(spec["policy"])
@@ -44,7 +45,7 @@ def _measure(spec: dict) -> dict:
   config.model.backbone_weights = ""
   config.input.crop_size = spec["crop"]
   keras.utils.set_random_seed(0)
-  model = runs.create_model(config)
+  model = building.create_model(config)
   train.compile_model(model, config, total_steps=100,
                       execution=train.Execution(spec["jit_compile"], steps_per_execution=1, fixed_batch_shapes=False))
   batch, canvas = spec["batch"], spec["crop"]
@@ -54,7 +55,7 @@ def _measure(spec: dict) -> dict:
   sizes = tf.constant([[canvas, canvas]] * batch)
   geometry = augment.draw_geometry(sizes, sizes, tf.constant([0, 1], tf.int64), crop=(canvas, canvas),
                                    min_scale=0.5, max_scale=2.0, flip=True)
-  data = tf.data.Dataset.from_tensors(({"image": images, "geometry": geometry}, labels)).repeat()
+  data = tf.data.Dataset.from_tensors(tfrecords.Batch(augment.Canvases(images, geometry), labels)).repeat()
   iterator = iter(data)
   model.make_train_function()
   step = model.train_function

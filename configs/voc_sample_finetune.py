@@ -11,7 +11,7 @@ from configs import base
 
 def get_config():
   config = base.get_config()
-  config.model.aspp_rates = ()  # The lean head: ~2x faster on CPUs than ASPP 6/12/18.
+  config.model.aspp_rates = ()  # The lean head: ~6% faster training on CPUs than ASPP 6/12/18 (README, Results).
   config.model.freeze_backbone_bn = True  # The ImageNet weights' batch norm is folded; batch 8 is too small.
   config.input.crop_size = 321
   config.batch_size = 8

@@ -1,8 +1,9 @@
 """How every program of the project talks to the person running it: one-line errors and progress lines.
 
 Errors: a bad command line, config or data is one line `error: ...` on stderr with exit code 2 (EXIT_USAGE), not a
-traceback. Every program parses its flags with `parse_flags` and checks their values with absl's own means
-(bounds, enums, required flags, and `register_check`), so that a bad value fails before any work.
+traceback: libraries raise a contracts/errors.UserError, programs end on it with `exit_on_user_error`. Every
+program parses its flags with `parse_flags` and checks their values with absl's own means (bounds, enums, required
+flags, and `register_check`), so that a bad value fails before any work.
 
 Progress: `Progress` counts work done (pairs converted, images predicted, bytes downloaded) with its rate; `step`
 times one long step ("writing X ..." then "writing X: done in 12 s").
@@ -21,7 +22,9 @@ from typing import Any, NoReturn
 
 from absl import flags
 
-EXIT_USAGE = 2  # A bad flag, config or data: fixed by the user, so not worth a retry.
+from contracts import errors
+
+EXIT_USAGE = errors.EXIT_USAGE  # A bad flag, config or data: fixed by the user, so not worth a retry.
 
 SPLIT = r"[\w.-]+"  # Its shards are SPLIT-*.tfrecord, its list ImageSets/Segmentation/SPLIT.txt.
 SPLIT_ACCEPTS = "a split name of letters, digits, '_', '.' or '-'"
@@ -34,6 +37,18 @@ def exit_with(message: str, exit_code: int = EXIT_USAGE, *, program: str = "") -
   sys.stdout.flush()
   sys.stderr.write(f"{program}: error: {message}\n" if program else f"error: {message}\n")
   sys.exit(exit_code)
+
+
+@contextlib.contextmanager
+def exit_on_user_error(*also: type[Exception], first_line: bool = False, program: str = ""):
+  """Ends the program with one line (`exit_with`) on a contracts.errors.UserError raised inside, or on one of the
+  exception types `also` names (e.g. a library's ValueError for a bad argument), with the error's exit_code (2 by
+  default). first_line: only the first line of the message. Every command line catches its errors so."""
+  try:
+    yield
+  except (errors.UserError, *also) as error:
+    message = str(error).splitlines()[0] if first_line and str(error) else str(error) or type(error).__name__
+    exit_with(message, getattr(error, "exit_code", EXIT_USAGE), program=program)
 
 
 def parse_flags(argv: Sequence[str], *, known_only: bool = False, unknown_flag_hint: str = "",

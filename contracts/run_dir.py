@@ -10,6 +10,7 @@
   import.json                        what python -m inference.import_model imported (imported runs only)
 """
 
+from contracts import errors
 from contracts import quiet_imports
 
 quiet_imports.import_quietly()
@@ -45,3 +46,7 @@ def run_folder_of(weights: str) -> str:
   if folder.rsplit("/", 1)[-1] == CHECKPOINTS:
     folder = folder.rsplit("/", 1)[0] if "/" in folder else "."
   return folder
+
+
+class RunFolderError(errors.UserError, ValueError):
+  """A folder that is not (or not yet) a training run: no config.json, no weights."""

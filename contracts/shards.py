@@ -13,6 +13,8 @@ import json
 import math
 
 import numpy as np
+
+from contracts import errors
 from contracts import quiet_imports
 
 quiet_imports.import_quietly()
@@ -27,7 +29,7 @@ CLASS_COLOURS_FILE = "class_colours.txt"
 PIXEL_COUNTS_SUFFIX = ".json"  # {split}-pixels.json: the conversion's summed counts, folded into the summary
 
 
-class DataError(ValueError):
+class DataError(errors.UserError, ValueError):
   """A data folder does not hold what was asked for (reported to the user in one line)."""
 
 

@@ -4,7 +4,7 @@
       [--scales=0.5,0.75,1.0,1.25,1.5,1.75] [--flip] [--pad_to=513]
 
 Rebuilds the model from the run's config.json, loads its best (else final) weights, and averages the class
-probabilities of every scale (and mirror) at the image's own size, so padding is never scored (inference/scoring.py).
+probabilities of every scale (and mirror) at the image's own size, so padding is never scored (inference/evaluation.py).
 Prints the per-class IoU table and writes eval_<split>.json and eval_<split>_confusion.png into model_dir.
 """
 
@@ -12,8 +12,7 @@ from absl import app
 from absl import flags
 
 from contracts import console
-from contracts import shards
-from inference import scoring
+from inference import evaluation
 
 _MODEL_DIR = flags.DEFINE_string("model_dir", None, "A training run's folder (config.json, checkpoints/); local "
                                  "or gs://.", required=True)
@@ -33,12 +32,11 @@ _WEIGHTS = flags.DEFINE_string("weights", None, "A .weights.h5 file; default the
 
 def main(argv):
   del argv
-  try:
-    report, stem = scoring.evaluate_run(_MODEL_DIR.value, _DATA_DIR.value, split=_SPLIT.value, scales=_SCALES.value,
-                                        flip=_FLIP.value, pad_to=_PAD_TO.value, weights=_WEIGHTS.value)
-  except (shards.DataError, ValueError) as error:
-    console.exit_with(str(error))
-  print(scoring.iou_table(report))
+  with console.exit_on_user_error(ValueError):
+    report, stem = evaluation.evaluate_run(_MODEL_DIR.value, _DATA_DIR.value, split=_SPLIT.value,
+                                           scales=_SCALES.value, flip=_FLIP.value, pad_to=_PAD_TO.value,
+                                           weights=_WEIGHTS.value)
+  print(evaluation.iou_table(report))
   print(f"wrote {stem}.json and {stem}_confusion.png")
 
 

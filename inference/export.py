@@ -1,4 +1,4 @@
-r"""Exports a trained run for serving (inference/serving.py): a SavedModel that takes encoded images, and TFLite
+r"""Exports a trained run for serving (inference/exporting.py): a SavedModel that takes encoded images, and TFLite
 float32 / int8 models.
 
   python -m inference.export --model_dir=runs/x --output_dir=exports/x [--tflite] \
@@ -27,15 +27,14 @@ from absl import flags
 from absl import logging
 
 from contracts import console
-from contracts import shards
+from inference import exporting
 from inference import int8_ranges
-from inference import serving
 
 _MODEL_DIR = flags.DEFINE_string("model_dir", None, "A training run's folder; local or gs://.", required=True)
 _WEIGHTS = flags.DEFINE_string("weights", None, "A .weights.h5 file; default the run's best, else its final.")
 _OUTPUT_DIR = flags.DEFINE_string("output_dir", None, "Where the exports and export_report.json go.", required=True)
-_TFLITE = flags.DEFINE_bool("tflite", False, f"Also write {serving.FLOAT32_TFLITE}.")
-_INT8 = flags.DEFINE_bool("int8", False, f"Also write {serving.INT8_TFLITE} (needs --calibration_data).")
+_TFLITE = flags.DEFINE_bool("tflite", False, f"Also write {exporting.FLOAT32_TFLITE}.")
+_INT8 = flags.DEFINE_bool("int8", False, f"Also write {exporting.INT8_TFLITE} (needs --calibration_data).")
 _CALIBRATION_DATA = flags.DEFINE_string("calibration_data", None, "TFRecord glob(s) of (training) images to "
                                         "calibrate int8 ranges on.")
 _NUM_CALIBRATION = flags.DEFINE_integer("num_calibration", 200, "Calibration images (the first ones of the glob).",
@@ -58,20 +57,18 @@ def main(argv):
   if len(argv) > 1:
     console.exit_with(f"unexpected arguments {' '.join(argv[1:])}")
   logging.set_verbosity(logging.WARNING)  # The SavedModel writer's INFO lines, several per export.
-  try:
-    report = serving.export_run(
+  with console.exit_on_user_error(ValueError):
+    report = exporting.export_run(
         _MODEL_DIR.value, _OUTPUT_DIR.value, weights=_WEIGHTS.value, tflite=_TFLITE.value, int8=_INT8.value,
         calibration_data=_CALIBRATION_DATA.value, num_calibration=_NUM_CALIBRATION.value, ranges=_INT8_RANGES.value,
         check_data=_CHECK_DATA.value, data_dir=_DATA_DIR.value, num_check_images=_NUM_CHECK_IMAGES.value)
-  except (shards.DataError, ValueError) as error:  # DataError is a ValueError; both are the user's to fix.
-    console.exit_with(str(error))
   if "exports" in report:
-    print(serving.check_table(report))
+    print(exporting.check_table(report))
     drop = report["int8_drop_points"]
     if drop is not None and drop > 1.0:
       print(f"warning: int8 loses {drop:.2f} mIoU points against float (more than 1)", file=sys.stderr)
-  print(f"wrote {_OUTPUT_DIR.value}: {serving.SAVED_MODEL_DIR}/" +
-        "".join(f", {t['file'].rsplit('/', 1)[-1]}" for t in report["tflite"].values()) + f", {serving.REPORT}")
+  print(f"wrote {_OUTPUT_DIR.value}: {exporting.SAVED_MODEL_DIR}/" +
+        "".join(f", {t['file'].rsplit('/', 1)[-1]}" for t in report["tflite"].values()) + f", {exporting.REPORT}")
 
 
 if __name__ == "__main__":

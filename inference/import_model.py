@@ -16,8 +16,9 @@ import cv2
 import numpy as np
 
 from contracts import console
-from inference import published
-from trainer import input_pipeline
+from deeplab import pixels
+from deeplab import tfrecords
+from inference import importing
 
 _SOURCE = flags.DEFINE_string("source", None, "Published model: .tflite, checkpoint, .tar(.gz) or http(s) URL.",
                               required=True)
@@ -39,11 +40,11 @@ _DOWNLOAD_DIR = flags.DEFINE_string("download_dir", None, "Where a URL --source 
 
 def _read_images(pattern: str, count: int) -> list[np.ndarray]:
   images = []
-  for path in input_pipeline.list_files(pattern)[:count]:
+  for path in tfrecords.list_files(pattern)[:count]:
     image = cv2.imread(path, cv2.IMREAD_COLOR)
     if image is None:
       raise ValueError(f"cannot read image {path}")
-    if max(image.shape[:2]) > published.CANVAS_SIZE:
+    if max(image.shape[:2]) > pixels.DEEPLAB_CANVAS:
       raise ValueError(f"{path} is {image.shape[0]}x{image.shape[1]}: check images must fit 513x513")
     images.append(image[..., ::-1].copy())
   return images
@@ -51,13 +52,11 @@ def _read_images(pattern: str, count: int) -> list[np.ndarray]:
 
 def main(argv):
   del argv
-  try:
+  with console.exit_on_user_error(ValueError):  # ValueError: photos that cannot be check images.
     images = _read_images(_CHECK_IMAGES.value, _NUM_CHECK_IMAGES.value) if _CHECK_IMAGES.value else []
-    report = published.import_model(
+    report = importing.import_model(
         _SOURCE.value, _MODEL_DIR.value, check_images=images, aspp_rates=tuple(int(r) for r in _ASPP_RATES.value),
         output_stride=int(_OUTPUT_STRIDE.value), download_dir=_DOWNLOAD_DIR.value, md5=_SOURCE_MD5.value)
-  except ValueError as error:  # published.ImportError_ and bad images.
-    console.exit_with(str(error))
   print(f"imported {report['kind']} {report['source']}: {report['scopes']} DeepLab scopes into {report['layers_set']} "
         f"layers ({report['num_classes']} classes, depth {report['alpha']}, "
         f"{'DeepLabV3+' if report['decoder'] else 'DeepLabV3'})")

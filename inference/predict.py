@@ -20,9 +20,8 @@ from absl import flags
 import tensorflow as tf
 
 from contracts import console
-from contracts import shards
+from deeplab import run_folder
 from inference import prediction
-from trainer import runs
 
 _MODEL_DIR = flags.DEFINE_string("model_dir", None, "A training run's folder (config.json, checkpoints/); local "
                                  "or gs://.")
@@ -48,7 +47,7 @@ def main(argv):
   paths = prediction.list_inputs(_INPUT.value)
   if not paths:
     console.exit_with(f"no file matches --input={_INPUT.value}")
-  try:
+  with console.exit_on_user_error(ValueError, OSError, tf.errors.OpError, first_line=True):
     if _SAVED_MODEL.value:
       if any(flags.FLAGS[name].present for name in ("scales", "flip", "weights")):
         raise ValueError("--scales, --flip and --weights need --model_dir (a SavedModel predicts at one scale)")
@@ -56,11 +55,9 @@ def main(argv):
       class_names = prediction.saved_model_class_names(_SAVED_MODEL.value)
       class_colours = prediction.saved_model_class_colours(_SAVED_MODEL.value)
     else:
-      config, model, _ = runs.load_run(_MODEL_DIR.value, _WEIGHTS.value)
+      config, model, _ = run_folder.load_run(_MODEL_DIR.value, _WEIGHTS.value)
       segment = prediction.keras_segmenter(model, [float(s) for s in _SCALES.value], _FLIP.value)
-      class_names, class_colours = runs.class_names_of(config), runs.class_colours_of(config)
-  except (shards.DataError, ValueError, OSError, tf.errors.OpError) as error:
-    console.exit_with(str(error).splitlines()[0] if str(error) else type(error).__name__)
+      class_names, class_colours = run_folder.class_names_of(config), run_folder.class_colours_of(config)
   written, skipped = prediction.predict_files(paths, segment, _OUTPUT_DIR.value, _FORMAT.value, _VOC_ROOT.value,
                                               class_names, class_colours=class_colours)
   if not written:

@@ -16,9 +16,9 @@ from contracts import console
 from contracts import schema
 from contracts import shards
 from contracts import voc
-from inference import scoring
-from trainer import input_pipeline
-from trainer import visualize
+from deeplab import tfrecords
+from deeplab import visualize
+from inference import evaluation
 
 FORMATS = ("mask", "overlay", "triptych")
 OVERLAY_JPEG_QUALITY = 90
@@ -64,7 +64,7 @@ def decode_image(data: bytes) -> np.ndarray:
   if not kind:
     raise UnreadableImage(f"not a JPEG or PNG image ({len(data)} bytes starting {data[:8]!r})")
   try:
-    return input_pipeline.decode_image(tf.constant(data)).numpy()
+    return tfrecords.decode_image(tf.constant(data)).numpy()
   except (tf.errors.InvalidArgumentError, tf.errors.DataLossError) as error:
     raise UnreadableImage(f"corrupt {kind}: {console.op_error_text(error)}") from None
 
@@ -100,7 +100,7 @@ def read_truth(voc_root: str, name: str, size: tuple[int, int]) -> np.ndarray | 
 
 def keras_segmenter(model: keras.Model, scales: Sequence[float] = (1.0,), flip: bool = False) -> Segmenter:
   """Argmax of the run's class probabilities at the image's own size (averaged over scales and mirrors)."""
-  predict = scoring.make_predictor(model, list(scales), flip)
+  predict = evaluation.make_predictor(model, list(scales), flip)
 
   def segment(data: bytes, image: np.ndarray) -> np.ndarray:
     del data

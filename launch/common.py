@@ -12,6 +12,7 @@ from absl import flags
 import yaml  # PyYAML, which Apache Beam installs.
 
 from contracts import console
+from contracts import errors
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EXIT_USAGE = console.EXIT_USAGE  # As trainer.main and preprocessing.make_tfrecords: a bad flag, fixed by the user.
@@ -32,7 +33,7 @@ KUBERNETES_NAME_ACCEPTS = "lower-case letters, digits and '-' (no '-' first or l
 DRY_RUN = flags.DEFINE_bool("dry_run", False, "Print exactly what would be run or submitted, and stop.")
 
 
-class LaunchError(Exception):
+class LaunchError(errors.UserError):
   """A problem the user fixes with a flag; reported as one line on stderr."""
 
   def __init__(self, message: str, exit_code: int = EXIT_USAGE):

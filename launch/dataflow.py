@@ -57,10 +57,8 @@ def command(conversion_args: list[str]) -> list[str]:
 
 
 def main(argv):
-  try:
+  with console.exit_on_user_error():  # common.LaunchError
     common.run_commands([command(argv[1:])], dry_run=common.DRY_RUN.value)
-  except common.LaunchError as error:
-    console.exit_with(str(error), error.exit_code)
 
 
 if __name__ == "__main__":

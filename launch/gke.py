@@ -58,13 +58,11 @@ def manifest(trainer_args: list[str]) -> dict:
 
 
 def main(argv):
-  try:
+  with console.exit_on_user_error():  # common.LaunchError
     spec = manifest(argv[1:])
     path = common.spec_path(_MANIFEST_FILE.value, _NAME.value)
     build = common.image_commands(_IMAGE.value) if _BUILD.value else []
     common.submit(spec, path, [*build, ["kubectl", "apply", "-f", path]], dry_run=common.DRY_RUN.value)
-  except common.LaunchError as error:
-    console.exit_with(str(error), error.exit_code)
 
 
 if __name__ == "__main__":

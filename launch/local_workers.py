@@ -132,13 +132,11 @@ def run_attempt(trainer_args: Sequence[str], num_workers: int, log_dir: str, att
 
 def main(argv):
   trainer_args = argv[1:]
-  try:
+  with console.exit_on_user_error():  # common.LaunchError
     model_dir = common.flag_value(trainer_args, "model_dir")
     if not model_dir:
       raise common.LaunchError("--model_dir is required after `--` (the workers checkpoint there to resume)")
     command = trainer_command(trainer_args)
-  except common.LaunchError as error:
-    console.exit_with(str(error), error.exit_code)
   log_dir = flags.FLAGS.log_dir or os.path.join(model_dir, "logs")  # absl's own --log_dir flag.
   if "://" in log_dir:
     console.exit_with(f"the worker logs go to a local folder, not {log_dir}: give --log_dir")

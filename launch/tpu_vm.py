@@ -48,7 +48,7 @@ console.register_check("accelerator_type", console.matching(r"v[0-9]+[a-z]*-[0-9
 console.register_check("remote_dir", console.matching(r"[\w./~-]+"),
                        "a folder of letters, digits and _ . / ~ - (it goes into the remote shell commands as it is)")
 
-SOURCES = ("setup.py", "contracts", "preprocessing", "trainer", "inference", "configs", "launch")
+SOURCES = ("setup.py", "contracts", "deeplab", "preprocessing", "trainer", "inference", "configs", "launch")
 SINGLE_HOST_TPU_TENSORFLOW = "tensorflow-tpu~=2.21.0"
 SINGLE_HOST_RUNTIME = "tpu-ubuntu2204-base"
 # After the install: exactly one installed distribution provides the `tensorflow` module.
@@ -97,11 +97,9 @@ def commands(trainer_args: list[str]) -> list[list[str]]:
 
 
 def main(argv):
-  try:
+  with console.exit_on_user_error():  # common.LaunchError
     planned = commands(argv[1:])
     common.run_commands(planned, dry_run=common.DRY_RUN.value)
-  except common.LaunchError as error:
-    console.exit_with(str(error), error.exit_code)
 
 
 if __name__ == "__main__":

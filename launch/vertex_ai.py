@@ -68,15 +68,13 @@ def job_spec(trainer_args: list[str]) -> dict:
 
 
 def main(argv):
-  try:
+  with console.exit_on_user_error():  # common.LaunchError
     spec = job_spec(argv[1:])
     path = common.spec_path(_SPEC_FILE.value, _DISPLAY_NAME.value)
     submit = ["gcloud", "ai", "custom-jobs", "create", f"--project={_PROJECT.value}", f"--region={_REGION.value}",
               f"--display-name={_DISPLAY_NAME.value}", f"--config={path}"]
     build = common.image_commands(_IMAGE.value) if _BUILD.value else []
     common.submit(spec, path, [*build, submit], dry_run=common.DRY_RUN.value)
-  except common.LaunchError as error:
-    console.exit_with(str(error), error.exit_code)
 
 
 if __name__ == "__main__":

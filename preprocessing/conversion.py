@@ -17,6 +17,7 @@ from apache_beam.options.pipeline_options import PipelineOptions  # noqa: E402
 from apache_beam.options.pipeline_options import StandardOptions  # noqa: E402
 from apache_beam.runners.runner import PipelineRunner  # noqa: E402
 
+from contracts import errors  # noqa: E402
 from contracts import shards  # noqa: E402
 from contracts import voc  # noqa: E402
 from preprocessing import download  # noqa: E402
@@ -62,7 +63,7 @@ class Job:
   sbd_md5: str = _SBD_MD5
 
 
-class JobFailed(Exception):
+class JobFailed(errors.UserError):
   """A failure that ends the job with `exit_code` and the one-line message."""
 
   def __init__(self, message: str, exit_code: int = EXIT_SETUP):

@@ -141,9 +141,8 @@ def _job() -> conversion.Job:
 def main(argv: list[str]) -> None:
   conversion.quiet_beam_logging()
   try:
-    conversion.convert(_job(), argv[1:])
-  except conversion.JobFailed as e:
-    console.exit_with(str(e), e.exit_code, program="make_tfrecords")
+    with console.exit_on_user_error(program="make_tfrecords"):  # conversion.JobFailed, with its exit code.
+      conversion.convert(_job(), argv[1:])
   except app.UsageError as e:
     console.exit_with(f"{e} (see --helpfull)", conversion.EXIT_USAGE, program="make_tfrecords")
 

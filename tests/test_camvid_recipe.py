@@ -9,7 +9,7 @@ import pytest
 from configs import camvid_from_imagenet
 from configs import camvid_from_published
 from contracts import shards
-from inference import published
+from inference import importing
 from preprocessing import make_tfrecords
 from preprocessing import synthetic_voc
 from trainer import distribute
@@ -69,7 +69,7 @@ def test_the_published_recipe_trains_on_real_camvid_from_its_shards(camvid, refe
   make_tfrecords.run(["make_tfrecords", f"--images={camvid}/{{split}}/*.png",
                       f"--masks={camvid}/{{split}}annot/{{stem}}.png", f"--class_names={_names_file(tmp_path)}",
                       "--void_values=11", f"--output_dir={records}"])
-  published.import_model(str(reference_tflite), str(tmp_path / "import"))
+  importing.import_model(str(reference_tflite), str(tmp_path / "import"))
   config = _few_steps(camvid_from_published.get_config(), crop=(97, 129))
   config.model.init_from = str(tmp_path / "import")
   report = train.train_and_evaluate(config, data_dir=str(records), model_dir=str(tmp_path / "run"),

@@ -1,5 +1,5 @@
 """Every bad value is caught before work starts: config fields (trainer/config_validation.py) and the flags of
-every program (launch/console.py), each refused in one line with exit code 2.
+every program (contracts/console.py), each refused in one line with exit code 2.
 
 The subprocess checks are few on purpose: each program that imports TensorFlow takes seconds to start.
 """
@@ -18,6 +18,7 @@ import pytest
 
 from configs import base
 from contracts import console
+from contracts import errors
 from trainer import config_validation
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -188,7 +189,38 @@ def test_the_first_bad_field_is_named_and_a_missing_field_is_said():
 
 
 def test_train_raises_the_same_config_error_as_the_validation():
-  assert config_validation.ConfigError is config_validation.ConfigError
+  """The rules the trainer checks itself (against the strategy and the loop) raise the validation's error, which
+  every command line reports in one line (a contracts.errors.UserError)."""
+  from trainer import train  # pylint: disable=g-import-not-at-top  (TensorFlow: only this test needs it)
+
+  assert train.ConfigError is config_validation.ConfigError
+  with pytest.raises(config_validation.ConfigError, match=r"config.train.jit_compile='sometimes': use auto"):
+    train.plan_execution(config_with({"train.jit_compile": "sometimes"}), strategy=None, steps_per_loop=1, tpu=False)
+
+
+def test_every_error_a_user_fixes_is_one_user_error():
+  """One base that every command line catches (console.exit_on_user_error), whatever stage raised it."""
+  from contracts import download, run_dir, shards  # pylint: disable=g-import-not-at-top
+  from launch import common  # pylint: disable=g-import-not-at-top
+  from preprocessing import conversion  # pylint: disable=g-import-not-at-top
+  from trainer import distribute  # pylint: disable=g-import-not-at-top
+
+  for error in (shards.DataError, run_dir.RunFolderError, download.DownloadError, config_validation.ConfigError,
+                distribute.StrategyError, common.LaunchError, conversion.JobFailed):
+    assert issubclass(error, errors.UserError), error
+  assert conversion.JobFailed("x", 4).exit_code == 4 and shards.DataError("x").exit_code == console.EXIT_USAGE
+
+
+def test_a_user_error_ends_a_program_in_one_line_with_its_exit_code(capsys):
+  class Failed(errors.UserError):
+    exit_code = 3
+
+  with pytest.raises(SystemExit) as exit_info, console.exit_on_user_error():
+    raise Failed("the data is bad: convert it again")
+  assert exit_info.value.code == 3
+  assert capsys.readouterr().err == "error: the data is bad: convert it again\n"
+  with pytest.raises(KeyError), console.exit_on_user_error(ValueError):
+    raise KeyError("not the user's")
 
 
 # ------------------------------------------------------------------------------------------------------- flags

@@ -9,16 +9,16 @@ import pytest
 import tensorflow as tf
 
 from configs import smoke
-from inference import scoring
+from deeplab import run_folder
+from deeplab import tfrecords
+from inference import evaluation
 from preprocessing import make_tfrecords
 from preprocessing import synthetic_voc
+from tests.conftest import clear_pixels
 from tests.conftest import REPO_ROOT
 from tests.conftest import SOFTMAX_RESOLUTION
 from tests.conftest import TIE
-from tests.conftest import clear_pixels
 from trainer import distribute
-from trainer import input_pipeline
-from trainer import runs
 from trainer import train
 
 
@@ -41,12 +41,12 @@ def trained_run(tmp_path_factory):
 
 def test_native_size_confusion_counts_every_valid_pixel_of_the_model_prediction(trained_run):
   records, model_dir = trained_run
-  config, model, weights = runs.load_run(model_dir)
+  config, model, weights = run_folder.load_run(model_dir)
   assert weights.endswith("best.weights.h5")
-  confusion = scoring.confusion_of_split(model, records, "val", config.model.num_classes, scales=[1.0], flip=False)
+  confusion = evaluation.confusion_of_split(model, records, "val", config.model.num_classes, scales=[1.0], flip=False)
   expected = np.zeros_like(confusion)
   tied = 0
-  for image, label in input_pipeline.eval_dataset(f"{records}/val-*.tfrecord", batch_size=1):
+  for image, label in tfrecords.eval_dataset(f"{records}/val-*.tfrecord", batch_size=1):
     assert image.shape[1:3] == (90, 117)  # scored at the native size, never padded
     logits = model.predict(image, verbose=0)[0]
     predicted = np.argmax(logits, axis=-1)
@@ -62,17 +62,17 @@ def test_native_size_confusion_counts_every_valid_pixel_of_the_model_prediction(
 
 def test_multi_scale_and_flip_average_probabilities_at_the_native_size(trained_run):
   records, model_dir = trained_run
-  _, model, _ = runs.load_run(model_dir)
+  _, model, _ = run_folder.load_run(model_dir)
   image = tf.random.uniform([90, 117, 3], 0, 255, seed=1)
-  single = scoring.make_predictor(model, [1.0], flip=False)(image).numpy()
-  mirrored = scoring.make_predictor(model, [1.0], flip=True)(image).numpy()
-  flipped_alone = scoring.make_predictor(model, [1.0], flip=False)(tf.reverse(image, [1])).numpy()[:, ::-1]
+  single = evaluation.make_predictor(model, [1.0], flip=False)(image).numpy()
+  mirrored = evaluation.make_predictor(model, [1.0], flip=True)(image).numpy()
+  flipped_alone = evaluation.make_predictor(model, [1.0], flip=False)(tf.reverse(image, [1])).numpy()[:, ::-1]
   # A batch of two against two single images: other kernel blockings, logits apart by rounding (< conftest.TIE of
   # their spread); a probability moves by at most half its logits' change, so the sum of two by less than TIE x
   # spread (5e-6 here; 2e-8 measured), where the mirror not flipped back moves it by 1.7e-4 on this smoke run.
   spread = float(np.std(model(image[tf.newaxis], training=False)))
   np.testing.assert_allclose(mirrored, single + flipped_alone, atol=TIE * spread)
-  several = scoring.make_predictor(model, [0.5, 1.0, 1.5], flip=True)(image).numpy()
+  several = evaluation.make_predictor(model, [0.5, 1.0, 1.5], flip=True)(image).numpy()
   assert several.shape == (90, 117, 21)
   # 3 scales x 2 mirrors of probabilities, each summing to 1 within 21 float32 roundings and a bilinear resize
   # (1.4e-6 measured); a scale or mirror missing is off by 1.

@@ -20,15 +20,16 @@ import tensorflow as tf
 from configs import smoke
 from contracts import run_dir
 from contracts import voc
+from deeplab import building
+from deeplab import pixels
+from deeplab import run_folder
+from deeplab import tfrecords
+from inference import exporting
 from inference import int8_ranges
-from inference import serving
 from inference import tflite_interpreter
 from preprocessing import pairs
-from tests.conftest import REPO_ROOT
 from tests.conftest import clear_pixels
-from trainer import augment
-from trainer import input_pipeline
-from trainer import runs
+from tests.conftest import REPO_ROOT
 
 TRAIN_IDS = 3
 VAL_IDS = 2
@@ -55,7 +56,7 @@ def tiny_run(tmp_path_factory):
   model_dir = tmp_path_factory.mktemp("run")
   config = smoke.get_config()
   keras.utils.set_random_seed(0)
-  model = runs.create_model(config)
+  model = building.create_model(config)
   (model_dir / "checkpoints").mkdir()
   model.save_weights(str(model_dir / run_dir.FINAL_WEIGHTS))
   (model_dir / "config.json").write_text(config.to_json_best_effort(indent=2))
@@ -76,7 +77,7 @@ def exported(tiny_run, records, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def keras_model(tiny_run):
-  return runs.load_run(str(tiny_run))[1]
+  return run_folder.load_run(str(tiny_run))[1]
 
 
 def _keras_logits(model, image: np.ndarray) -> np.ndarray:
@@ -104,7 +105,7 @@ def test_saved_model_answers_a_jpeg_and_a_png_of_other_sizes_with_the_keras_mask
   buffer = io.BytesIO()
   Image.fromarray(png_image).save(buffer, format="PNG")
 
-  serve = tf.saved_model.load(str(output_dir / serving.SAVED_MODEL_DIR)).signatures["serving_default"]
+  serve = tf.saved_model.load(str(output_dir / exporting.SAVED_MODEL_DIR)).signatures["serving_default"]
   out = serve(image_bytes=tf.constant([jpeg, buffer.getvalue()]))
   masks, heights, widths = out["masks"].numpy(), out["heights"].numpy(), out["widths"].numpy()
 
@@ -125,7 +126,8 @@ def _all_tensor_dtypes(interpreter) -> set:
   return {np.dtype(t["dtype"]) for t in interpreter.get_tensor_details()}
 
 
-@pytest.mark.parametrize("name, input_dtype", [(serving.FLOAT32_TFLITE, np.float32), (serving.INT8_TFLITE, np.uint8)])
+@pytest.mark.parametrize("name, input_dtype", [(exporting.FLOAT32_TFLITE, np.float32),
+                                               (exporting.INT8_TFLITE, np.uint8)])
 def test_tflite_models_run_in_the_interpreter_on_a_513_input_and_give_class_ids(exported, keras_model, voc_data,
                                                                                   name, input_dtype):
   output_dir, _ = exported
@@ -136,9 +138,9 @@ def test_tflite_models_run_in_the_interpreter_on_a_513_input_and_give_class_ids(
 
   image = np.asarray(Image.open(voc_data / voc.IMAGE_DIR / f"{_split_ids(voc_data, 'val', 1)[0]}.jpg")
                      .convert("RGB"))
-  classes = serving.tflite_predict(interpreter, image)
+  classes = exporting.tflite_predict(interpreter, image)
   assert classes.shape == image.shape[:2] and classes.max() < 21
-  padded = np.full((513, 513, 3), augment.MEAN_PIXEL, np.float32)
+  padded = np.full((513, 513, 3), pixels.MEAN_PIXEL, np.float32)
   padded[:image.shape[0], :image.shape[1]] = image
   logits = _keras_logits(keras_model, padded)[:image.shape[0], :image.shape[1]]
   if input_dtype == np.float32:
@@ -157,10 +159,10 @@ def _tied_pixels(model, records) -> tuple[int, int, int]:
   """(scored pixels, of them those whose top two logits tie within rounding at the image's own size, and on the
   513 canvas the TFLite models see) over the check's images: the val records, as the command reads them."""
   scored = tied_native = tied_canvas = 0
-  for image, label in input_pipeline.eval_dataset(f"{records}/val-*.tfrecord", batch_size=1):
+  for image, label in tfrecords.eval_dataset(f"{records}/val-*.tfrecord", batch_size=1):
     image, valid = image[0].numpy().astype(np.uint8), label[0].numpy() != voc.IGNORE_LABEL
-    canvas, (height, width) = serving._fit_and_pad(  # pylint: disable=protected-access
-        image, serving.TFLITE_SIZE, augment.MEAN_PIXEL)
+    canvas, (height, width) = exporting._fit_and_pad(  # pylint: disable=protected-access
+        image, pixels.DEEPLAB_CANVAS, pixels.MEAN_PIXEL)
     scored += int(valid.sum())
     tied_native += int((valid & ~clear_pixels(_keras_logits(model, image))).sum())
     tied_canvas += int((valid & ~clear_pixels(_keras_logits(model, canvas)[:height, :width])).sum())
@@ -169,7 +171,7 @@ def _tied_pixels(model, records) -> tuple[int, int, int]:
 
 def test_command_checks_every_export_on_the_same_images_and_writes_the_report(exported, keras_model, records):
   output_dir, result = exported
-  report = json.loads((output_dir / serving.REPORT).read_text())
+  report = json.loads((output_dir / exporting.REPORT).read_text())
   assert report["images"] == VAL_IDS and report["scored_pixels"] > 0
   exports = report["exports"]
   assert list(exports) == ["keras", "saved_model", "keras_513", "tflite_float32", "tflite_int8"]

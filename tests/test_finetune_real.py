@@ -7,11 +7,11 @@ import pytest
 from configs import voc_sample_finetune
 from contracts import shards
 from contracts import voc
+from deeplab import building
+from deeplab import metrics as metrics_lib
+from deeplab import tfrecords
 from preprocessing import make_tfrecords
 from trainer import distribute
-from trainer import input_pipeline
-from trainer import metrics as metrics_lib
-from trainer import runs
 from trainer import train
 
 
@@ -26,7 +26,7 @@ def _background_everywhere(records: str, split: str, count: int) -> dict:
   """The scores of a model that predicts background on every pixel of the first `count` images of the split (those
   the evaluation scores, in its order): what learning the class prior alone reaches."""
   confusion = np.zeros((voc.NUM_CLASSES, voc.NUM_CLASSES), np.int64)
-  for _, label in input_pipeline.eval_dataset(shards.split_files(records, split), batch_size=1).take(count):
+  for _, label in tfrecords.eval_dataset(shards.split_files(records, split), batch_size=1).take(count):
     truth = label[0].numpy()
     confusion += metrics_lib.count_confusion(truth, np.zeros_like(truth), voc.NUM_CLASSES)
   return metrics_lib.summarize_confusion(confusion)
@@ -45,7 +45,7 @@ def test_fine_tuning_from_imagenet_lowers_the_loss_and_raises_miou(real_records,
 
   keras.utils.set_random_seed(config.seed)  # Seeded as train_and_evaluate seeds: the same untrained head every run.
   with strategy.scope():
-    untrained = runs.create_model(config)
+    untrained = building.create_model(config)
     miou = train.compile_model(untrained, config, total_steps=1)
   before = train.evaluate(untrained, miou, config, strategy, real_records)
   prior = _background_everywhere(real_records, config.eval_split, config.train.eval_steps * config.eval_batch_size)

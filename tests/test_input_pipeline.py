@@ -18,11 +18,15 @@ import pytest
 import tensorflow as tf
 
 from contracts import schema, voc
-from tests.conftest import FLOAT32_STEP_NOISE
+from deeplab import metrics
+from deeplab import network
+from deeplab import pixels
+from deeplab import tfrecords
 from tests.conftest import direction_and_size
+from tests.conftest import FLOAT32_STEP_NOISE
 from tests.conftest import is_voc_sample
 from tests.conftest import same_step
-from trainer import augment, input_pipeline, losses, metrics, model
+from trainer import augment, input_pipeline, losses
 
 
 def _ids(voc_dir: pathlib.Path, split: str) -> list[str]:
@@ -87,9 +91,9 @@ def _one_record_file(directory: pathlib.Path, voc_dir: pathlib.Path, image_id: s
 
 
 def test_decode_record_equals_opencv_and_pillow_on_all_sample_images(voc_data, shards):
-  files = input_pipeline.list_files(f"{shards['train']},{shards['val']}")
+  files = tfrecords.list_files(f"{shards['train']},{shards['val']}")
   seen = []
-  for example in tf.data.TFRecordDataset(files).map(input_pipeline.decode_record):
+  for example in tf.data.TFRecordDataset(files).map(tfrecords.decode_record):
     image_id = example["id"].numpy().decode()
     image, label = example["image"].numpy(), example["label"].numpy()
     assert image.dtype == np.uint8 and label.dtype == np.uint8
@@ -103,14 +107,14 @@ def test_decode_record_equals_opencv_and_pillow_on_all_sample_images(voc_data, s
 def test_png_images_decode_like_jpeg_ones(voc_data, tmp_path):
   image_id = _ids(voc_data, "val")[0]
   path = _one_record_file(tmp_path, voc_data, image_id, image_format="png")
-  example = input_pipeline.decode_record(next(iter(tf.data.TFRecordDataset(path))))
+  example = tfrecords.decode_record(next(iter(tf.data.TFRecordDataset(path))))
   np.testing.assert_array_equal(example["image"].numpy(), _source_rgb(voc_data, image_id))
 
 
 def test_palette_masks_are_refused_not_read_as_grey(voc_data, tmp_path):
   path = _one_record_file(tmp_path, voc_data, _ids(voc_data, "val")[0], palette_mask=True)
   with pytest.raises(tf.errors.InvalidArgumentError, match="single-channel"):
-    input_pipeline.decode_record(next(iter(tf.data.TFRecordDataset(path))))
+    tfrecords.decode_record(next(iter(tf.data.TFRecordDataset(path))))
 
 
 # --- file patterns ---------------------------------------------------------------------------------------------
@@ -121,7 +125,7 @@ def test_a_pattern_matching_nothing_is_an_error_naming_it(shards, tmp_path):
   with pytest.raises(ValueError, match="nothing-"):
     input_pipeline.train_dataset(missing, batch_size=1)
   with pytest.raises(ValueError, match="nothing-"):
-    input_pipeline.eval_dataset(f"{shards['val']},{missing}")
+    tfrecords.eval_dataset(f"{shards['val']},{missing}")
 
 
 # --- evaluation ------------------------------------------------------------------------------------------------
@@ -129,7 +133,7 @@ def test_a_pattern_matching_nothing_is_an_error_naming_it(shards, tmp_path):
 
 def test_eval_yields_every_val_image_once_at_native_size(voc_data, shards):
   seen = []
-  for image, label, meta in input_pipeline.eval_dataset(shards["val"], with_metadata=True):
+  for image, label, meta in tfrecords.eval_dataset(shards["val"], with_metadata=True):
     image_id = meta["id"].numpy()[0].decode()
     assert image.dtype == tf.float32 and label.dtype == tf.int32
     np.testing.assert_array_equal(image.numpy()[0], _source_rgb(voc_data, image_id).astype(np.float32))
@@ -141,7 +145,7 @@ def test_eval_yields_every_val_image_once_at_native_size(voc_data, shards):
 
 def test_eval_pad_to_pads_image_with_mean_and_label_with_ignore(voc_data, shards):
   count = 0
-  for images, labels, meta in input_pipeline.eval_dataset(shards["val"], batch_size=8, pad_to=513,
+  for images, labels, meta in tfrecords.eval_dataset(shards["val"], batch_size=8, pad_to=513,
                                                           with_metadata=True):
     assert images.shape[1:] == (513, 513, 3) and labels.shape[1:] == (513, 513)
     for image, label, image_id, height, width in zip(images.numpy(), labels.numpy(), meta["id"].numpy(),
@@ -166,22 +170,28 @@ def test_eval_image_larger_than_pad_to_fails_naming_it(voc_data, shards):
   too_large = [i for i in ids if max(_source_mask(voc_data, i).shape) > pad_to]
   with pytest.raises(tf.errors.InvalidArgumentError,
                      match=rf"larger than pad_to[\s\S]*({'|'.join(map(re.escape, too_large))})"):
-    for _ in input_pipeline.eval_dataset(shards["val"], pad_to=pad_to):
+    for _ in tfrecords.eval_dataset(shards["val"], pad_to=pad_to):
       pass
 
 
 def test_eval_at_natural_size_needs_batch_size_1(shards):
   with pytest.raises(ValueError, match="batch_size must be 1"):
-    input_pipeline.eval_dataset(shards["val"], batch_size=2)
+    tfrecords.eval_dataset(shards["val"], batch_size=2)
 
 
 # --- training ---------------------------------------------------------------------------------------------------
 
 
-def _reference_crop(source: np.ndarray, mask: np.ndarray, geometry: np.ndarray, crop: int):
+def _draws(geometry: augment.Geometry) -> list[augment.Geometry]:
+  """A batch's Geometry as one Geometry of numpy values per element."""
+  fields = [np.asarray(field) for field in geometry]
+  return [augment.Geometry(*(field[i] for field in fields)) for i in range(len(fields[0]))]
+
+
+def _reference_crop(source: np.ndarray, mask: np.ndarray, draw: augment.Geometry, crop: int):
   """research/deeplab's order, written plainly: resize the whole image (bilinear) and mask (nearest) to the scaled
   size, pad bottom/right to the crop (mean pixel, 255), crop at the offset, flip."""
-  scaled_h, scaled_w, top, left, flipped = (int(v) for v in geometry[augment.SCALED_HEIGHT:])
+  (scaled_h, scaled_w), (top, left), flipped = (int(v) for v in draw.scaled_size), draw.offset, bool(draw.flip)
   image = tf.image.resize(source.astype(np.float32), (scaled_h, scaled_w)).numpy()
   label = tf.image.resize(mask[..., None], (scaled_h, scaled_w), method="nearest").numpy()[..., 0]
   height, width = max(scaled_h, crop), max(scaled_w, crop)
@@ -193,25 +203,26 @@ def _reference_crop(source: np.ndarray, mask: np.ndarray, geometry: np.ndarray, 
 
 
 def _crops(batch, crop: int):
-  features, labels = batch
-  images, labels = augment.crops_of((crop, crop))(features, labels)
-  return images.numpy(), labels.numpy(), np.asarray(features["geometry"])
+  canvases, labels = batch
+  images, labels = augment.crops_of((crop, crop))(canvases, labels)
+  return images.numpy(), labels.numpy(), _draws(canvases.geometry)
 
 
 def test_train_batches_are_uint8_canvases_with_geometry(voc_data, shards):
   """What crosses to the accelerator: each decoded picture, exact, at the top-left of a padded canvas."""
   dataset = input_pipeline.train_dataset(shards["train"], batch_size=4, seed=1, canvas_size=512, repeat=False)
-  features, labels = next(iter(dataset))
-  assert set(features) == {"image", "geometry"}
-  images, labels, geometry = features["image"].numpy(), labels.numpy(), features["geometry"].numpy()
+  batch = next(iter(dataset))
+  assert isinstance(batch, tfrecords.Batch) and isinstance(batch.images, augment.Canvases)
+  images, labels, geometry = batch.images.images.numpy(), batch.labels.numpy(), batch.images.geometry
   assert images.shape == (4, 512, 512, 3) and images.dtype == np.uint8
   assert labels.shape == (4, 512, 512) and labels.dtype == np.uint8
-  assert geometry.shape == (4, augment.GEOMETRY_SIZE) and geometry.dtype == np.float32
+  assert [tuple(field.shape) for field in geometry] == [(4, 2), (4, 2), (4, 2), (4,)]
+  assert [field.dtype for field in geometry] == [tf.int32, tf.int32, tf.int32, tf.bool]
   sources = {_source_mask(voc_data, i).tobytes(): i for i in _ids(voc_data, "train")}
-  for image, label, (height, width) in zip(images, labels, geometry[:, :2].astype(int)):
+  for image, label, (height, width) in zip(images, labels, geometry.canvas_size.numpy()):
     image_id = sources[label[:height, :width].tobytes()]  # The mask identifies the picture.
     np.testing.assert_array_equal(image[:height, :width], _source_rgb(voc_data, image_id))
-    assert np.all(image[height:] == input_pipeline.TRAIN_PAD_PIXEL) and np.all(label[:, width:] == 255)
+    assert np.all(image[height:] == pixels.MEAN_PIXEL_UINT8) and np.all(label[:, width:] == 255)
 
 
 def test_train_crops_are_the_reference_resize_pad_crop_flip(voc_data, shards):
@@ -228,7 +239,7 @@ def test_train_crops_are_the_reference_resize_pad_crop_flip(voc_data, shards):
     canvases = batch[1].numpy()
     images, labels, geometry = _crops(batch, crop)
     for canvas, image, label, draw in zip(canvases, images, labels, geometry):
-      height, width = draw[:2].astype(int)
+      height, width = draw.canvas_size
       image_id = sources[canvas[:height, :width].tobytes()]
       expected_image, expected_label = _reference_crop(_source_rgb(voc_data, image_id),
                                                        _source_mask(voc_data, image_id), draw, crop)
@@ -238,31 +249,31 @@ def test_train_crops_are_the_reference_resize_pad_crop_flip(voc_data, shards):
       # Exact: both take the label at floor((y + 0.5) x size / scaled size), the same IEEE float32 operations.
       np.testing.assert_array_equal(label, expected_label, err_msg=image_id)
       draws.append(draw)
-  draws = np.array(draws)
-  scales = draws[:, augment.SCALED_HEIGHT] / draws[:, augment.CANVAS_HEIGHT]
+  scales = np.array([draw.scaled_size[0] / draw.canvas_size[0] for draw in draws])
   assert scales.min() < 0.8 and scales.max() > 1.6
   assert len(np.unique(scales.round(2))) > len(draws) // 2  # Drawn per batch, but each image its own.
-  assert 0 < draws[:, augment.FLIP].sum() < len(draws)
-  assert len(set(map(tuple, draws[:, augment.OFFSET_Y:augment.FLIP]))) > len(draws) // 2
+  assert 0 < sum(bool(draw.flip) for draw in draws) < len(draws)
+  assert len({tuple(draw.offset) for draw in draws}) > len(draws) // 2
 
 
 def test_the_train_step_crops_on_the_device_as_on_the_host(shards):
-  """SegmentationModel.train_step on ({"image": canvases, "geometry": g}, labels) makes the same update as a step
-  on crops made beforehand: the geometry is applied, to the crop size in the model's config. A step on crops one
-  pixel to the side does not."""
+  """SegmentationModel.train_step on Batch(Canvases(canvases, geometry), labels) makes the same update as a step on
+  crops made beforehand: the geometry is applied, to the crop size the trainer gives the model (crop_on_device), which
+  its config does not carry. A step on crops one pixel to the side does not."""
   batch = next(iter(input_pipeline.train_dataset(shards["train"], batch_size=2, crop_size=65, seed=4)))
   images, labels = augment.crops_of((65, 65))(*batch)
-  features, canvas_labels = batch
-  geometry = features["geometry"].numpy().copy()
-  geometry[:, augment.OFFSET_X] += 1
-  one_pixel_off = ({"image": features["image"], "geometry": geometry}, canvas_labels)
+  canvases, canvas_labels = batch
+  geometry = canvases.geometry._replace(offset=canvases.geometry.offset + [0, 1])
+  one_pixel_off = (augment.Canvases(canvases.images, geometry), canvas_labels)
   steps = []
   for data in (batch, (images, labels), one_pixel_off):
     keras.utils.set_random_seed(0)
-    net = model.build_deeplabv3plus(alpha=0.35, aspp_rates=(), freeze_backbone_bn=False, train_crop_size=(65, 65))
-    assert net.get_config()["train_crop_size"] == (65, 65)
+    net = network.build_deeplabv3plus(alpha=0.35, aspp_rates=(), freeze_backbone_bn=False)
+    assert "train_crop_size" not in net.get_config()
     miou = metrics.MeanIoU(voc.NUM_CLASSES)
     net.compile(optimizer=keras.optimizers.SGD(0.1), loss=losses.SegmentationLoss(voc.NUM_CLASSES), metrics=[miou])
+    if isinstance(data[0], augment.Canvases):
+      augment.crop_on_device(net, (65, 65))
     before = [w.numpy().copy() for w in net.trainable_weights]
     loss = net.train_on_batch(*data, return_dict=True)["loss"]
     update = np.concatenate([np.ravel(w.numpy() - old) for w, old in zip(net.trainable_weights, before)])
@@ -294,9 +305,9 @@ def test_scale_crop_flip_compiles_with_xla_for_tpus(shards):
 
 def test_uint8_canvases_feed_the_model_loss_and_metrics_like_float32_int32(shards):
   """The model casts its input, the loss and metrics their labels: uint8 batches need no cast in the pipeline."""
-  features, labels = next(iter(input_pipeline.train_dataset(shards["train"], batch_size=2, canvas_size=64, seed=4)))
-  images, labels = features["image"].numpy(), labels.numpy()
-  net = model.build_deeplabv3plus(alpha=0.35, aspp_rates=())
+  canvases, labels = next(iter(input_pipeline.train_dataset(shards["train"], batch_size=2, canvas_size=64, seed=4)))
+  images, labels = canvases.images.numpy(), labels.numpy()
+  net = network.build_deeplabv3plus(alpha=0.35, aspp_rates=())
   logits = net(images, training=False).numpy()
   # Exact: the model's first op casts to float32 (exact for uint8), then the same kernels run on the same numbers.
   np.testing.assert_array_equal(logits, net(images.astype(np.float32), training=False).numpy())
@@ -325,7 +336,7 @@ def test_train_scale_half_pads_with_mean_pixel_and_ignore_label(voc_data, tmp_pa
   path = _one_record_file(tmp_path, voc_data, image_id, image_format=image_format)
   source, mask = _source_rgb(voc_data, image_id), _source_mask(voc_data, image_id)
   height, width = mask.shape[0] // 2, mask.shape[1] // 2
-  expected_image = np.full((513, 513, 3), augment.MEAN_PIXEL, np.float32)
+  expected_image = np.full((513, 513, 3), pixels.MEAN_PIXEL, np.float32)
   expected_image[:height, :width] = tf.image.resize(source.astype(np.float32), (height, width)).numpy()
   expected_label = np.full((513, 513), 255, np.int32)
   expected_label[:height, :width] = tf.image.resize(mask[..., None], (height, width), method="nearest")[..., 0]
@@ -346,10 +357,11 @@ def test_images_larger_than_the_canvas_are_shrunk_to_fit_it(voc_data, tmp_path):
   dataset = input_pipeline.train_dataset(path, batch_size=2, crop_size=crop, canvas_size=canvas, min_scale=0.5,
                                          max_scale=0.5, flip=False, seed=0)
   batch = next(iter(dataset))
-  canvases, geometry = batch[0]["image"].numpy(), batch[0]["geometry"].numpy()
+  canvases, geometry = batch.images.images.numpy(), _draws(batch.images.geometry)
   factor = min(canvas / n for n in mask.shape)
   shrunk = [int(n * factor) for n in mask.shape]
-  np.testing.assert_array_equal(geometry[0, :4], shrunk + [n // 2 for n in mask.shape])
+  np.testing.assert_array_equal(np.concatenate([geometry[0].canvas_size, geometry[0].scaled_size]),
+                                shrunk + [n // 2 for n in mask.shape])
   assert canvases.shape[1:3] == (canvas, canvas)
   images, labels, _ = _crops(batch, crop)
   expected_image, expected_label = _reference_crop(_source_rgb(voc_data, image_id), mask, geometry[0], crop)
@@ -369,7 +381,7 @@ def test_photometric_jitter_changes_colours_not_padding_or_labels(voc_data, tmp_
   height, width = (n // 2 for n in _source_mask(voc_data, image_id).shape)
   padding = np.ones((4, 513, 513), bool)
   padding[:, :height, :width] = False
-  assert np.all(jittered[padding] == augment.MEAN_PIXEL)
+  assert np.all(jittered[padding] == pixels.MEAN_PIXEL)
   assert np.abs(jittered - plain)[~padding].mean() > 1.0
 
 
@@ -377,8 +389,9 @@ def test_deterministic_with_seed_repeats_batches_exactly(shards):
   def batches(seed):
     dataset = input_pipeline.train_dataset(shards["train"], batch_size=4, crop_size=129, seed=seed,
                                            deterministic=True, shuffle_buffer=64)
-    return [(features["image"].numpy(), labels.numpy(), features["geometry"].numpy())
-            for features, labels in dataset.take(3)]
+    return [(canvases.images.numpy(), labels.numpy(), np.concatenate([np.reshape(field, [4, -1]) for field in
+                                                                       canvases.geometry], 1))
+            for canvases, labels in dataset.take(3)]
 
   first, second, other = batches(7), batches(7), batches(8)
   for batch_a, batch_b in zip(first, second):
@@ -396,15 +409,15 @@ def _context(pipeline_id: int, num_pipelines: int = 2) -> tf.distribute.InputCon
 
 
 def _eval_ids(file_pattern: str, **kwargs) -> list[str]:
-  dataset = input_pipeline.eval_dataset(file_pattern, pad_to=513, batch_size=16, with_metadata=True, **kwargs)
+  dataset = tfrecords.eval_dataset(file_pattern, pad_to=513, batch_size=16, with_metadata=True, **kwargs)
   return [i.decode() for _, _, meta in dataset for i in meta["id"].numpy()]
 
 
 def _train_record_ids(file_pattern: str, **kwargs) -> list[str]:
   """Ids of the records the training pipeline reads (its augmented crops carry no id)."""
-  records = input_pipeline._records(input_pipeline.list_files(file_pattern), shuffle=True, deterministic=False,
-                                    **kwargs)
-  return [input_pipeline.decode_record(r)["id"].numpy().decode() for r in records]
+  serialized = tfrecords.serialized_records(tfrecords.list_files(file_pattern), shuffle=True, deterministic=False,
+                                          **kwargs)
+  return [tfrecords.decode_record(r)["id"].numpy().decode() for r in serialized]
 
 
 @pytest.mark.parametrize("layout", ["3 shards: by file", "1 shard: by record"])

@@ -1,4 +1,4 @@
-"""DeepLabV3+ / MobileNetV2 (trainer/model.py, trainer/mobilenet_v2.py): shapes, atrous strides, ImageNet weights,
+"""DeepLabV3+ / MobileNetV2 (deeplab/network.py, deeplab/mobilenet_v2.py): shapes, atrous strides, ImageNet weights,
 mixed precision, frozen batch norm, FLOPs.
 
 The tests of backbone weight files run on a generated file (random weights) and a generated photo, so that a clone
@@ -13,9 +13,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from deeplab import flops
+from deeplab import mobilenet_v2
+from deeplab import network
 from preprocessing import synthetic_voc
-from trainer import mobilenet_v2
-from trainer import model as model_lib
 
 SMALL = dict(alpha=0.35)  # The narrowest MobileNetV2: the graph is the same, the tests are faster.
 UNUSED_CLASSIFIER_LAYERS = {"Conv_1", "Conv_1_bn"}  # keras.applications' 1x1 1280 conv: not in DeepLab's encoder.
@@ -77,7 +78,7 @@ def backbone(request, tmp_path_factory) -> Backbone:
     (dict(output_stride=16, aspp_rates=(), separable=True, num_classes=3), 3, 33, 48),
 ])
 def test_logits_have_the_input_size(config, batch, height, width):
-  model = model_lib.build_deeplabv3plus(**SMALL, **config)
+  model = network.build_deeplabv3plus(**SMALL, **config)
   logits = model(_images(batch, height, width))
   assert logits.shape == (batch, height, width, config["num_classes"])
   assert logits.dtype == tf.float32
@@ -87,7 +88,7 @@ def test_logits_have_the_input_size(config, batch, height, width):
 
 
 def test_513_pixel_input_with_the_lean_head():
-  model = model_lib.build_deeplabv3plus(**SMALL, aspp_rates=())
+  model = network.build_deeplabv3plus(**SMALL, aspp_rates=())
   assert model(_images(1, 513, 513)).shape == (1, 513, 513, 21)
 
 
@@ -98,7 +99,7 @@ def test_513_pixel_input_with_the_lean_head():
      {"block_5": 1, "block_6": 1, "block_7": 2, "block_12": 2, "block_13": 2, "block_14": 4, "block_16": 4}),
 ])
 def test_dilation_replaces_stride(output_stride, strided, dilations):
-  model = model_lib.build_deeplabv3plus(**SMALL, output_stride=output_stride, aspp_rates=())
+  model = network.build_deeplabv3plus(**SMALL, output_stride=output_stride, aspp_rates=())
   for block, stride in strided.items():
     assert model.get_layer(f"{block}_depthwise").strides == (stride, stride), block
   for block, rate in dilations.items():
@@ -113,7 +114,7 @@ def test_dilation_replaces_stride(output_stride, strided, dilations):
 
 def test_bad_output_stride_is_refused():
   with pytest.raises(ValueError, match="output_stride"):
-    model_lib.build_deeplabv3plus(**SMALL, output_stride=4)
+    network.build_deeplabv3plus(**SMALL, output_stride=4)
 
 
 @pytest.fixture(scope="module")
@@ -123,7 +124,7 @@ def keras_mobilenet_v2(backbone):
 
 
 def test_imagenet_weights_are_copied_by_name(backbone, keras_mobilenet_v2):
-  model = model_lib.build_deeplabv3plus(backbone_weights=str(backbone.weights), aspp_rates=())
+  model = network.build_deeplabv3plus(backbone_weights=str(backbone.weights), aspp_rates=())
   reference = {layer.name: layer for layer in keras_mobilenet_v2.layers if layer.weights}
   ours = {layer.name: layer for layer in model.layers if layer.name in reference}
   assert set(ours) == set(reference) - UNUSED_CLASSIFIER_LAYERS
@@ -132,7 +133,7 @@ def test_imagenet_weights_are_copied_by_name(backbone, keras_mobilenet_v2):
       np.testing.assert_array_equal(mine, theirs, err_msg=name)
   # And they are the file's (not two equal initialisations): random batch-norm statistics in the generated file...
   if not backbone.imagenet:
-    fresh = model_lib.build_deeplabv3plus(aspp_rates=())
+    fresh = network.build_deeplabv3plus(aspp_rates=())
     for name in ("bn_Conv1", "block_7_depthwise_BN", "block_16_project_BN"):
       for mine, initial in zip(model.get_layer(name).get_weights(), fresh.get_layer(name).get_weights()):
         assert not np.allclose(mine, initial), name
@@ -153,7 +154,7 @@ def test_features_agree_with_keras_applications_on_a_voc_photo(backbone, size):
   names = ["block_2_depthwise_relu", "block_12_add", "block_16_project_BN"]
   expected = _features(reference, names, keras.applications.mobilenet_v2.preprocess_input(image.numpy()))
   for output_stride, compared in ((32, names), (16, names[:2])):
-    model = model_lib.build_deeplabv3plus(output_stride=output_stride, backbone_weights=str(backbone.weights),
+    model = network.build_deeplabv3plus(output_stride=output_stride, backbone_weights=str(backbone.weights),
                                           aspp_rates=())
     actual = _features(model, compared, image)  # Raw pixels: the model scales them itself.
     for name, mine, theirs in zip(compared, actual, expected):
@@ -171,23 +172,23 @@ def test_features_agree_with_keras_applications_on_a_voc_photo(backbone, size):
 @pytest.mark.filterwarnings("ignore:Skipping nested container")  # Keras says it per layer before we refuse.
 def test_weights_of_another_width_fail_clearly(backbone):
   with pytest.raises(ValueError, match=r"alpha=0\.35"):
-    model_lib.build_deeplabv3plus(alpha=0.35, backbone_weights=str(backbone.weights))
+    network.build_deeplabv3plus(alpha=0.35, backbone_weights=str(backbone.weights))
 
 
 def test_garbage_or_missing_weights_fail_clearly(tmp_path):
   garbage = tmp_path / "garbage.weights.h5"
   garbage.write_bytes(b"not an HDF5 file" * 100)
   with pytest.raises(ValueError, match="not a usable weights file"):
-    model_lib.build_deeplabv3plus(**SMALL, backbone_weights=str(garbage))
+    network.build_deeplabv3plus(**SMALL, backbone_weights=str(garbage))
   with pytest.raises(FileNotFoundError, match="missing.weights.h5"):
-    model_lib.build_deeplabv3plus(**SMALL, backbone_weights=str(tmp_path / "missing.weights.h5"))
+    network.build_deeplabv3plus(**SMALL, backbone_weights=str(tmp_path / "missing.weights.h5"))
 
 
 @pytest.mark.timeout(120)
 def test_keras_imagenet_download_loads_or_says_what_to_do():
   """Offline (as here and in CI) "imagenet" must fail with advice; with internet it must load Keras's weights."""
   try:
-    model = model_lib.build_deeplabv3plus(**SMALL, aspp_rates=(), backbone_weights="imagenet")
+    model = network.build_deeplabv3plus(**SMALL, aspp_rates=(), backbone_weights="imagenet")
   except RuntimeError as error:
     assert "internet" in str(error) and "backbone_weights=<path" in str(error)
     return
@@ -207,7 +208,7 @@ def _fit_two_batches(model, seed=0):
 @pytest.mark.parametrize("policy, compute_dtype", [("mixed_float16", "float16"), ("mixed_bfloat16", "bfloat16")])
 def test_mixed_precision_builds_runs_and_trains(restore_policy, policy, compute_dtype):
   keras.mixed_precision.set_global_policy(policy)
-  model = model_lib.build_deeplabv3plus(**SMALL, aspp_rates=(6, 12, 18), num_classes=4)
+  model = network.build_deeplabv3plus(**SMALL, aspp_rates=(6, 12, 18), num_classes=4)
   assert model.get_layer("block_3_depthwise").compute_dtype == compute_dtype
   assert model.get_layer("block_3_depthwise_BN").compute_dtype == compute_dtype
   assert model.get_layer("logits").compute_dtype == "float32"
@@ -223,7 +224,7 @@ def _moving_stats(layer):
 
 @pytest.mark.parametrize("freeze", [True, False])
 def test_freeze_backbone_bn(freeze):
-  model = model_lib.build_deeplabv3plus(**SMALL, aspp_rates=(), num_classes=3, freeze_backbone_bn=freeze,
+  model = network.build_deeplabv3plus(**SMALL, aspp_rates=(), num_classes=3, freeze_backbone_bn=freeze,
                                         bn_momentum=0.8)
   backbone_names = {layer.name for layer in keras.applications.MobileNetV2(
       input_shape=(32, 32, 3), alpha=0.35, include_top=False, weights=None).layers}
@@ -284,21 +285,21 @@ def test_fused_batch_norm_matches_keras_batch_norm(mode):
 
 def test_count_flops_counts_convolutions():
   conv = keras.Sequential([keras.Input((None, None, 3)), keras.layers.Conv2D(8, 3, padding="same", use_bias=False)])
-  assert model_lib.count_flops(conv, 10, 12) == 2 * 10 * 12 * 8 * 3 * 3 * 3
+  assert flops.count_flops(conv, 10, 12) == 2 * 10 * 12 * 8 * 3 * 3 * 3
   # Ours: the profiler's count is the convolutions' multiply-adds plus a little elementwise work.
-  model = model_lib.build_deeplabv3plus(**SMALL, input_shape=(128, 96, 3), aspp_rates=(6, 12, 18))
+  model = network.build_deeplabv3plus(**SMALL, input_shape=(128, 96, 3), aspp_rates=(6, 12, 18))
   conv_flops = 0
   for layer in model.layers:
     if isinstance(layer, (keras.layers.Conv2D, keras.layers.DepthwiseConv2D)):
       _, height, width, channels = layer.output.shape
       fan_in = np.prod(layer.kernel.shape[:-1]) if isinstance(layer, keras.layers.Conv2D) else 9
       conv_flops += 2 * height * width * channels * fan_in
-  flops = model_lib.count_flops(model, 128, 96)
-  assert conv_flops <= flops <= 1.1 * conv_flops
+  total = flops.count_flops(model, 128, 96)
+  assert conv_flops <= total <= 1.1 * conv_flops
 
 
 def test_saved_model_file_round_trip(tmp_path):
-  model = model_lib.build_deeplabv3plus(**SMALL, aspp_rates=(6,), num_classes=4)
+  model = network.build_deeplabv3plus(**SMALL, aspp_rates=(6,), num_classes=4)
   model.save(tmp_path / "model.keras")
   restored = keras.models.load_model(tmp_path / "model.keras")
   images = _images(1, 37, 45)

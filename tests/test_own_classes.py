@@ -13,13 +13,13 @@ from absl import app
 from configs import smoke
 from contracts import shards
 from contracts import voc
+from deeplab import visualize
 from preprocessing import make_tfrecords
 from preprocessing import synthetic_voc
 from tests.conftest import REPO_ROOT
 from trainer import config_validation
 from trainer import distribute
 from trainer import train
-from trainer import visualize
 
 NAMES = ("background", "road", "tree")
 COLOURS = ((10, 20, 30), (128, 64, 128), (0, 200, 0))  # not VOC's: the pictures must draw these

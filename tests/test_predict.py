@@ -18,13 +18,14 @@ from PIL import Image
 from configs import smoke
 from contracts import run_dir
 from contracts import voc
+from deeplab import building
+from deeplab import run_folder
+from deeplab import visualize
 from inference import prediction
-from tests.conftest import REPO_ROOT
-from tests.conftest import SOFTMAX_RESOLUTION
 from tests.conftest import clear_pixels
 from tests.conftest import is_voc_sample
-from trainer import runs
-from trainer import visualize
+from tests.conftest import REPO_ROOT
+from tests.conftest import SOFTMAX_RESOLUTION
 
 NUM_REAL = 3  # val ids with a ground-truth mask; one more photo is stored as a PNG under an id the root lacks
 
@@ -39,7 +40,7 @@ def tiny_run(tmp_path_factory, voc_data):
   model_dir = tmp_path_factory.mktemp("run")
   config = smoke.get_config()
   keras.utils.set_random_seed(3)
-  model = runs.create_model(config)
+  model = building.create_model(config)
   image_id = "2007_000032" if is_voc_sample(voc_data) else voc.read_split_ids(str(voc_data), "val")[0]
   photo = cv2.imread(str(voc_data / voc.IMAGE_DIR / f"{image_id}.jpg"))[..., ::-1]
   spread = float(np.std(model(photo[np.newaxis].astype(np.float32), training=False)))
@@ -123,7 +124,7 @@ def _photo(folder, image_id):
 def test_masks_are_voc_palette_pngs_of_the_models_argmax_at_each_photos_size(keras_outputs, photos, tiny_run):
   _, output_dir = keras_outputs
   folder, ids = photos
-  _, model, _ = runs.load_run(tiny_run)
+  _, model, _ = run_folder.load_run(tiny_run)
   sizes = set()
   for image_id in ids:
     image = _photo(folder, image_id)
@@ -139,7 +140,7 @@ def test_masks_are_voc_palette_pngs_of_the_models_argmax_at_each_photos_size(ker
 
 def test_flip_averages_the_mirrored_probabilities(photos, tiny_run):
   folder, ids = photos
-  _, model, _ = runs.load_run(tiny_run)
+  _, model, _ = run_folder.load_run(tiny_run)
   image = _photo(folder, ids[0])
   mask = prediction.keras_segmenter(model, [1.0], flip=True)(b"", image)
   probabilities = tf.nn.softmax(_logits(model, image)) + tf.nn.softmax(_logits(model, image[:, ::-1]))[:, ::-1]
@@ -199,12 +200,12 @@ def test_nothing_readable_or_nothing_matched_is_a_one_line_error(tiny_run, photo
 
 
 def test_saved_model_answers_with_the_same_masks_as_the_keras_model(keras_outputs, photos, tiny_run, tmp_path):
-  from inference import serving  # Written beside this module (the export contract in the project notes).
+  from inference import exporting  # pylint: disable=g-import-not-at-top  (the SavedModel export contract)
 
   _, keras_dir = keras_outputs
   folder, ids = photos
-  _, model, _ = runs.load_run(tiny_run)
-  serving.export_saved_model(model, str(tmp_path / "saved_model"))
+  _, model, _ = run_folder.load_run(tiny_run)
+  exporting.export_saved_model(model, str(tmp_path / "saved_model"))
   result = _run(f"--saved_model={tmp_path / 'saved_model'}", f"--input={folder}/*", f"--output_dir={tmp_path}/out")
   assert result.returncode == 0, result.stderr[-3000:]
   assert f"wrote {len(ids)} image(s)" in result.stdout

@@ -13,9 +13,15 @@ import tensorflow as tf
 
 from configs import smoke
 from contracts import run_dir
-from inference import published
-from inference import scoring
-from inference import serving
+from deeplab import building
+from deeplab import metrics as metrics_lib
+from deeplab import mobilenet_v2
+from deeplab import pixels
+from deeplab import run_folder
+from deeplab import tfrecords
+from inference import evaluation
+from inference import exporting
+from inference import importing
 from inference import tflite_interpreter
 from preprocessing import make_tfrecords
 from preprocessing import synthetic_voc
@@ -24,12 +30,7 @@ from tests.conftest import REPO_ROOT
 from tests.conftest import TIE
 from trainer import config_validation
 from trainer import distribute
-from trainer import input_pipeline
-from trainer import metrics as metrics_lib
-from trainer import mobilenet_v2
-from trainer import runs
 from trainer import train
-from trainer import augment
 
 # ---------------------------------------------------------------------------------------------------------------
 # A research/deeplab checkpoint written by the test, in DeepLab's variable names
@@ -37,7 +38,7 @@ from trainer import augment
 
 
 def deeplab_scope(layer_name: str) -> str:
-  """research/deeplab's scope of one of our layers, written out here independently of trainer/published.py."""
+  """research/deeplab's scope of one of our layers, written out here independently of inference/importing.py."""
   if layer_name in ("Conv1", "bn_Conv1"):
     return "MobilenetV2/Conv"
   match = re.fullmatch(r"(?:expanded_conv|block_(\d+))_(expand|depthwise|project)(?:_BN)?", layer_name)
@@ -102,7 +103,7 @@ def randomize_batch_norm(model, seed: int = 0) -> None:
 def deeplab_checkpoint(tmp_path_factory):
   """(checkpoint prefix, the model whose weights it holds)."""
   tf.keras.utils.set_random_seed(1)
-  model = runs.create_model(deeplabv3plus_config())
+  model = building.create_model(deeplabv3plus_config())
   randomize_batch_norm(model)
   folder = tmp_path_factory.mktemp("deeplabv3plus_mnv2_dm05_pascal_train_aug")
   prefix = str(folder / "model.ckpt-30000")
@@ -117,9 +118,9 @@ def _outputs(model, size: int = 65) -> np.ndarray:
 
 def test_a_deeplab_checkpoint_imports_into_the_same_function(deeplab_checkpoint, tmp_path):
   prefix, source_model = deeplab_checkpoint
-  report = published.import_model(prefix, str(tmp_path / "run"))
+  report = importing.import_model(prefix, str(tmp_path / "run"))
   assert report["kind"] == "checkpoint" and report["decoder"] and report["alpha"] == 0.5
-  config, model, _ = runs.load_run(str(tmp_path / "run"))
+  config, model, _ = run_folder.load_run(str(tmp_path / "run"))
   assert config.model.align_corners and tuple(config.model.aspp_rates) == (6, 12, 18)
   assert model.get_layer("block_1_project").kernel.shape[-1] == 12  # DeepLab's depth-0.5 rounding, not 16.
   # Every weight in its place and each batch norm carried over from DeepLab's epsilon: the same function, up to
@@ -143,12 +144,12 @@ def test_an_archive_served_over_http_imports_like_the_checkpoint(deeplab_checkpo
     tar.add(folder, arcname="deeplabv3plus_mnv2_dm05_pascal_train_aug")
   with http_fixtures.ArchiveServer() as server:
     url = server.add("/models/deeplabv3plus_dm05.tar.gz", body=archive.read_bytes(), drop_after=5000)
-    with pytest.raises(published.ImportError_, match="cut off at 5.0 KB .* re-run to resume"):
-      published.import_model(url, str(tmp_path / "run"), download_dir=str(tmp_path / "downloads"))
-    report = published.import_model(url, str(tmp_path / "run"), download_dir=str(tmp_path / "downloads"))
+    with pytest.raises(importing.ImportError_, match="cut off at 5.0 KB .* re-run to resume"):
+      importing.import_model(url, str(tmp_path / "run"), download_dir=str(tmp_path / "downloads"))
+    report = importing.import_model(url, str(tmp_path / "run"), download_dir=str(tmp_path / "downloads"))
     assert len(server.requests) == 2 and server.requests[1][1] == "bytes=5000-"  # The second run resumed.
   assert report["kind"] == "checkpoint"
-  _, model, _ = runs.load_run(str(tmp_path / "run"))
+  _, model, _ = run_folder.load_run(str(tmp_path / "run"))
   np.testing.assert_allclose(_outputs(model), _outputs(source_model), rtol=1e-4, atol=1e-4)
 
 
@@ -158,8 +159,8 @@ def test_a_weight_without_a_place_or_of_the_wrong_shape_is_named(deeplab_checkpo
   extra = {"decoder/refine_conv/weights": np.zeros([1, 1, 8, 8], np.float32),
            "decoder/refine_conv/biases": np.zeros([8], np.float32)}
   write_deeplab_checkpoint(source_model, unknown, extra=extra)
-  with pytest.raises(published.ImportError_, match="'decoder/refine_conv' has no counterpart"):
-    published.import_model(unknown, str(tmp_path / "run1"))
+  with pytest.raises(importing.ImportError_, match="'decoder/refine_conv' has no counterpart"):
+    importing.import_model(unknown, str(tmp_path / "run1"))
 
   misshapen = str(tmp_path / "misshapen" / "model.ckpt-1")
   write_deeplab_checkpoint(source_model, misshapen,
@@ -181,24 +182,24 @@ def test_a_weight_without_a_place_or_of_the_wrong_shape_is_named(deeplab_checkpo
 
 def test_pad_to_scores_each_image_on_a_canvas_and_crops_back(tmp_path):
   tf.keras.utils.set_random_seed(2)
-  model = runs.create_model(deeplabv3plus_config(decoder=False))
+  model = building.create_model(deeplabv3plus_config(decoder=False))
   randomize_batch_norm(model, seed=2)
   logits = model.get_layer("logits")
   logits.kernel.assign(logits.kernel * 10.0)  # Random weights give near-uniform probabilities otherwise.
   image = tf.random.stateless_uniform([50, 37, 3], seed=[1, 1], maxval=255.0)
-  canvas = tf.pad(image, [[0, 15], [0, 28], [0, 0]], constant_values=augment.MEAN_PIXEL)
+  canvas = tf.pad(image, [[0, 15], [0, 28], [0, 0]], constant_values=pixels.MEAN_PIXEL)
   logits = model(canvas[tf.newaxis], training=False)
   expected = tf.nn.softmax(logits)[0, :50, :37]
   # The predictor's graph (a batch of two with the mirror) against eager calls: other kernels, logits apart by
   # rounding (< conftest.TIE of their spread); a probability moves by at most half its logits' change, a sum of two
   # by less than TIE x spread (5e-4 here; 0 and 8e-7 measured), where the canvas itself moves them by 1e-2.
   tolerance = TIE * float(np.std(logits))
-  np.testing.assert_allclose(scoring.make_predictor(model, [1.0], False, pad_to=65)(image), expected, atol=tolerance)
-  mirrored = tf.pad(image[:, ::-1], [[0, 15], [0, 28], [0, 0]], constant_values=augment.MEAN_PIXEL)
+  np.testing.assert_allclose(evaluation.make_predictor(model, [1.0], False, pad_to=65)(image), expected, atol=tolerance)
+  mirrored = tf.pad(image[:, ::-1], [[0, 15], [0, 28], [0, 0]], constant_values=pixels.MEAN_PIXEL)
   expected_flip = (expected + tf.nn.softmax(model(mirrored[tf.newaxis], training=False))[0, :50, :37][:, ::-1])
-  np.testing.assert_allclose(scoring.make_predictor(model, [1.0], True, pad_to=65)(image), expected_flip,
+  np.testing.assert_allclose(evaluation.make_predictor(model, [1.0], True, pad_to=65)(image), expected_flip,
                              atol=tolerance)
-  native = scoring.make_predictor(model, [1.0], False)(image)
+  native = evaluation.make_predictor(model, [1.0], False)(image)
   # The canvas changes the result (9.6e-3 measured), far beyond the tolerance.
   assert native.shape == (50, 37, 21) and np.abs(native - expected).max() > 10 * tolerance
 
@@ -213,17 +214,17 @@ def imported_deeplabv3(tmp_path_factory):
   """A DeepLabV3 run directory as inference.import_model writes one (random weights, non-trivial batch norm)."""
   tf.keras.utils.set_random_seed(3)
   config = deeplabv3plus_config(decoder=False, aspp_rates=())
-  model = runs.create_model(config)
+  model = building.create_model(config)
   randomize_batch_norm(model, seed=3)
   run_dir = tmp_path_factory.mktemp("imported")
-  published.write_run(model, config, str(run_dir), {"source": "test"})
+  importing.write_run(model, config, str(run_dir), {"source": "test"})
   return str(run_dir), model
 
 
 def test_a_residual_decoder_on_an_import_starts_at_the_imports_predictions(imported_deeplabv3):
   run_dir, source_model = imported_deeplabv3
   config = deeplabv3plus_config(aspp_rates=(), residual_decoder=True, init_from=run_dir)
-  model = runs.create_model(config)
+  model = building.create_model(config)
   copied = train.initialize_from(model, run_dir)
   assert "logits" in copied and "block_16_project" in copied and "decoder_logits" not in copied
   # Corner-aligned resizes on 16k + 1 inputs: stride 16 -> 4 -> 1 is the same map as 16 -> 1, in exact arithmetic;
@@ -232,7 +233,7 @@ def test_a_residual_decoder_on_an_import_starts_at_the_imports_predictions(impor
 
 
 def test_trainable_layers_new_needs_init_from():
-  model = runs.create_model(deeplabv3plus_config(decoder=False, aspp_rates=()))
+  model = building.create_model(deeplabv3plus_config(decoder=False, aspp_rates=()))
   with pytest.raises(config_validation.ConfigError, match="needs config.model.init_from"):
     train.set_trainable_layers(model, "new", set())
   with pytest.raises(config_validation.ConfigError, match="use all, new or head"):
@@ -255,7 +256,7 @@ def test_fine_tuning_an_import_to_three_classes(imported_deeplabv3, tmp_path, ab
   assert report["steps"] == 4 and len(report["per_class_iou"]) == 3
   assert any(re.search(r"fresh: .*logits \(shape \(1, 1, 256, 3\) here, \(1, 1, 256, 21\) in the source\)", m)
              for m in absl_messages), absl_messages
-  _, tuned, _ = runs.load_run(str(model_dir))
+  _, tuned, _ = run_folder.load_run(str(model_dir))
   # What was imported stayed as imported; the new logits and the decoder trained.
   for name in ("Conv1", "block_8_expand", "aspp_projection_conv", "aspp_projection_bn"):
     for ours, theirs in zip(tuned.get_layer(name).get_weights(), source_model.get_layer(name).get_weights()):
@@ -272,29 +273,29 @@ def test_fine_tuning_an_import_to_three_classes(imported_deeplabv3, tmp_path, ab
 @pytest.fixture(scope="module")
 def voc_sample_val(voc_sample, tmp_path_factory):
   """The first 40 val images of the real sample, (uint8 image, label) pairs, through our records."""
-  records = tmp_path_factory.mktemp("voc_sample_records")
-  make_tfrecords.run(["make_tfrecords", f"--voc_root={voc_sample}", f"--output_dir={records}", "--splits=val"])
+  shard_dir = tmp_path_factory.mktemp("voc_sample_records")
+  make_tfrecords.run(["make_tfrecords", f"--voc_root={voc_sample}", f"--output_dir={shard_dir}", "--splits=val"])
   return [(image[0].numpy().astype(np.uint8), label[0].numpy())
-          for image, label in input_pipeline.eval_dataset(f"{records}/val-*.tfrecord", batch_size=1).take(40)]
+          for image, label in tfrecords.eval_dataset(f"{shard_dir}/val-*.tfrecord", batch_size=1).take(40)]
 
 
 def test_googles_tflite_model_imports_and_scores_as_the_file_does(reference_tflite, voc_sample_val, tmp_path):
   """The import reproduces the published model: the same classes as the TFLite interpreter on almost every pixel,
   and, scored as DeepLab scored (513 canvases), the file's own mIoU on the same real images within a point."""
   images = [image for image, _ in voc_sample_val]
-  report = published.import_model(str(reference_tflite), str(tmp_path / "run"), check_images=images[:4])
+  report = importing.import_model(str(reference_tflite), str(tmp_path / "run"), check_images=images[:4])
   assert report["kind"] == "tflite" and not report["decoder"] and report["num_classes"] == 21
   # Float (ours) against int8 (the interpreter's integer arithmetic, the same on every CPU): they differ by the
   # file's 8-bit quantization of activations, not by rounding (which flips < 0.1% of pixels): 99.6% on these 4
   # photos, 99.4% (worst 98.0%) over 20 in the README's figures.
   assert report["tflite_pixel_agreement"]["mean"] > 0.98
-  _, model, _ = runs.load_run(str(tmp_path / "run"))
-  predict = scoring.make_predictor(model, [1.0], False, pad_to=513)
+  _, model, _ = run_folder.load_run(str(tmp_path / "run"))
+  predict = evaluation.make_predictor(model, [1.0], False, pad_to=513)
   interpreter = tflite_interpreter.make_interpreter(str(reference_tflite))
   ours, theirs = np.zeros((21, 21), np.int64), np.zeros((21, 21), np.int64)
   for image, label in voc_sample_val:
     ours += metrics_lib.count_confusion(label, np.argmax(predict(image.astype(np.float32)), -1), 21)
-    theirs += metrics_lib.count_confusion(label, published.tflite_classes(interpreter, image), 21)
+    theirs += metrics_lib.count_confusion(label, importing.tflite_classes(interpreter, image), 21)
   ours, theirs = metrics_lib.summarize_confusion(ours)["miou"], metrics_lib.summarize_confusion(theirs)["miou"]
   # 0.6499 against 0.6480 measured: int8's quantization, not rounding, makes the difference; a point is 5x it.
   assert theirs > 0.6 and abs(ours - theirs) < 0.01, (ours, theirs)
@@ -302,10 +303,10 @@ def test_googles_tflite_model_imports_and_scores_as_the_file_does(reference_tfli
 
 def test_the_depth_05_file_imports_with_deeplabs_channel_rounding(reference_tflite, voc_sample_val, tmp_path):
   dm05 = reference_tflite.parent / "deeplabv3_mnv2_dm05_pascal_quant.tflite"
-  report = published.import_model(str(dm05), str(tmp_path / "run"), check_images=[voc_sample_val[0][0]])
+  report = importing.import_model(str(dm05), str(tmp_path / "run"), check_images=[voc_sample_val[0][0]])
   # Float against int8, as above: 99.05% on this photo (98.65% over 20, worst 85.64%, in the README's figures).
   assert report["alpha"] == 0.5 and report["tflite_pixel_agreement"]["mean"] > 0.95
-  config, model, _ = runs.load_run(str(tmp_path / "run"))
+  config, model, _ = run_folder.load_run(str(tmp_path / "run"))
   assert config.model.depth_divisor == 1 and model.get_layer("block_1_project").kernel.shape[-1] == 12
   assert json.loads((tmp_path / "run" / "import.json").read_text())["layers_set"] == report["layers_set"]
 
@@ -324,11 +325,11 @@ def test_import_model_cli_prints_the_agreement(reference_tflite, voc_sample, tmp
 def test_int8_export_of_an_import_keeps_the_files_weight_grids(reference_tflite, voc_sample_val, tmp_path, capsys):
   """The imported weights are multiples of the file's scales; the int8 export writes them on those grids (not
   TFLite's own re-rounding) wherever a channel's multiples fit int8."""
-  published.import_model(str(reference_tflite), str(tmp_path / "run"))
-  _, model, _ = runs.load_run(str(tmp_path / "run"))
-  images = [serving._fit_and_pad(image, serving.TFLITE_SIZE, augment.MEAN_PIXEL)[0][np.newaxis]
+  importing.import_model(str(reference_tflite), str(tmp_path / "run"))
+  _, model, _ = run_folder.load_run(str(tmp_path / "run"))
+  images = [exporting._fit_and_pad(image, pixels.DEEPLAB_CANVAS, pixels.MEAN_PIXEL)[0][np.newaxis]
             for image, _ in voc_sample_val[:2]]
   capsys.readouterr()
-  serving.convert_tflite(model, lambda: iter(images))
+  exporting.convert_tflite(model, lambda: iter(images))
   kept, total = map(int, re.search(r"int8: (\d+) of (\d+) convolution channels keep", capsys.readouterr().err).groups())
   assert total > 10_000 and kept >= 0.95 * total, (kept, total)

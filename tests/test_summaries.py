@@ -7,9 +7,9 @@ import tensorflow as tf
 
 from configs import smoke
 from contracts import voc
-from trainer import metrics as metrics_lib
+from deeplab import metrics as metrics_lib
+from deeplab import visualize
 from trainer import summaries
-from trainer import visualize
 
 NAMES = ("background", "road", "tree")
 

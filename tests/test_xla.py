@@ -7,19 +7,18 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from contracts import voc
 from configs import smoke
-from tests.conftest import FLOAT32_STEP_NOISE
+from contracts import voc
+from deeplab import building
+from deeplab import metrics as metrics_lib
+from deeplab import tfrecords
 from tests.conftest import clear_pixels
 from tests.conftest import convert_generated_voc
 from tests.conftest import direction_and_size
+from tests.conftest import FLOAT32_STEP_NOISE
 from tests.conftest import same_step
-from trainer import config_validation
 from trainer import augment
-from trainer import input_pipeline
-from trainer import metrics as metrics_lib
-from trainer import model as model_lib
-from trainer import runs
+from trainer import config_validation
 from trainer import train
 
 NUM_CLASSES = 5
@@ -47,8 +46,7 @@ def _config(**model_fields):
 
 
 def _batch(seed=0, canvas=64):
-  """A training batch as the input pipeline gives it: ({"image": uint8 canvases, "geometry": g}, labels with
-  void)."""
+  """A training batch as the input pipeline gives it: Batch(Canvases(uint8 canvases, geometry), labels with void)."""
   rng = np.random.default_rng(seed)
   images = rng.integers(0, 256, (2, canvas, canvas, 3)).astype(np.uint8)
   labels = rng.integers(0, NUM_CLASSES, (2, canvas, canvas)).astype(np.uint8)
@@ -56,7 +54,7 @@ def _batch(seed=0, canvas=64):
   sizes = tf.constant([[canvas, canvas], [canvas - 10, canvas - 20]])
   geometry = augment.draw_geometry(sizes, sizes, tf.constant([seed, 1], tf.int64), crop=(CROP, CROP),
                                    min_scale=0.5, max_scale=2.0, flip=True)
-  return {"image": images, "geometry": geometry.numpy()}, labels
+  return tfrecords.Batch(augment.Canvases(tf.constant(images), geometry), tf.constant(labels))
 
 
 # One training step's update is compared in three groups, since they differ by orders of magnitude in size and in
@@ -107,7 +105,7 @@ def _set_frozen_statistics(model: keras.Model, batch) -> None:
 def _first_step(config, jit_compile: bool) -> tuple[float, dict[str, np.ndarray], keras.Model]:
   """(loss, {group: weight update}, model) of one training step from the seed's initial weights."""
   keras.utils.set_random_seed(0)  # The same initial weights for both compilations.
-  model = runs.create_model(config)
+  model = building.create_model(config)
   if config.model.freeze_backbone_bn:
     _set_frozen_statistics(model, _batch(seed=1))
   train.compile_model(model, config, total_steps=10,
@@ -183,7 +181,7 @@ def test_xla_eval_step_counts_the_same_confusion_matrix():
 
   config = _config()
   keras.utils.set_random_seed(0)
-  model = runs.create_model(config)
+  model = building.create_model(config)
   execution = train.Execution(True, steps_per_execution=1, fixed_batch_shapes=True)
   miou = train.compile_model(model, config, total_steps=1, execution=execution)
   images = rng.integers(0, 256, (3, 40, 40, 3)).astype(np.float32)
@@ -207,11 +205,11 @@ def records(tmp_path_factory) -> str:
 @pytest.mark.parametrize("replicas", [1, 2])
 def test_fixed_shape_eval_batches_are_full_and_score_every_image_once(records, replicas):
   files = f"{records}/val-*.tfrecord"
-  batches = list(input_pipeline.eval_dataset(files, batch_size=3, pad_to=128, fixed_shape_replicas=replicas))
+  batches = list(tfrecords.eval_dataset(files, batch_size=3, pad_to=128, fixed_shape_replicas=replicas))
   assert all(tuple(image.shape) == (3, 128, 128, 3) and tuple(label.shape) == (3, 128, 128)
              for image, label in batches)
   assert len(batches) % replicas == 0 and len(batches) == -(-7 // (3 * replicas)) * replicas
-  plain = list(input_pipeline.eval_dataset(files, batch_size=1, pad_to=128))
+  plain = list(tfrecords.eval_dataset(files, batch_size=1, pad_to=128))
   labels = np.concatenate([label.numpy() for _, label in batches])
   np.testing.assert_array_equal(labels[:7], np.concatenate([label.numpy() for _, label in plain]))
   assert (labels[7:] == voc.IGNORE_LABEL).all()  # The filling is never scored.
@@ -220,7 +218,7 @@ def test_fixed_shape_eval_batches_are_full_and_score_every_image_once(records, r
 @pytest.mark.parametrize("batch_size, replicas", [(7, 1), (2, 2), (1, 3)])  # 7: exactly one full batch.
 def test_fixed_shape_eval_batches_are_the_same_in_number_on_every_input_pipeline(records, batch_size, replicas):
   files = f"{records}/val-*.tfrecord"
-  pipelines = [list(input_pipeline.eval_dataset(
+  pipelines = [list(tfrecords.eval_dataset(
       files, batch_size=batch_size, pad_to=128, fixed_shape_replicas=replicas,
       input_context=tf.distribute.InputContext(num_input_pipelines=2, input_pipeline_id=i,
                                                num_replicas_in_sync=2 * replicas))) for i in range(2)]
@@ -230,7 +228,7 @@ def test_fixed_shape_eval_batches_are_the_same_in_number_on_every_input_pipeline
                   for batches in pipelines for _, labels in batches for label in labels if
                   (label.numpy() != voc.IGNORE_LABEL).any())
   plain = sorted(int((label.numpy() != voc.IGNORE_LABEL).sum())
-                 for _, label in input_pipeline.eval_dataset(files, batch_size=1, pad_to=128))
+                 for _, label in tfrecords.eval_dataset(files, batch_size=1, pad_to=128))
   assert scored == plain  # Every image once, over both pipelines.
 
 
@@ -249,7 +247,7 @@ def test_tpu_path_trains_and_evaluates_under_the_default_strategy(records, tmp_p
   assert "execution: jit_compile=True, 4 steps per execution, fixed batch shapes" in absl_messages
   assert report["steps"] == 4 and np.isfinite(report["loss"])
   valid = sum(int((label.numpy() != voc.IGNORE_LABEL).sum())
-              for _, label in input_pipeline.eval_dataset(f"{records}/val-*.tfrecord"))
+              for _, label in tfrecords.eval_dataset(f"{records}/val-*.tfrecord"))
   assert report["valid_pixels"] == valid
 
 

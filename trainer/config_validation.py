@@ -15,8 +15,10 @@ from collections.abc import Callable
 import ml_collections
 
 from contracts import console
+from contracts import errors
+from deeplab import mobilenet_v2
+from deeplab import tfrecords
 from trainer import losses
-from trainer import mobilenet_v2
 
 IMAGENET_ALPHAS = (0.35, 0.5, 0.75, 1.0, 1.3, 1.4)  # The widths of keras.applications' ImageNet MobileNetV2s.
 MAX_CLASSES = 255  # Labels are uint8 and 255 is the void label.
@@ -25,7 +27,7 @@ SCHEDULES = ("poly", "cosine", "constant")
 TRAINABLE_LAYERS = ("all", "new", "head")  # trainer/train.py's set_trainable_layers
 
 
-class ConfigError(ValueError):
+class ConfigError(errors.UserError, ValueError):
   """A config value that cannot work (reported to the user in one line)."""
 
 
@@ -49,7 +51,7 @@ def is_number(value) -> bool:
 
 
 def is_size(value) -> bool:
-  """An int > 0, or (height, width) of them: what input_pipeline.size_pair takes."""
+  """An int > 0, or (height, width) of them: what tfrecords.size_pair takes."""
   pair = value if isinstance(value, (tuple, list)) else (value, value)
   return len(pair) == 2 and all(is_int(side) and side > 0 for side in pair)
 

@@ -4,10 +4,12 @@ import os
 
 import tensorflow as tf
 
+from contracts import errors
+
 STRATEGIES = ("default", "one_device", "mirrored", "multi_worker_mirrored", "tpu")
 
 
-class StrategyError(RuntimeError):
+class StrategyError(errors.UserError, RuntimeError):
   """A strategy that cannot be set up here, with a message a user can act on."""
 
 
@@ -107,7 +109,6 @@ def chief_task_name(strategy: tf.distribute.Strategy) -> str:
   if resolver is None or not resolver.task_type:
     return "chief"
   return "chief_0" if "chief" in resolver.cluster_spec().as_dict() else "worker_0"
-
 
 def patch_keras_multi_worker_reduction() -> None:
   """Keras 3.15 reduces step outputs across workers with strategy.reduce("MEAN", v, axis=0), which fails on

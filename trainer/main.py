@@ -18,7 +18,7 @@ import keras
 from ml_collections import config_flags
 
 from contracts import console
-from contracts import shards
+from contracts import errors
 from trainer import config_validation
 from trainer import distribute
 from trainer import train
@@ -49,7 +49,7 @@ _NUM_CPU_DEVICES = flags.DEFINE_integer("num_cpu_devices", 0, "Split the CPU int
 
 
 def _parse_flags(argv):
-  """The project's one-line parser (launch/console.py), and the same for ml_collections's --config.FIELD errors."""
+  """The project's one-line parser (contracts/console.py), and the same for ml_collections's --config.FIELD errors."""
   try:
     return console.parse_flags(argv)
   except (AttributeError, KeyError) as error:  # ml_collections, for a --config.FIELD that does not exist.
@@ -68,7 +68,7 @@ def main(argv):
     config_validation.validate(config)
   except OSError as error:
     console.exit_with(f"--config={flags.FLAGS['config'].config_filename}: {' '.join(str(error).split())}")
-  except config_validation.ConfigError as error:
+  except errors.UserError as error:  # config_validation.ConfigError
     console.exit_with(str(error))
   # TF's checkpointing logs a timing line through absl at every save; it would interleave with the epoch lines.
   logging.get_absl_logger().addFilter(lambda record: "Sharding callback duration" not in record.getMessage())
@@ -81,7 +81,7 @@ def main(argv):
     cpu_math = (", bfloat16 CPU math" if distribute.bf16_cpu_math_in_effect() else
                 ", --cpu_bf16_math has no effect on this CPU (oneDNN keeps float32 convolutions)")
   keras.mixed_precision.set_global_policy(_MIXED_PRECISION.value)
-  try:
+  with console.exit_on_user_error(FloatingPointError):  # A loss that became NaN or infinite.
     strategy = distribute.create_strategy(_STRATEGY.value, tpu=_TPU.value)
     logging.info("strategy %s with %d replicas, policy %s%s", _STRATEGY.value, strategy.num_replicas_in_sync,
                  _MIXED_PRECISION.value, cpu_math)
@@ -91,8 +91,6 @@ def main(argv):
     else:
       report = train.train_and_evaluate(config, data_dir=_DATA_DIR.value, model_dir=_MODEL_DIR.value,
                                         strategy=strategy, evaluate_at_end=_MODE.value == "train_and_eval")
-  except (distribute.StrategyError, shards.DataError, config_validation.ConfigError, FloatingPointError) as error:
-    console.exit_with(str(error))
   if report:
     print(json.dumps({k: report[k] for k in ("miou", "pixel_accuracy") if k in report}))
     print(f"TensorBoard: tensorboard --logdir={_MODEL_DIR.value}")

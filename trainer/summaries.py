@@ -19,8 +19,8 @@ import numpy as np
 import tensorflow as tf
 from tensorboard.plugins.hparams import api as hparams
 
-from trainer import metrics as metrics_lib
-from trainer import visualize
+from deeplab import metrics as metrics_lib
+from deeplab import visualize
 
 FINAL_MIOU = "final/miou"
 VALIDATION_MIOU = "validation/miou"

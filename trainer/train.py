@@ -20,16 +20,19 @@ import tensorflow as tf
 from contracts import run_dir
 from contracts import shards
 from contracts import voc
+from deeplab import building
+from deeplab import metrics as metrics_lib
+from deeplab import run_folder
+from deeplab import tfrecords
+from trainer import augment
 from trainer import callbacks as callbacks_lib
 from trainer import config_validation
-from trainer.config_validation import ConfigError
 from trainer import distribute
 from trainer import input_pipeline
 from trainer import losses
-from trainer import metrics as metrics_lib
 from trainer import optimizers
-from trainer import runs
 from trainer import summaries
+from trainer.config_validation import ConfigError
 
 # Keras says this at the end of every pass over a finite, distributed validation set, where it is expected.
 warnings.filterwarnings("ignore", message="Your input ran out of data")
@@ -120,7 +123,7 @@ def with_class_weights(config: ml_collections.ConfigDict, data_dir: str) -> ml_c
   if not method:
     return config
   summary = shards.read_summary(data_dir, config.train_split)
-  names = runs.class_names_of(config)
+  names = run_folder.class_names_of(config)
   if not summary or "class_image_pixels" not in summary:
     raise ConfigError(f"config.loss.class_weighting={method!r} needs the pixel counts of "
                       f"{shards.summary_path(data_dir, config.train_split)}, which a conversion by this version "
@@ -153,8 +156,8 @@ def initialize_from(model: keras.Model, init_from: str) -> set[str]:
   config.json first."""
   source_dir, weights = _source_run(init_from)
   try:
-    _, source, _ = runs.load_run(source_dir, weights)
-  except shards.DataError as error:
+    _, source, _ = run_folder.load_run(source_dir, weights)
+  except run_dir.RunFolderError as error:
     raise ConfigError(f"config.model.init_from={init_from}: {error}") from None
   source_layers = {layer.name: layer for layer in source.layers if layer.weights}
   copied, fresh = set(), []
@@ -195,7 +198,8 @@ def set_trainable_layers(model: keras.Model, which: str, initialized: set[str]) 
 
 def compile_model(model: keras.Model, config: ml_collections.ConfigDict, total_steps: int,
                   execution: Execution = DEFAULT_EXECUTION) -> metrics_lib.MeanIoU:
-  """Compiles in place; returns the mIoU metric, whose confusion matrix the reports read."""
+  """Compiles in place, with the train step cropping the input pipeline's canvases to config.input.crop_size
+  (trainer/augment.py); returns the mIoU metric, whose confusion matrix the reports read."""
   try:
     optimizer = optimizers.create_optimizer(config.optimizer, total_steps)
     loss = losses.SegmentationLoss(config.model.num_classes, class_weights=tuple(config.loss.class_weights),
@@ -206,6 +210,7 @@ def compile_model(model: keras.Model, config: ml_collections.ConfigDict, total_s
   model.compile(optimizer=optimizer, loss=loss, metrics=[miou, metrics_lib.PixelAccuracy()],
                 jit_compile=execution.jit_compile, steps_per_execution=execution.steps_per_execution)
   miou.xla_compatible = bool(model.jit_compile)  # Keras has resolved "auto" by now.
+  augment.crop_on_device(model, building.crop_size(config))
   return miou
 
 
@@ -220,7 +225,7 @@ def _build_from_shapes(model: keras.Model, strategy, config) -> None:
   if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
     distribute.patch_keras_multi_worker_reduction()
   batch = config.batch_size // strategy.num_replicas_in_sync
-  crop_h, crop_w = runs.crop_size(config)
+  crop_h, crop_w = building.crop_size(config)
   with strategy.scope():
     model._symbolic_build(data_batch=(tf.zeros([batch, crop_h, crop_w, 3]),
                                       tf.zeros([batch, crop_h, crop_w], tf.int32)))
@@ -236,7 +241,7 @@ def _wait_for_all_workers(strategy) -> None:
 def _eval_dataset(strategy, config, files, execution: Execution):
   per_replica = _per_replica_eval_batch(config, strategy)
   return strategy.distribute_datasets_from_function(
-      lambda context: input_pipeline.eval_dataset(
+      lambda context: tfrecords.eval_dataset(
           files, batch_size=per_replica, pad_to=config.input.eval_pad_to, input_context=context,
           fixed_shape_replicas=(context.num_replicas_in_sync // context.num_input_pipelines
                                 if execution.fixed_batch_shapes else 0)))
@@ -248,7 +253,7 @@ def _per_replica_eval_batch(config, strategy) -> int:
 
 def _validation_samples(files: str, count: int) -> list:
   samples = []
-  for image, label, _ in input_pipeline.eval_dataset(files, batch_size=1, with_metadata=True).take(count):
+  for image, label, _ in tfrecords.eval_dataset(files, batch_size=1, with_metadata=True).take(count):
     samples.append((image[0].numpy().astype(np.uint8), label[0].numpy().astype(np.uint8)))
   return samples
 
@@ -259,7 +264,7 @@ def evaluate(model: keras.Model, miou: metrics_lib.MeanIoU, config: ml_collectio
   dataset = _eval_dataset(strategy, config, shards.split_files(data_dir, config.eval_split), execution)
   results = model.evaluate(dataset, steps=config.train.eval_steps or None, verbose=0, return_dict=True)
   return {"loss": float(results["loss"]),
-          **metrics_lib.summarize_confusion(miou.confusion_matrix(), runs.class_names_of(config))}
+          **metrics_lib.summarize_confusion(miou.confusion_matrix(), run_folder.class_names_of(config))}
 
 
 def evaluate_checkpoint(config: ml_collections.ConfigDict, *, data_dir: str, model_dir: str,
@@ -268,12 +273,12 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, *, data_dir: str, mod
   config_validation.validate(config)  # Not the batch against the replicas: only training splits it.
   weights = run_dir.trained_weights(model_dir)
   if weights is None:
-    raise shards.DataError(f"no trained weights in {model_dir} (looked for {run_dir.BEST_WEIGHTS} and "
+    raise run_dir.RunFolderError(f"no trained weights in {model_dir} (looked for {run_dir.BEST_WEIGHTS} and "
                            f"{run_dir.FINAL_WEIGHTS})")
   config = with_class_names(config, data_dir)
   execution = plan_execution(config, strategy, steps_per_loop=config.train.steps_per_execution or 1, tpu=tpu)
   with strategy.scope():
-    model = runs.create_model(config)
+    model = building.create_model(config)
     miou = compile_model(model, config, total_steps=1, execution=execution)
   model.load_weights(weights)
   report = evaluate(model, miou, config, strategy, data_dir, execution)
@@ -312,13 +317,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, *, data_dir: str, mode
 
   per_replica_batch = config.batch_size // strategy.num_replicas_in_sync
   with strategy.scope():
-    model = runs.create_model(config)
+    model = building.create_model(config)
     initialized = initialize_from(model, config.model.init_from) if config.model.init_from else set()
     set_trainable_layers(model, config.model.trainable_layers, initialized)
     miou = compile_model(model, config, plan.total_steps, execution)
   train_data = strategy.distribute_datasets_from_function(
       lambda context: input_pipeline.train_dataset(
-          train_files, batch_size=per_replica_batch, crop_size=runs.crop_size(config),
+          train_files, batch_size=per_replica_batch, crop_size=building.crop_size(config),
           canvas_size=config.input.canvas_size,
           min_scale=config.input.min_scale, max_scale=config.input.max_scale, flip=config.input.flip,
           photometric=config.input.photometric, shuffle_buffer=config.input.shuffle_buffer, seed=config.seed,
@@ -336,8 +341,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, *, data_dir: str, mode
     logging.info("resuming after loop %d of %d (step %d)", completed_loops, plan.num_loops,
                  int(model.optimizer.iterations.numpy()))
   tensorboard = summaries.TensorBoardLog(
-      model_dir, config=config, class_names=runs.class_names_of(config), class_colours=runs.class_colours_of(config),
-      miou=miou,
+      model_dir, config=config, class_names=run_folder.class_names_of(config),
+      class_colours=run_folder.class_colours_of(config), miou=miou,
       samples=_validation_samples(eval_files, config.train.num_triptychs) if chief else [], write=chief)
   callbacks = [tensorboard, keras.callbacks.TerminateOnNaN()]
   if chief:

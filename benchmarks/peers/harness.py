@@ -82,7 +82,7 @@ def serve(timer: StepTimer, info: dict) -> None:
 
 
 def count_flops(forward: Callable[..., tf.Tensor], height: int, width: int) -> int:
-  """Forward FLOPs of one image by TF's profiler (same counting as trainer.model.count_flops)."""
+  """Forward FLOPs of one image by TF's profiler (same counting as deeplab.flops.count_flops)."""
   from tensorflow.python.framework import convert_to_constants  # No public API freezes a concrete function.
 
   concrete = tf.function(lambda images: forward(images, training=False)).get_concrete_function(

@@ -1,12 +1,13 @@
 """DeepLabV3+ (Chen et al. 2018) on a MobileNetV2 encoder, as a Keras 3 functional model.
 
-image [B, H, W, 3] in [0, 255] -> x/127.5 - 1 -> MobileNetV2 (atrous past `output_stride`, see mobilenet_v2.py)
+image [B, H, W, 3] in [0, 255] -> x/127.5 - 1 (pixels.py) -> MobileNetV2 (atrous past `output_stride`, see
+  mobilenet_v2.py)
   -> ASPP: image pooling + 1x1 + one 3x3 branch per atrous rate (none: DeepLab's lean "mobile" head), 256 ch
   -> decoder: upsample to stride 4, concat with the stride-4 features projected to 48 ch, two 3x3 convs (256)
   -> 1x1 logits (float32) -> bilinear resize to the input's size: logits [B, H, W, num_classes].
 Resizes follow the input's dynamic shape, so any H, W works (odd ones, non-multiples of the output stride).
 
-Two variants serve published DeepLab models (trainer/import_model.py): `decoder=False` is DeepLabV3 as Google's
+Two variants serve published DeepLab models (inference/importing.py): `decoder=False` is DeepLabV3 as Google's
 mobile VOC models are (ASPP -> 1x1 `logits` -> resize), and `residual_decoder=True` is DeepLabV3+ whose decoder
 adds a correction to those ASPP logits at stride 4 (its own 1x1 `decoder_logits`, zero at start), weighted by
 how unsure they are (UncertainRefinement), instead of replacing them: a model fine-tuned from a DeepLabV3
@@ -17,13 +18,16 @@ Layer names follow DeepLab's scopes (`aspp0`, `aspp_projection` = `concat_projec
 import keras
 import tensorflow as tf
 
-from trainer import augment
-from trainer import mobilenet_v2
+from deeplab import mobilenet_v2
+from deeplab import pixels
 
 ASPP_FILTERS = 256
 LOW_LEVEL_FILTERS = 48
 DECODER_FILTERS = 256
 ASPP_DROPOUT = 0.1  # DeepLab's keep_prob 0.9 after the ASPP projection.
+
+# The package name in the registered names ("trainer>SegmentationModel") is where these classes were first
+# defined: .keras files written then name them so, and still load.
 
 
 @keras.saving.register_keras_serializable(package="trainer")
@@ -60,33 +64,29 @@ class ResizeLike(keras.layers.Layer):
 
 @keras.saving.register_keras_serializable(package="trainer")
 class SegmentationModel(keras.Model):
-  """The functional DeepLabV3+ graph; its train step also finishes the augmentation of training batches.
+  """The functional DeepLabV3+ graph, whose train step first passes every training batch (x, y) through
+  `prepare_training_batch` when one is set.
 
-  A training batch `({"image": uint8 canvases, "geometry": g}, labels)` from `input_pipeline.train_dataset` is
-  scaled, cropped and flipped to `train_crop_size` on the device first (trainer/augment.py); a batch
-  `(images, labels)` trains as it is. `train_crop_size` is part of the model's config.
+  The trainer sets it when it compiles the model (trainer/augment.py's on-device scale, crop and flip of the
+  input pipeline's canvases); it is not part of the model's config, so a model built or loaded without it
+  trains on (images, labels) batches as they are.
   """
 
-  def __init__(self, *args, train_crop_size: tuple[int, int] | None = None, **kwargs):
+  def __init__(self, *args, **kwargs):
     super().__init__(*args, **kwargs)
-    self.train_crop_size = tuple(train_crop_size) if train_crop_size else None  # None: the canvas's size.
+    self.prepare_training_batch = None
 
   def train_step(self, data):
     x, y, *rest = data
-    if isinstance(x, dict):
-      x, y = augment.scale_crop_flip(x["image"], y, x["geometry"], crop=self.train_crop_size)
+    if self.prepare_training_batch is not None:
+      x, y = self.prepare_training_batch(x, y)
     return super().train_step((x, y, *rest))
-
-  def get_config(self):
-    return {**super().get_config(), "train_crop_size": self.train_crop_size}
 
   @classmethod
   def from_config(cls, config, custom_objects=None):
     config = dict(config)
-    train_crop_size = config.pop("train_crop_size", None)
-    model = super().from_config(config, custom_objects)
-    model.train_crop_size = tuple(train_crop_size) if train_crop_size else None
-    return model
+    config.pop("train_crop_size", None)  # Written into the config by earlier versions; now the trainer's.
+    return super().from_config(config, custom_objects)
 
 
 @keras.saving.register_keras_serializable(package="trainer")
@@ -148,7 +148,7 @@ def build_deeplabv3plus(*, num_classes: int = 21, input_shape=(None, None, 3), o
                         backbone_weights: str | None = None, freeze_backbone_bn: bool = True,
                         bn_momentum: float = 0.9, decoder: bool = True, residual_decoder: bool = False,
                         align_corners: bool = False, depth_divisor: int = 8,
-                        train_crop_size: tuple[int, int] | None = None, name: str = "deeplabv3plus") -> keras.Model:
+                        name: str = "deeplabv3plus") -> keras.Model:
   """DeepLabV3+ / MobileNetV2: raw RGB pixels [0, 255] in, float32 logits at the input resolution out.
 
   output_stride: 16 or 8 (32: plain MobileNetV2, no atrous convs). aspp_rates: DeepLab uses (6, 12, 18) at
@@ -158,12 +158,11 @@ def build_deeplabv3plus(*, num_classes: int = 21, input_shape=(None, None, 3), o
   (the shared ImageNet weights have folded BN; small batches would destroy it). bn_momentum applies to every
   BN layer (0.9: Keras's 0.99 leaves moving averages far behind in short runs). decoder,
   residual_decoder, align_corners: see the module docstring; depth_divisor: see mobilenet_v2_features.
-  train_crop_size: (height, width) the train step crops training canvases to (SegmentationModel).
   """
   if residual_decoder and not decoder:
     raise ValueError("residual_decoder=True needs decoder=True")
   inputs = keras.Input(shape=input_shape, name="image")
-  x = keras.layers.Rescaling(1 / 127.5, offset=-1.0, name="rescale_to_unit")(inputs)
+  x = keras.layers.Rescaling(pixels.NORMALISE_SCALE, offset=pixels.NORMALISE_OFFSET, name="rescale_to_unit")(inputs)
   features, backbone_layers = mobilenet_v2.mobilenet_v2_features(x, alpha=alpha, output_stride=output_stride,
                                                                  bn_momentum=bn_momentum, depth_divisor=depth_divisor)
   x = _aspp(features["high_level"], tuple(aspp_rates), separable, bn_momentum)
@@ -180,7 +179,7 @@ def build_deeplabv3plus(*, num_classes: int = 21, input_shape=(None, None, 3), o
     coarse = ResizeLike(align_corners, dtype="float32", name="logits_to_decoder")([coarse, correction])
     x = UncertainRefinement(dtype="float32", name="decoder_refine")([coarse, correction])
   logits = ResizeLike(align_corners, dtype="float32", name="logits_upsample")([x, inputs])
-  model = SegmentationModel(inputs, logits, name=name, train_crop_size=train_crop_size)
+  model = SegmentationModel(inputs, logits, name=name)
 
   if backbone_weights is not None:
     mobilenet_v2.copy_imagenet_weights(backbone_layers, backbone_weights, alpha)
@@ -189,18 +188,3 @@ def build_deeplabv3plus(*, num_classes: int = 21, input_shape=(None, None, 3), o
       if isinstance(layer, keras.layers.BatchNormalization):
         layer.trainable = False
   return model
-
-
-def count_flops(model: keras.Model, height: int, width: int) -> int:
-  """Forward FLOPs (multiply and add counted separately) of one height x width image, by TF's profiler."""
-  # No public API freezes a concrete function; the profiler warns that it uses a deprecated TF1 helper.
-  from tensorflow.python.framework import convert_to_constants
-  from tensorflow.python.util import deprecation
-
-  forward = tf.function(lambda images: model(images, training=False))
-  concrete = forward.get_concrete_function(tf.TensorSpec([1, height, width, 3], tf.float32))
-  graph = convert_to_constants.convert_variables_to_constants_v2(concrete).graph
-  builder = tf.compat.v1.profiler.ProfileOptionBuilder
-  options = builder(builder.float_operation()).with_empty_output().build()
-  with deprecation.silence():
-    return tf.compat.v1.profiler.profile(graph=graph, cmd="op", options=options).total_float_ops

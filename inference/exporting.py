@@ -18,14 +18,13 @@ from contracts import console
 from contracts import schema
 from contracts import shards
 from contracts import voc
+from deeplab import metrics as metrics_lib
+from deeplab import pixels
+from deeplab import run_folder
+from deeplab import tfrecords
 from inference import int8_ranges
 from inference import tflite_interpreter
-from trainer import input_pipeline
-from trainer import metrics as metrics_lib
-from trainer import runs
-from trainer import augment
 
-TFLITE_SIZE = 513
 SAVED_MODEL_DIR = "saved_model"
 FLOAT32_TFLITE = "model_float32.tflite"
 INT8_TFLITE = "model_int8.tflite"
@@ -44,7 +43,7 @@ def _serving_fn(model: keras.Model) -> Callable:
     count = tf.shape(image_bytes)[0]
 
     def predict_one(i, masks, heights, widths):
-      image = input_pipeline.decode_image(image_bytes[i])  # The training pipeline's decoding, JPEG IDCT included.
+      image = tfrecords.decode_image(image_bytes[i])  # The training pipeline's decoding, JPEG IDCT included.
       logits = model(tf.cast(image, tf.float32)[tf.newaxis], training=False)[0]
       mask = tf.cast(tf.argmax(logits, axis=-1), tf.uint8)
       return i + 1, masks.write(i, mask), heights.write(i, tf.shape(mask)[0]), widths.write(i, tf.shape(mask)[1])
@@ -79,7 +78,7 @@ def export_saved_model(model: keras.Model, export_dir: str) -> None:
 
 
 def convert_tflite(model: keras.Model, representative_images: Callable[[], Iterator[np.ndarray]] | None = None,
-                   size: int = TFLITE_SIZE, ranges: str = "mean") -> bytes:
+                   size: int = pixels.DEEPLAB_CANVAS, ranges: str = "mean") -> bytes:
   """A 1 x size x size x 3 TFLite model that outputs uint8 class ids: float32 when `representative_images` is
   None, else full-integer int8 calibrated on its float32 [1, size, size, 3] raw-pixel images (uint8 input), with
   activation ranges by `ranges` (int8_ranges.METHODS) and imported weights on their own grid (int8_ranges)."""
@@ -120,11 +119,11 @@ def convert_tflite(model: keras.Model, representative_images: Callable[[], Itera
 
 def _records(file_pattern: str, count: int) -> tf.data.Dataset:
   """(encoded image, decoded record) of the first `count` records (0: all), in file order."""
-  dataset = tf.data.TFRecordDataset(input_pipeline.list_files(file_pattern))
+  dataset = tf.data.TFRecordDataset(tfrecords.list_files(file_pattern))
   if count:
     dataset = dataset.take(count)
   return dataset.map(lambda serialized: (schema.parse_example(serialized)[schema.IMAGE_ENCODED],
-                                         input_pipeline.decode_record(serialized)),
+                                         tfrecords.decode_record(serialized)),
                      num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).prefetch(tf.data.AUTOTUNE)
 
 
@@ -141,12 +140,13 @@ def _fit_and_pad(image: np.ndarray, size: int, pad_value: float) -> tuple[np.nda
   return padded, image.shape[:2]
 
 
-def calibration_images(file_pattern: str, count: int, size: int = TFLITE_SIZE) -> Callable[[], Iterator[np.ndarray]]:
+def calibration_images(file_pattern: str, count: int,
+                       size: int = pixels.DEEPLAB_CANVAS) -> Callable[[], Iterator[np.ndarray]]:
   """The converter's representative dataset: images prepared exactly as `tflite_predict` prepares them."""
   def images():
     progress = console.Progress("calibration", count, unit="images")
     for _, record in _records(file_pattern, count).as_numpy_iterator():
-      yield _fit_and_pad(record["image"], size, augment.MEAN_PIXEL)[0][np.newaxis]
+      yield _fit_and_pad(record["image"], size, pixels.MEAN_PIXEL)[0][np.newaxis]
       progress.add()
     progress.close()
   return images
@@ -156,7 +156,7 @@ def tflite_predict(interpreter, image: np.ndarray) -> np.ndarray:
   """Class ids [h, w] of one uint8 RGB image [h, w, 3] from one of our TFLite exports (real input: raw pixels)."""
   [input_details] = interpreter.get_input_details()
   size = int(input_details["shape"][1])
-  padded, (height, width) = _fit_and_pad(image, size, augment.MEAN_PIXEL)
+  padded, (height, width) = _fit_and_pad(image, size, pixels.MEAN_PIXEL)
   dtype = input_details["dtype"]
   if np.issubdtype(dtype, np.integer):
     scale, zero_point = input_details["quantization"]
@@ -207,7 +207,7 @@ def check_exports(model: keras.Model, file_pattern: str, num_images: int, *, sav
     out = serve(image_bytes=tf.constant([encoded]))
     predicted["saved_model"] = out["masks"].numpy()[0, :out["heights"][0], :out["widths"][0]]
     if interpreters:
-      padded, fitted = _fit_and_pad(image, TFLITE_SIZE, augment.MEAN_PIXEL)
+      padded, fitted = _fit_and_pad(image, pixels.DEEPLAB_CANVAS, pixels.MEAN_PIXEL)
       predicted["keras_513"] = _crop_back(keras_classes(tf.constant(padded)).numpy(), fitted, image.shape[:2])
       for name, interpreter in interpreters.items():
         predicted[name] = tflite_predict(interpreter, image)
@@ -226,7 +226,7 @@ def check_exports(model: keras.Model, file_pattern: str, num_images: int, *, sav
   exports = {}
   for name in names:
     summary = metrics_lib.summarize_confusion(confusions[name])
-    exports[name] = {"input": inputs.get(name, f"padded to {TFLITE_SIZE}"), "miou": summary["miou"],
+    exports[name] = {"input": inputs.get(name, f"padded to {pixels.DEEPLAB_CANVAS}"), "miou": summary["miou"],
                      "pixel_accuracy": summary["pixel_accuracy"]}
     if name in reference_of:
       exports[name]["agreement_with_" + reference_of[name]] = agreeing[name] / max(scored, 1)
@@ -270,18 +270,18 @@ def export_run(model_dir: str, output_dir: str, *, weights: str | None = None, t
   returns the report."""
   if int8:
     try:
-      input_pipeline.list_files(calibration_data)
+      tfrecords.list_files(calibration_data)
     except ValueError as error:
       raise ValueError(f"--calibration_data: {error}") from None
-  config, model, found = runs.load_run(model_dir, weights)
+  config, model, found = run_folder.load_run(model_dir, weights)
   if check_data:
-    input_pipeline.list_files(check_data)  # Fails now, not after the exports, when nothing matches.
+    tfrecords.list_files(check_data)  # Fails now, not after the exports, when nothing matches.
   elif data_dir:
     check_data = shards.split_files(data_dir, config.eval_split)
   tf.io.gfile.makedirs(output_dir)
-  shards.write_class_names(output_dir, runs.class_names_of(config))
-  if runs.class_colours_of(config):
-    shards.write_class_colours(output_dir, runs.class_colours_of(config))
+  shards.write_class_names(output_dir, run_folder.class_names_of(config))
+  if run_folder.class_colours_of(config):
+    shards.write_class_colours(output_dir, run_folder.class_colours_of(config))
 
   saved_model_dir = os.path.join(output_dir, SAVED_MODEL_DIR)
   with console.step(f"writing {saved_model_dir}"):
@@ -297,7 +297,7 @@ def export_run(model_dir: str, output_dir: str, *, weights: str | None = None, t
       representative = calibration_images(calibration_data, num_calibration)
       _write_bytes(tflite_files["tflite_int8"], convert_tflite(model, representative, ranges=ranges))
 
-  report = {"model_dir": model_dir, "weights": found, "class_names": list(runs.class_names_of(config)),
+  report = {"model_dir": model_dir, "weights": found, "class_names": list(run_folder.class_names_of(config)),
             "saved_model": saved_model_dir,
             "tflite": {name: {"file": path, "bytes": tf.io.gfile.stat(path).length}
                        for name, path in tflite_files.items()}}

@@ -23,21 +23,21 @@ import numpy as np
 import tensorflow as tf
 
 from configs import base
+from contracts import download
+from contracts import errors
 from contracts import run_dir
+from deeplab import building
+from deeplab import mobilenet_v2
+from deeplab import pixels
 from inference import tflite_interpreter
-from preprocessing import download
-from trainer import mobilenet_v2
-from trainer import runs
 
 # research/deeplab's batch-norm epsilons: slim's MobileNetV2 scope (1e-3) and DeepLab's own layers (1e-5).
 BACKBONE_BN_EPSILON = 1e-3
 HEAD_BN_EPSILON = 1e-5
-# Google's models see 513 x 513 canvases (16 x 32 + 1, made for corner-aligned resizes), padded with 128.
-CANVAS_SIZE = 513
-PAD_PIXEL = 128
+# Google's models see DeepLab's canvases (pixels.DEEPLAB_CANVAS), padded with the uint8 mean pixel.
 
 
-class ImportError_(ValueError):  # noqa: N801  (ImportError is Python's)
+class ImportError_(errors.UserError, ValueError):  # noqa: N801  (ImportError is Python's)
   """A source that cannot become our model, said in one line."""
 
 
@@ -188,8 +188,8 @@ def model_config(scopes: dict[str, Weights], *, aspp_rates: tuple[int, ...] = (6
   m.align_corners = True
   m.backbone_weights = ""
   m.freeze_backbone_bn = True
-  config.input.crop_size = CANVAS_SIZE
-  config.input.eval_pad_to = CANVAS_SIZE
+  config.input.crop_size = pixels.DEEPLAB_CANVAS
+  config.input.eval_pad_to = pixels.DEEPLAB_CANVAS
   return config
 
 
@@ -285,12 +285,12 @@ def read_source(source: str, *, download_dir: str | None = None, md5: str | None
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def pad_to_canvas(image: np.ndarray, size: int = CANVAS_SIZE) -> np.ndarray:
+def pad_to_canvas(image: np.ndarray, size: int = pixels.DEEPLAB_CANVAS) -> np.ndarray:
   """uint8 [h, w, 3] (h, w <= size) padded bottom/right with 128 to [size, size, 3], as Google's files expect."""
   height, width = image.shape[:2]
   if height > size or width > size:
     raise ValueError(f"image of {height}x{width} is larger than the {size}x{size} canvas")
-  canvas = np.full((size, size, 3), PAD_PIXEL, np.uint8)
+  canvas = np.full((size, size, 3), pixels.MEAN_PIXEL_UINT8, np.uint8)
   canvas[:height, :width] = image
   return canvas
 
@@ -337,7 +337,7 @@ def import_model(source: str, model_dir: str, *, check_images: list[np.ndarray] 
   interpreter on `check_images`) and writes a run directory. Returns the report written to import.json."""
   kind, path, scopes = read_source(source, download_dir=download_dir, md5=md5)
   config = model_config(scopes, aspp_rates=aspp_rates, output_stride=output_stride)
-  model = runs.create_model(config)
+  model = building.create_model(config)
   num_layers = assign(model, scopes)
   report = {"source": source, "kind": kind, "scopes": len(scopes), "layers_set": num_layers,
             "num_classes": config.model.num_classes, "alpha": config.model.alpha,

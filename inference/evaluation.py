@@ -14,11 +14,11 @@ import tensorflow as tf
 from contracts import console
 from contracts import run_dir
 from contracts import shards
-from trainer import input_pipeline
-from trainer import metrics as metrics_lib
-from trainer import runs
-from trainer import visualize
-from trainer import augment
+from deeplab import metrics as metrics_lib
+from deeplab import pixels
+from deeplab import run_folder
+from deeplab import tfrecords
+from deeplab import visualize
 
 
 def make_predictor(model, scales: list[float], flip: bool, pad_to: int = 0):
@@ -39,7 +39,7 @@ def make_predictor(model, scales: list[float], flip: bool, pad_to: int = 0):
       if pad_to:  # After the mirror, so that both pictures sit top-left.
         padding = tf.maximum(pad_to - scaled_size, 0)
         batch = tf.pad(batch, [[0, 0], [0, padding[0]], [0, padding[1]], [0, 0]],
-                       constant_values=augment.MEAN_PIXEL)
+                       constant_values=pixels.MEAN_PIXEL)
       probabilities = tf.nn.softmax(tf.cast(model(batch, training=False), tf.float32))
       probabilities = probabilities[:, :scaled_size[0], :scaled_size[1]]
       if flip:
@@ -57,7 +57,7 @@ def confusion_of_split(model, data_dir: str, split: str, num_classes: int, scale
   # The total from the conversion's summary when there is one; counting the shards would read them twice.
   has_summary = tf.io.gfile.exists(shards.summary_path(data_dir, split))
   progress = console.Progress(split, shards.count_examples(data_dir, split) if has_summary else None, unit="images")
-  for image, label in input_pipeline.eval_dataset(shards.split_files(data_dir, split), batch_size=1):
+  for image, label in tfrecords.eval_dataset(shards.split_files(data_dir, split), batch_size=1):
     predicted = np.argmax(predict(image[0]).numpy(), axis=-1)
     confusion += metrics_lib.count_confusion(label[0].numpy(), predicted, num_classes)
     progress.add()
@@ -69,10 +69,10 @@ def evaluate_run(model_dir: str, data_dir: str, *, split: str = "val", scales=(1
                  pad_to: int = 0, weights: str | None = None) -> tuple[dict, str]:
   """Scores a run's weights (default its best, else final) on a split; writes the report and the confusion
   picture into the run (contracts/run_dir.py's eval_<split>[_pad<N>]). Returns (report, their path stem)."""
-  config, model, found = runs.load_run(model_dir, weights)
+  config, model, found = run_folder.load_run(model_dir, weights)
   scales = [float(s) for s in scales]
   confusion = confusion_of_split(model, data_dir, split, config.model.num_classes, scales, flip, pad_to)
-  class_names = runs.class_names_of(config)
+  class_names = run_folder.class_names_of(config)
   report = metrics_lib.summarize_confusion(confusion, class_names)
   report.update(split=split, scales=scales, flip=flip, pad_to=pad_to, weights=found)
   stem = run_dir.evaluation_stem(model_dir, split, pad_to)

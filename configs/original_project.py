@@ -1,6 +1,7 @@
-"""The seed project's recipe: Adam, batch 4, 5 epochs, early stopping and best-model checkpoints.
+"""The original project's recipe (the project this one grew from): Adam, batch 4, 5 epochs, early stopping and
+best-model checkpoints.
 
-  python -m trainer.main --config=configs/seed.py --data_dir=DATA --model_dir=runs/seed
+  python -m trainer.main --config=configs/original_project.py --data_dir=DATA --model_dir=runs/original_project
 """
 
 from configs import base

@@ -1,6 +1,6 @@
-"""The model a config describes, and the model of a run folder rebuilt from its config.json and weights
-(contracts/run_dir.py lays the folder out). Training, fine-tuning (config.model.init_from) and inference/ load
-runs through here."""
+"""The model of a run folder rebuilt from its config.json and weights (contracts/run_dir.py lays the folder out),
+and the run's class names and colours. Fine-tuning (config.model.init_from) and inference/ load runs through
+here."""
 
 import json
 
@@ -10,10 +10,8 @@ import tensorflow as tf
 
 from configs import base as base_config
 from contracts import run_dir
-from contracts import shards
 from contracts import voc
-from trainer import input_pipeline
-from trainer import model as model_lib
+from deeplab import building
 
 
 def class_colours_of(config: ml_collections.ConfigDict) -> tuple:
@@ -26,24 +24,11 @@ def class_names_of(config: ml_collections.ConfigDict) -> tuple[str, ...]:
   return tuple(config.model.class_names) or voc.default_class_names(config.model.num_classes)
 
 
-def crop_size(config: ml_collections.ConfigDict) -> tuple[int, int]:
-  return input_pipeline.size_pair(config.input.crop_size, "config.input.crop_size")
-
-
-def create_model(config: ml_collections.ConfigDict) -> keras.Model:
-  m = config.model
-  return model_lib.build_deeplabv3plus(
-      num_classes=m.num_classes, output_stride=m.output_stride, alpha=m.alpha, aspp_rates=tuple(m.aspp_rates),
-      separable=m.separable, backbone_weights=m.backbone_weights or None, freeze_backbone_bn=m.freeze_backbone_bn,
-      bn_momentum=m.bn_momentum, decoder=m.decoder, residual_decoder=m.residual_decoder,
-      align_corners=m.align_corners, depth_divisor=m.depth_divisor, train_crop_size=crop_size(config))
-
-
 def read_run_config(model_dir: str) -> ml_collections.ConfigDict:
   """The config.json of a run directory, as the run's model is rebuilt from it (its weights replace any init)."""
   config_path = run_dir.path(model_dir, run_dir.CONFIG)
   if not tf.io.gfile.exists(config_path):
-    raise shards.DataError(f"{model_dir} has no {run_dir.CONFIG}: is it a training run's --model_dir?")
+    raise run_dir.RunFolderError(f"{model_dir} has no {run_dir.CONFIG}: is it a training run's --model_dir?")
   with tf.io.gfile.GFile(config_path) as f:
     config = ml_collections.ConfigDict(json.load(f))
   for field, default in base_config.get_config().model.items():  # Runs written before a field existed.
@@ -60,7 +45,7 @@ def load_run(model_dir: str, weights: str | None = None) -> tuple[ml_collections
   found = (weights if tf.io.gfile.exists(weights) else None) if weights else run_dir.trained_weights(model_dir)
   if found is None:
     wanted = weights or f"{model_dir}/{run_dir.BEST_WEIGHTS} or {run_dir.FINAL_WEIGHTS}"
-    raise shards.DataError(f"no weights found (looked for {wanted})")
-  model = create_model(config)
+    raise run_dir.RunFolderError(f"no weights found (looked for {wanted})")
+  model = building.create_model(config)
   model.load_weights(found)
   return config, model, found
