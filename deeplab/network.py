@@ -80,7 +80,18 @@ class SegmentationModel(keras.Model):
     x, y, *rest = data
     if self.prepare_training_batch is not None:
       x, y = self.prepare_training_batch(x, y)
-    return super().train_step((x, y, *rest))
+    return self._logs_to_reduce(super().train_step((x, y, *rest)))
+
+  def test_step(self, data):
+    return self._logs_to_reduce(super().test_step(data))
+
+  def _logs_to_reduce(self, logs):
+    """Under MultiWorkerMirroredStrategy, a step's scalar logs as [1] tensors: Keras (3.15) averages them over the
+    workers with strategy.reduce("MEAN", value, axis=0), which a scalar has no axis for; a [1] tensor averages to
+    the same scalar (tests/test_trainer.py's multi-worker run covers it)."""
+    if not isinstance(self.distribute_strategy, tf.distribute.MultiWorkerMirroredStrategy):
+      return logs
+    return tf.nest.map_structure(lambda value: tf.reshape(value, [1]) if value.shape.rank == 0 else value, logs)
 
   @classmethod
   def from_config(cls, config, custom_objects=None):

@@ -109,20 +109,3 @@ def chief_task_name(strategy: tf.distribute.Strategy) -> str:
   if resolver is None or not resolver.task_type:
     return "chief"
   return "chief_0" if "chief" in resolver.cluster_spec().as_dict() else "worker_0"
-
-def patch_keras_multi_worker_reduction() -> None:
-  """Keras 3.15 reduces step outputs across workers with strategy.reduce("MEAN", v, axis=0), which fails on
-  the scalar losses and metrics a train step returns; reduce them with axis=None (the same mean) instead."""
-  from keras.src.backend.tensorflow import trainer as keras_tf_trainer  # pylint: disable=g-import-not-at-top
-
-  original = keras_tf_trainer.reduce_per_replica
-  if getattr(original, "patched_for_multi_worker", False):
-    return
-
-  def reduce_per_replica(values, strategy, reduction):
-    if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy) and reduction in ("auto", "mean"):
-      return tf.nest.map_structure(lambda v: strategy.reduce("MEAN", v, axis=None), values)
-    return original(values, strategy, reduction)
-
-  reduce_per_replica.patched_for_multi_worker = True
-  keras_tf_trainer.reduce_per_replica = reduce_per_replica

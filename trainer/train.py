@@ -29,6 +29,7 @@ from trainer import callbacks as callbacks_lib
 from trainer import config_validation
 from trainer import distribute
 from trainer import input_pipeline
+from trainer import keras_internals
 from trainer import losses
 from trainer import optimizers
 from trainer import summaries
@@ -214,24 +215,6 @@ def compile_model(model: keras.Model, config: ml_collections.ConfigDict, total_s
   return miou
 
 
-def _build_from_shapes(model: keras.Model, strategy, config) -> None:
-  """Builds the loss, metrics and optimizer on a crop-shaped batch before fit(), which would otherwise build them
-  by calling the model on a first training batch: canvases and their geometry, not what the model takes.
-
-  Under MultiWorkerMirroredStrategy this is also a work-around for Keras 3.15, whose build all-reduces that first
-  batch and fails; its all-reduce of each step's scalar logs with axis=0 fails too, which
-  distribute.patch_keras_multi_worker_reduction() makes a plain cross-worker mean.
-  """
-  if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
-    distribute.patch_keras_multi_worker_reduction()
-  batch = config.batch_size // strategy.num_replicas_in_sync
-  crop_h, crop_w = building.crop_size(config)
-  with strategy.scope():
-    model._symbolic_build(data_batch=(tf.zeros([batch, crop_h, crop_w, 3]),
-                                      tf.zeros([batch, crop_h, crop_w], tf.int32)))
-  model._maybe_symbolic_build = lambda iterator=None, data_batch=None: None
-
-
 def _wait_for_all_workers(strategy) -> None:
   """A barrier: a one-number all-reduce that returns only when every worker has reached it."""
   if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
@@ -329,7 +312,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, *, data_dir: str, mode
           photometric=config.input.photometric, shuffle_buffer=config.input.shuffle_buffer, seed=config.seed,
           input_context=context))
 
-  _build_from_shapes(model, strategy, config)
+  keras_internals.build_for_fit(model, strategy, config.batch_size // strategy.num_replicas_in_sync,
+                                building.crop_size(config))
 
   # Every worker keeps its own resume checkpoint (identical weights); only the chief writes what users read. All
   # restore the chief's, so that they resume at the same loop even when a failure struck between two saves.
