@@ -17,6 +17,7 @@ from deeplab import flops
 from deeplab import mobilenet_v2
 from deeplab import network
 from preprocessing import synthetic_voc
+from trainer import augment
 
 SMALL = dict(alpha=0.35)  # The narrowest MobileNetV2: the graph is the same, the tests are faster.
 UNUSED_CLASSIFIER_LAYERS = {"Conv_1", "Conv_1_bn"}  # keras.applications' 1x1 1280 conv: not in DeepLab's encoder.
@@ -299,9 +300,13 @@ def test_count_flops_counts_convolutions():
 
 
 def test_saved_model_file_round_trip(tmp_path):
+  """The same model back; the training crop the trainer gave it (augment.crop_on_device) is not part of it."""
   model = network.build_deeplabv3plus(**SMALL, aspp_rates=(6,), num_classes=4)
+  augment.crop_on_device(model, (33, 33))
   model.save(tmp_path / "model.keras")
   restored = keras.models.load_model(tmp_path / "model.keras")
+  assert isinstance(restored, network.SegmentationModel) and restored.prepare_training_batch is None
+  assert "train_crop_size" not in restored.get_config()
   images = _images(1, 37, 45)
   # The same weights (restored bit for bit) through the same kernels: equal; 1e-5 only allows for float32 rounding.
   np.testing.assert_allclose(restored(images), model(images), rtol=1e-5, atol=1e-5)

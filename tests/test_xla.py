@@ -11,6 +11,7 @@ from configs import smoke
 from contracts import voc
 from deeplab import building
 from deeplab import metrics as metrics_lib
+from deeplab import network
 from deeplab import tfrecords
 from tests.conftest import clear_pixels
 from tests.conftest import convert_generated_voc
@@ -134,7 +135,7 @@ def _first_step(config, jit_compile: bool) -> tuple[float, dict[str, np.ndarray]
 def test_xla_train_step_compiles_and_matches_the_default_step(restore_policy, monkeypatch, policy, loss_fields,
                                                              model_fields):
   # The ASPP's dropout draws other masks under XLA (its own random-number algorithm): off for the comparison.
-  monkeypatch.setattr(model_lib, "ASPP_DROPOUT", 0.0)
+  monkeypatch.setattr(network, "ASPP_DROPOUT", 0.0)
   keras.mixed_precision.set_global_policy(policy)
   config = _config(**model_fields)
   config.loss.update(loss_fields)

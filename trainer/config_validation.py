@@ -17,7 +17,6 @@ import ml_collections
 from contracts import console
 from contracts import errors
 from deeplab import mobilenet_v2
-from deeplab import tfrecords
 from trainer import losses
 
 IMAGENET_ALPHAS = (0.35, 0.5, 0.75, 1.0, 1.3, 1.4)  # The widths of keras.applications' ImageNet MobileNetV2s.
@@ -51,7 +50,7 @@ def is_number(value) -> bool:
 
 
 def is_size(value) -> bool:
-  """An int > 0, or (height, width) of them: what tfrecords.size_pair takes."""
+  """An int > 0, or (height, width) of them: what deeplab/tfrecords.size_pair takes."""
   pair = value if isinstance(value, (tuple, list)) else (value, value)
   return len(pair) == 2 and all(is_int(side) and side > 0 for side in pair)
 
