@@ -68,7 +68,8 @@ def train_dataset(file_pattern: str, *, batch_size: int, crop_size: int | tuple[
   larger than the canvas (set canvas_size to your largest image side to avoid that); geometry (augment.Geometry):
   each element's random scale, crop offset and flip for crop_size. `augment.scale_crop_flip(images, labels,
   geometry, crop)` turns a batch into crops; the train step does so (augment.crop_on_device, which the trainer
-  gives the model), and `.map(augment.crops_of(crop))` of it here gives crops on the host.
+  gives the model), and `.map(lambda batch: augment.crops_of(crop)(*batch))` of it here gives crops on the host
+  (tf.data passes a Batch, a NamedTuple, as one argument).
 
   `batch_size` is per replica when `input_context` is given (sharding: see the module docstring). Partial
   batches are dropped (static shapes).
