@@ -1,10 +1,10 @@
 """The one base of the errors a user can act on: every command line catches it and prints its message as one line
 (contracts/console.py), with exit code 2, instead of a traceback.
 
-Subclasses name what went wrong: the data (contracts/shards.DataError), a config (trainer/config_validation.
-ConfigError), a download (contracts/download.DownloadError), a run folder (contracts/run_dir.RunFolderError), a
-published model that cannot be imported (inference/importing.ImportError_), a strategy (trainer/distribute.
-StrategyError).
+Subclasses name what went wrong: the data (contracts/shards.DataError), a config
+(trainer/config_validation.ConfigError), a download (contracts/download.DownloadError), a run folder
+(contracts/run_dir.RunFolderError), a published model that cannot be imported (inference/importing.ImportError_), a
+strategy (trainer/distribute.StrategyError).
 """
 
 
