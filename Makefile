@@ -16,7 +16,11 @@ $(VENV)/.installed: setup.py
 demo: $(VENV)/.installed
 	$(PY) -m launch.demo --workdir=$(DEMO_DIR)
 
+# The linter, the formatter's check and the type checker (pyproject.toml), then the tests.
 test: $(VENV)/.installed
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
 	$(PY) -m pytest tests
 
 clean:

@@ -13,30 +13,40 @@ TENSORFLOW = os.environ.get("SEGMENTATION_TENSORFLOW", "tensorflow>=2.21,<2.22")
 DASK = ["apache-beam[dask]>=2.77,<3", "dask>=2024.4.2,<2027", "distributed>=2024.4.2,<2027"]
 
 setuptools.setup(
-    name="segmentation-pipeline",
-    version="0.1.0",
-    description="DeepLabV3+ on MobileNetV2 for Pascal VOC: Beam conversion, tf.distribute training, export.",
-    python_requires=">=3.10.12,<3.13",  # tarfile extraction filters
-    packages=setuptools.find_packages(
-        include=["contracts*", "deeplab*", "preprocessing*", "trainer*", "inference*", "configs*", "launch*"]),
-    install_requires=[
-        # These ranges resolve together (TF 2.21 / Keras 3.15 / Beam 2.77 / protobuf 6 / numpy 2.4).
-        *([TENSORFLOW] if TENSORFLOW else []),
-        "apache-beam[gcp]>=2.77,<3",
-        "numpy>=2.0,<2.5",
-        "opencv-python-headless>=4.10",
-        "absl-py>=2.1",
-        "tensorboard>=2.21,<2.22",
-        "gcsfs>=2025.1",
-        "ml-collections>=1.0,<2",
-        # Pillow reads palette PNG indices (OpenCV converts palettes to colour); SciPy reads SBD .mat labels.
-        "pillow>=10",
-        "scipy>=1.11",
-        "pyyaml>=6",  # launch/ writes Vertex AI job specs and Kubernetes manifests.
+  name="segmentation-pipeline",
+  version="0.1.0",
+  description="DeepLabV3+ on MobileNetV2 for Pascal VOC: Beam conversion, tf.distribute training, export.",
+  python_requires=">=3.10.12,<3.13",  # tarfile extraction filters
+  packages=setuptools.find_packages(
+    include=["contracts*", "deeplab*", "preprocessing*", "trainer*", "inference*", "configs*", "launch*"]
+  ),
+  install_requires=[
+    # These ranges resolve together (TF 2.21 / Keras 3.15 / Beam 2.77 / protobuf 6 / numpy 2.4).
+    *([TENSORFLOW] if TENSORFLOW else []),
+    "apache-beam[gcp]>=2.77,<3",
+    "numpy>=2.0,<2.5",
+    "opencv-python-headless>=4.10",
+    "absl-py>=2.1",
+    "tensorboard>=2.21,<2.22",
+    "gcsfs>=2025.1",
+    "ml-collections>=1.0,<2",
+    # Pillow reads palette PNG indices (OpenCV converts palettes to colour); SciPy reads SBD .mat labels.
+    "pillow>=10",
+    "scipy>=1.11",
+    "pyyaml>=6",  # launch/ writes Vertex AI job specs and Kubernetes manifests.
+  ],
+  extras_require={
+    # gcp-storage-emulator: a local Cloud Storage for the gs:// tests (tests/gcs_emulator.py).
+    "test": [
+      "pytest>=8",
+      "pytest-timeout>=2.3",
+      "gcp-storage-emulator>=2026.7",
+      "cryptography>=42",
+      *DASK,
+      # The tools `make test` runs first (pyproject.toml): pinned, so that a new release cannot fail a landing.
+      "ruff==0.17.6",
+      "mypy==2.4.1",
     ],
-    extras_require={
-        # gcp-storage-emulator: a local Cloud Storage for the gs:// tests (tests/gcs_emulator.py).
-        "test": ["pytest>=8", "pytest-timeout>=2.3", "gcp-storage-emulator>=2026.7", "cryptography>=42", *DASK],
-        "dask": DASK,
-    },
+    "dask": DASK,
+  },
 )

@@ -22,16 +22,19 @@ import time
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
-from contracts import quiet_imports  # noqa: E402
+from contracts import quiet_imports
 
 quiet_imports.import_quietly("apache_beam")
 
-from absl import app, flags  # noqa: E402
+from absl import app  # noqa: E402
+from absl import flags  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from contracts import voc  # noqa: E402
-from preprocessing import conversion
-from preprocessing import make_tfrecords, pairs, sources  # noqa: E402
+from preprocessing import conversion  # noqa: E402
+from preprocessing import make_tfrecords  # noqa: E402
+from preprocessing import pairs  # noqa: E402
+from preprocessing import sources  # noqa: E402
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 DEFAULT_VOC = pathlib.Path(os.environ.get("SEG_SHARED_DIR", REPO_ROOT.parent / "shared")) / "data" / "voc_sample"
@@ -57,8 +60,9 @@ def one_pair_root(voc_dir: pathlib.Path, split: str, work: pathlib.Path) -> path
 
 def time_beam(voc_dir: pathlib.Path, split: str, output_dir: pathlib.Path) -> tuple[float, int]:
   start = time.perf_counter()
-  summaries = make_tfrecords.run(["conversion", f"--voc_root={voc_dir}", f"--output_dir={output_dir}",
-                                  f"--splits={split}"])
+  summaries = make_tfrecords.run(
+    ["conversion", f"--voc_root={voc_dir}", f"--output_dir={output_dir}", f"--splits={split}"]
+  )
   return time.perf_counter() - start, summaries[split].written
 
 
@@ -92,15 +96,16 @@ def main(argv: list[str]) -> None:
       times["beam fixed (1 pair)"].append(seconds)
       seconds, pairs_done["loop"] = time_loop(voc_dir, split, work / f"loop{round_index}")
       times["loop"].append(seconds)
-      print(f"round {round_index + 1}/{rounds}: " + ", ".join(f"{k} {v[-1]:.2f} s" for k, v in times.items()),
-            flush=True)
+      print(
+        f"round {round_index + 1}/{rounds}: " + ", ".join(f"{k} {v[-1]:.2f} s" for k, v in times.items()), flush=True
+      )
 
   median = {name: statistics.median(values) for name, values in times.items()}
   fixed = median["beam fixed (1 pair)"]
   rows = [
-      ("beam job (with start-up + verify)", pairs_done["beam job"], median["beam job"]),
-      ("beam job minus fixed cost", pairs_done["beam job"] - 1, median["beam job"] - fixed),
-      ("sequential loop", pairs_done["loop"], median["loop"]),
+    ("beam job (with start-up + verify)", pairs_done["beam job"], median["beam job"]),
+    ("beam job minus fixed cost", pairs_done["beam job"] - 1, median["beam job"] - fixed),
+    ("sequential loop", pairs_done["loop"], median["loop"]),
   ]
   print(f"\n{split} of {voc_dir} on {os.cpu_count()} CPU(s), medians of {rounds} round(s)")
   print(f"{'':36s} {'pairs':>6s} {'seconds':>8s} {'pairs/s':>8s}")
@@ -108,9 +113,15 @@ def main(argv: list[str]) -> None:
     print(f"{name:36s} {count:6d} {seconds:8.2f} {count / seconds:8.1f}")
   print(f"{'beam fixed cost (1-pair job)':36s} {'':6s} {fixed:8.2f}")
   if json_out:
-    figures = {"split": split, "voc_dir": str(voc_dir), "rounds": rounds, "cpus": os.cpu_count(),
-               "seconds": times, "median_seconds": median,
-               "pairs_per_second": {name: count / seconds for name, count, seconds in rows}}
+    figures = {
+      "split": split,
+      "voc_dir": str(voc_dir),
+      "rounds": rounds,
+      "cpus": os.cpu_count(),
+      "seconds": times,
+      "median_seconds": median,
+      "pairs_per_second": {name: count / seconds for name, count, seconds in rows},
+    }
     pathlib.Path(json_out).write_text(json.dumps(figures, indent=2) + "\n")
 
 

@@ -27,31 +27,35 @@ import time
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
-import deeplab  # noqa: F401,E402  (imports TensorFlow quietly)
+from absl import app
+from absl import flags
+import numpy as np
+import tensorflow as tf
 
-from absl import app, flags  # noqa: E402
-import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
-
-from deeplab import metrics as metrics_lib  # noqa: E402
-from deeplab import pixels  # noqa: E402
-from deeplab import run_folder  # noqa: E402
-from deeplab import tfrecords  # noqa: E402
-from inference import exporting  # noqa: E402
-from inference import importing  # noqa: E402
-from inference import tflite_interpreter  # noqa: E402
+from deeplab import metrics as metrics_lib
+from deeplab import pixels
+from deeplab import run_folder
+from deeplab import tfrecords
+from inference import exporting
+from inference import importing
+from inference import tflite_interpreter
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
-REFERENCE = (pathlib.Path(os.environ.get("SEG_SHARED_DIR", REPO_ROOT.parent / "shared")) / "models" /
-             "deeplabv3_mnv2_pascal_quant.tflite")
+REFERENCE = (
+  pathlib.Path(os.environ.get("SEG_SHARED_DIR", REPO_ROOT.parent / "shared"))
+  / "models"
+  / "deeplabv3_mnv2_pascal_quant.tflite"
+)
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("model_dir", None, "A training run's folder (or an imported published model's).")
 flags.DEFINE_integer("num_calibration", 200, "int8 calibration images, when converting here (no --exports_dir).")
-flags.DEFINE_string("records_dir", str(REPO_ROOT / "data" / "voc_sample"),
-                    "Folder with the run's train-*/val-*.tfrecord shards.")
-flags.DEFINE_string("exports_dir", None, "Where inference.export wrote model_float32.tflite and model_int8.tflite; "
-                                         "default: convert here.")
+flags.DEFINE_string(
+  "records_dir", str(REPO_ROOT / "data" / "voc_sample"), "Folder with the run's train-*/val-*.tfrecord shards."
+)
+flags.DEFINE_string(
+  "exports_dir", None, "Where inference.export wrote model_float32.tflite and model_int8.tflite; default: convert here."
+)
 flags.DEFINE_integer("num_images", 0, "Val images scored (0: all).")
 flags.DEFINE_integer("num_threads", 2, "Interpreter threads.")
 flags.DEFINE_integer("rounds", 20, "Latency rounds (each contender invoked once per round, in turns).")
@@ -61,11 +65,16 @@ flags.DEFINE_string("reference", str(REFERENCE), "Google's TFLite file to compar
 
 def our_tflite_models(model_dir: str) -> dict[str, bytes]:
   if FLAGS.exports_dir:
-    return {name: tf.io.gfile.GFile(f"{FLAGS.exports_dir}/{file}", "rb").read()
-            for name, file in (("ours float32", exporting.FLOAT32_TFLITE), ("ours int8", exporting.INT8_TFLITE))}
+    return {
+      name: tf.io.gfile.GFile(f"{FLAGS.exports_dir}/{file}", "rb").read()
+      for name, file in (("ours float32", exporting.FLOAT32_TFLITE), ("ours int8", exporting.INT8_TFLITE))
+    }
   _, model, weights = run_folder.load_run(model_dir)
-  print(f"converting {weights} to TFLite float32 and int8 ({FLAGS.num_calibration} calibration images) ...",
-        file=sys.stderr, flush=True)
+  print(
+    f"converting {weights} to TFLite float32 and int8 ({FLAGS.num_calibration} calibration images) ...",
+    file=sys.stderr,
+    flush=True,
+  )
   calibration = exporting.calibration_images(f"{FLAGS.records_dir}/train-*.tfrecord", FLAGS.num_calibration)
   return {"ours float32": exporting.convert_tflite(model), "ours int8": exporting.convert_tflite(model, calibration)}
 
@@ -81,16 +90,17 @@ def score(predictors: dict, file_pattern: str, num_images: int, num_classes: int
     count += 1
     if count % 20 == 0:
       print(f"scored {count} images", file=sys.stderr, flush=True)
-  return {name: {**metrics_lib.summarize_confusion(confusion), "images": count}
-          for name, confusion in confusions.items()}
+  return {
+    name: {**metrics_lib.summarize_confusion(confusion), "images": count} for name, confusion in confusions.items()
+  }
 
 
 def latencies(interpreters: dict, image: np.ndarray, rounds: int) -> dict[str, float]:
   """Median ms of invoke() alone, the input set once (a padded real image), the contenders in turns."""
-  for name, interpreter in interpreters.items():
+  for interpreter in interpreters.values():
     [input_details] = interpreter.get_input_details()
     padded = np.full(input_details["shape"], pixels.MEAN_PIXEL_UINT8, np.uint8)
-    padded[0, :image.shape[0], :image.shape[1]] = image
+    padded[0, : image.shape[0], : image.shape[1]] = image
     interpreter.set_tensor(input_details["index"], padded.astype(input_details["dtype"]))
     interpreter.invoke()  # Warm-up: XNNPACK packs its weights on the first run.
   times = {name: [] for name in interpreters}
@@ -106,10 +116,14 @@ def main(argv):
   del argv
   val = f"{FLAGS.records_dir}/val-*.tfrecord"
   contents = {**our_tflite_models(FLAGS.model_dir), "reference": pathlib.Path(FLAGS.reference).read_bytes()}
-  interpreters = {name: tflite_interpreter.make_interpreter(content, FLAGS.num_threads)
-                  for name, content in contents.items()}
-  predictors = {name: (lambda image, i=interpreter: exporting.tflite_predict(i, image))
-                for name, interpreter in interpreters.items() if name != "reference"}
+  interpreters = {
+    name: tflite_interpreter.make_interpreter(content, FLAGS.num_threads) for name, content in contents.items()
+  }
+  predictors = {
+    name: (lambda image, i=interpreter: exporting.tflite_predict(i, image))
+    for name, interpreter in interpreters.items()
+    if name != "reference"
+  }
   predictors["reference"] = lambda image: importing.tflite_classes(interpreters["reference"], image)
   scores = score(predictors, val, FLAGS.num_images)
   first_image = next(iter(tfrecords.eval_dataset(val, batch_size=1)))[0][0].numpy().astype(np.uint8)
@@ -118,12 +132,21 @@ def main(argv):
   print(f"{'model':<14}{'MB':>7}{'ms (median)':>13}{'mIoU':>8}{'pixel acc.':>12}")
   figures = {}
   for name in contents:
-    figures[name] = {"bytes": len(contents[name]), "latency_ms": medians[name], "miou": scores[name]["miou"],
-                     "pixel_accuracy": scores[name]["pixel_accuracy"], "images": scores[name]["images"]}
-    print(f"{name:<14}{len(contents[name]) / 2**20:>7.2f}{medians[name]:>13.1f}{scores[name]['miou']:>8.4f}"
-          f"{scores[name]['pixel_accuracy']:>12.4f}")
-  print(f"({scores['reference']['images']} val images of {val}; {FLAGS.num_threads} interpreter threads, "
-        f"{FLAGS.rounds} rounds)")
+    figures[name] = {
+      "bytes": len(contents[name]),
+      "latency_ms": medians[name],
+      "miou": scores[name]["miou"],
+      "pixel_accuracy": scores[name]["pixel_accuracy"],
+      "images": scores[name]["images"],
+    }
+    print(
+      f"{name:<14}{len(contents[name]) / 2**20:>7.2f}{medians[name]:>13.1f}{scores[name]['miou']:>8.4f}"
+      f"{scores[name]['pixel_accuracy']:>12.4f}"
+    )
+  print(
+    f"({scores['reference']['images']} val images of {val}; {FLAGS.num_threads} interpreter threads, "
+    f"{FLAGS.rounds} rounds)"
+  )
   if FLAGS.json_out:
     pathlib.Path(FLAGS.json_out).write_text(json.dumps({"model_dir": FLAGS.model_dir, "figures": figures}, indent=2))
 

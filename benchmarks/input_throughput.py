@@ -39,19 +39,20 @@ import time
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
-import trainer  # noqa: F401,E402  (imports TensorFlow quietly)
+from absl import app
+from absl import flags
+import cv2
+import keras
+import numpy as np
+from PIL import Image
+import tensorflow as tf
 
-from absl import app, flags  # noqa: E402
-import cv2  # noqa: E402
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
-from PIL import Image  # noqa: E402
-import tensorflow as tf  # noqa: E402
-
-from contracts import schema, voc  # noqa: E402
-from deeplab import pixels  # noqa: E402
-from deeplab import tfrecords  # noqa: E402
-from trainer import augment, input_pipeline  # noqa: E402
+from contracts import schema
+from contracts import voc
+from deeplab import pixels
+from deeplab import tfrecords
+from trainer import augment
+from trainer import input_pipeline
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 DEFAULT_VOC = pathlib.Path(os.environ.get("SEG_SHARED_DIR", REPO_ROOT.parent / "shared")) / "data" / "voc_sample"
@@ -71,15 +72,21 @@ FLAGS = flags.FLAGS
 def write_records(voc_dir: pathlib.Path, split: str, out_dir: pathlib.Path, num_shards: int) -> str:
   """{split}-0000i-of-0000n.tfrecord from the source files (JPEG bytes as they are); returns the glob."""
   ids = voc.read_split_ids(str(voc_dir), split)
-  writers = [tf.io.TFRecordWriter(str(out_dir / f"{split}-{i:05d}-of-{num_shards:05d}.tfrecord"))
-             for i in range(num_shards)]
+  writers = [
+    tf.io.TFRecordWriter(str(out_dir / f"{split}-{i:05d}-of-{num_shards:05d}.tfrecord")) for i in range(num_shards)
+  ]
   for n, image_id in enumerate(ids):
     jpeg_path = voc_dir / voc.IMAGE_DIR / f"{image_id}.jpg"
     jpeg = jpeg_path.read_bytes()
     width, height = Image.open(jpeg_path).size
-    example = schema.make_example(image=jpeg, image_format="jpeg", filename=image_id, height=height, width=width,
-                                  mask_png=voc.encode_label_png(
-                                      np.asarray(Image.open(voc_dir / voc.MASK_DIR / f"{image_id}.png"))))
+    example = schema.make_example(
+      image=jpeg,
+      image_format="jpeg",
+      filename=image_id,
+      height=height,
+      width=width,
+      mask_png=voc.encode_label_png(np.asarray(Image.open(voc_dir / voc.MASK_DIR / f"{image_id}.png"))),
+    )
     writers[n % num_shards].write(example.SerializeToString())
   for writer in writers:
     writer.close()
@@ -89,8 +96,13 @@ def write_records(voc_dir: pathlib.Path, split: str, out_dir: pathlib.Path, num_
 def endless_records(file_pattern: str) -> tf.data.Dataset:
   """Serialized records of all files, interleaved in parallel, repeated: the reading (a), (a') and (d) share."""
   files = tfrecords.list_files(file_pattern)
-  return tf.data.Dataset.from_tensor_slices(files).repeat().interleave(
-      tf.data.TFRecordDataset, cycle_length=len(files), num_parallel_calls=tf.data.AUTOTUNE, deterministic=False)
+  return (
+    tf.data.Dataset.from_tensor_slices(files)
+    .repeat()
+    .interleave(
+      tf.data.TFRecordDataset, cycle_length=len(files), num_parallel_calls=tf.data.AUTOTUNE, deterministic=False
+    )
+  )
 
 
 def decode_only(file_pattern: str, batch_size: int) -> tf.data.Dataset:
@@ -115,9 +127,11 @@ def decode_and_batch(file_pattern: str, batch_size: int, canvas: int = 512) -> t
     return example["image"], example["label"]
 
   dataset = dataset.map(decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=False)
-  dataset = dataset.padded_batch(batch_size, padded_shapes=([canvas, canvas, 3], [canvas, canvas]),
-                                 padding_values=(tf.constant(pixels.MEAN_PIXEL_UINT8, tf.uint8),
-                                                 tf.constant(voc.IGNORE_LABEL, tf.uint8)))
+  dataset = dataset.padded_batch(
+    batch_size,
+    padded_shapes=([canvas, canvas, 3], [canvas, canvas]),
+    padding_values=(tf.constant(pixels.MEAN_PIXEL_UINT8, tf.uint8), tf.constant(voc.IGNORE_LABEL, tf.uint8)),
+  )
   return dataset.prefetch(tf.data.AUTOTUNE)
 
 
@@ -143,19 +157,23 @@ def scale_then_crop(file_pattern: str, batch_size: int, crop: int) -> tf.data.Da
 class SequenceLoader(keras.utils.PyDataset):
   """(c): the original project's loader, kept as it was written."""
 
-  def __init__(self, voc_dir: pathlib.Path, ids: list[str], batch_size: int = 4, size: int = 512,
-               lean_one_hot: bool = False):
+  def __init__(
+    self, voc_dir: pathlib.Path, ids: list[str], batch_size: int = 4, size: int = 512, lean_one_hot: bool = False
+  ):
     super().__init__()
     self.voc_dir, self.ids, self.batch_size, self.size = voc_dir, ids, batch_size, size
-    self.one_hot = ((lambda m: np.eye(voc.NUM_CLASSES, dtype=np.float32)[m]) if lean_one_hot
-                    else (lambda m: keras.utils.to_categorical(m, voc.NUM_CLASSES)))
+    self.one_hot = (
+      (lambda m: np.eye(voc.NUM_CLASSES, dtype=np.float32)[m])
+      if lean_one_hot
+      else (lambda m: keras.utils.to_categorical(m, voc.NUM_CLASSES))
+    )
 
   def __len__(self):
     return len(self.ids) // self.batch_size
 
   def __getitem__(self, index):
     images, masks = [], []
-    for image_id in self.ids[index * self.batch_size:(index + 1) * self.batch_size]:
+    for image_id in self.ids[index * self.batch_size : (index + 1) * self.batch_size]:
       image = cv2.imread(str(self.voc_dir / voc.IMAGE_DIR / f"{image_id}.jpg"))
       image = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
       image = cv2.resize(image, (self.size, self.size)).astype(np.float32) / 255.0
@@ -175,8 +193,7 @@ def timed(step, steps: int, images_per_step: int) -> tuple[float, float]:
   return steps * images_per_step / wall, cpu * 1e3 / (steps * images_per_step)
 
 
-def measure_dataset(make_dataset, batch_size: int, images: int, warmup_batches: int,
-                    then=None) -> tuple[float, float]:
+def measure_dataset(make_dataset, batch_size: int, images: int, warmup_batches: int, then=None) -> tuple[float, float]:
   """On a fresh iterator, dropped afterwards: a live one keeps filling its autotuned buffers in the background
   while the others are measured, charging its CPU to them and starting its own turn with images in hand.
   `then`: a function applied to each batch by the consumer, as a train step would."""
@@ -185,7 +202,8 @@ def measure_dataset(make_dataset, batch_size: int, images: int, warmup_batches: 
   for _ in range(warmup_batches):
     step()
   result = timed(step, -(-images // batch_size), batch_size)
-  del step, batches
+  del step
+  batches = None  # The live iterator dropped (see above).
   gc.collect()
   return result
 
@@ -207,44 +225,59 @@ def main(argv):
     print(f"records: {pattern}; {os.cpu_count()} CPUs; batch {FLAGS.batch_size}, crop {FLAGS.crop_size}")
     ceiling = functools.partial(decode_only, pattern, FLAGS.batch_size)
     copy_bound = functools.partial(decode_and_batch, pattern, FLAGS.batch_size)
-    ours = functools.partial(input_pipeline.train_dataset, pattern, batch_size=FLAGS.batch_size,
-                             crop_size=FLAGS.crop_size, seed=0)
+    ours = functools.partial(
+      input_pipeline.train_dataset, pattern, batch_size=FLAGS.batch_size, crop_size=FLAGS.crop_size, seed=0
+    )
     loader = SequenceLoader(voc_dir, voc.read_split_ids(str(voc_dir), FLAGS.split))
     lean_loader = SequenceLoader(voc_dir, voc.read_split_ids(str(voc_dir), FLAGS.split), lean_one_hot=True)
     crop = (FLAGS.crop_size, FLAGS.crop_size)
     resample = tf.function(augment.crops_of(crop))  # As in the train step.
     plain = functools.partial(scale_then_crop, pattern, FLAGS.batch_size, FLAGS.crop_size)
-    results = {key: [] for key in ("ceiling", "copy bound", "ours", "ours + resampling", "sequence",
-                                   "lean sequence", "plain")}
+    results = {
+      key: [] for key in ("ceiling", "copy bound", "ours", "ours + resampling", "sequence", "lean sequence", "plain")
+    }
     for round_ in range(FLAGS.rounds):
       warmup = 32  # Batches; start-up (shuffle buffer, autotuning) is not measured.
       results["ceiling"].append(measure_dataset(ceiling, FLAGS.batch_size, FLAGS.images, warmup))
       results["copy bound"].append(measure_dataset(copy_bound, FLAGS.batch_size, FLAGS.images, warmup))
       results["ours"].append(measure_dataset(ours, FLAGS.batch_size, FLAGS.images, warmup))
-      results["ours + resampling"].append(measure_dataset(ours, FLAGS.batch_size, FLAGS.images // 2, warmup,
-                                                          then=resample))
+      results["ours + resampling"].append(
+        measure_dataset(ours, FLAGS.batch_size, FLAGS.images // 2, warmup, then=resample)
+      )
       results["sequence"].append(measure_sequence(loader, FLAGS.sequence_images))
       results["lean sequence"].append(measure_sequence(lean_loader, FLAGS.sequence_images))
       results["plain"].append(measure_dataset(plain, FLAGS.batch_size, FLAGS.images // 2, warmup))
-      print(f"round {round_ + 1}: " + ", ".join(f"{k} {v[-1][0]:.0f}/s ({v[-1][1]:.2f} ms CPU/image)"
-                                                for k, v in results.items()), flush=True)
+      print(
+        f"round {round_ + 1}: "
+        + ", ".join(f"{k} {v[-1][0]:.0f}/s ({v[-1][1]:.2f} ms CPU/image)" for k, v in results.items()),
+        flush=True,
+      )
   rate = {k: statistics.median(r for r, _ in v) for k, v in results.items()}
   cpu = {k: statistics.median(c for _, c in v) for k, v in results.items()}
-  labels = {"ceiling": "(a)  decode-only ceiling", "copy bound": "(a') + copy into padded batch",
-            "ours": f"(b)  train_dataset, crop {FLAGS.crop_size}",
-            "ours + resampling": "(b+) + resampling on this CPU",
-            "sequence": "(c)  Sequence loader, 512", "lean sequence": "(c') Sequence, float32 one-hot",
-            "plain": "(d)  scale-then-crop, plain"}
+  labels = {
+    "ceiling": "(a)  decode-only ceiling",
+    "copy bound": "(a') + copy into padded batch",
+    "ours": f"(b)  train_dataset, crop {FLAGS.crop_size}",
+    "ours + resampling": "(b+) + resampling on this CPU",
+    "sequence": "(c)  Sequence loader, 512",
+    "lean sequence": "(c') Sequence, float32 one-hot",
+    "plain": "(d)  scale-then-crop, plain",
+  }
   for key, label in labels.items():
     print(f"{label:32s} {rate[key]:7.1f} images/s  {cpu[key]:6.2f} ms CPU/image")
-  print(f"batch: (a), (b) {FLAGS.batch_size}; (c) 4. (b)/(a) = {rate['ours'] / rate['ceiling']:.2f} (target >= 0.90); "
-        f"(b)/(c) = {rate['ours'] / rate['sequence']:.1f}x, (b)/(c') = {rate['ours'] / rate['lean sequence']:.1f}x "
-        f"(target >= 10x); (a')/(a) = {rate['copy bound'] / rate['ceiling']:.2f}, (b)/(a') = "
-        f"{rate['ours'] / rate['copy bound']:.2f}; (b)/(d) = {rate['ours'] / rate['plain']:.1f}x; (b+)/(d) = "
-        f"{rate['ours + resampling'] / rate['plain']:.1f}x")
-  print(f"CPU time per image, (a)/(b) = {cpu['ceiling'] / cpu['ours']:.2f}, (a)/(a') = "
-        f"{cpu['ceiling'] / cpu['copy bound']:.2f}: the ratio of rates on 2 free cores, "
-        f"and the one to trust when other jobs share them")
+  print(
+    f"batch: (a), (b) {FLAGS.batch_size}; (c) 4. (b)/(a) = {rate['ours'] / rate['ceiling']:.2f} (target >= 0.90); "
+    f"(b)/(c) = {rate['ours'] / rate['sequence']:.1f}x, (b)/(c') = {rate['ours'] / rate['lean sequence']:.1f}x "
+    f"(target >= 10x); (a')/(a) = {rate['copy bound'] / rate['ceiling']:.2f}, (b)/(a') = "
+    f"{rate['ours'] / rate['copy bound']:.2f}; (b)/(d) = {rate['ours'] / rate['plain']:.1f}x; (b+)/(d) = "
+    f"{rate['ours + resampling'] / rate['plain']:.1f}x"
+  )
+  print(
+    f"CPU time per image, (a)/(b) = {cpu['ceiling'] / cpu['ours']:.2f}, (a)/(a') = "
+    f"{cpu['ceiling'] / cpu['copy bound']:.2f}: the ratio of rates on 2 free cores, "
+    f"and the one to trust when other jobs share them"
+  )
+
 
 if __name__ == "__main__":
   app.run(main)

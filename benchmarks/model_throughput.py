@@ -30,7 +30,6 @@ import subprocess
 import sys
 import tempfile
 
-import trainer  # noqa: F401  (imports TensorFlow quietly, before harness does)
 from benchmarks.peers import harness
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -40,8 +39,10 @@ PEER_REQUIREMENTS = ("tf-models-official==2.20.*", "tensorflow==2.20.*")
 HEADS = {"lean": (), "aspp": (6, 12, 18)}
 # (ours, official) pairs at equal settings: backbone BN frozen (our trainer's default), every BN training
 # (the official experiment's).
-PAIRS = {"backbone BN frozen": ("ours, backbone BN frozen", "official, backbone BN frozen"),
-         "all BN training": ("ours, all BN training", "official, all BN training")}
+PAIRS = {
+  "backbone BN frozen": ("ours, backbone BN frozen", "official, backbone BN frozen"),
+  "all BN training": ("ours, all BN training", "official, all BN training"),
+}
 
 
 def peer_python() -> pathlib.Path:
@@ -62,15 +63,16 @@ class Served:
   """
 
   def __init__(self, command: list[str]):
-    self._stderr = tempfile.TemporaryFile(mode="w+")
-    self._process = subprocess.Popen(command, cwd=REPO_ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                     stderr=self._stderr, text=True)
+    self._stderr = tempfile.TemporaryFile(mode="w+")  # noqa: SIM115  (open while the contender lives)
+    self._process = subprocess.Popen(
+      command, cwd=REPO_ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._stderr, text=True
+    )
     self.info = self._receive()
 
   def _receive(self) -> dict:
     for line in self._process.stdout:
       if line.startswith(harness.PROTOCOL_PREFIX):
-        return json.loads(line[len(harness.PROTOCOL_PREFIX):])
+        return json.loads(line[len(harness.PROTOCOL_PREFIX) :])
     self._stderr.seek(0)
     raise RuntimeError(f"{self._process.args} exited ({self._process.wait()}):\n{self._stderr.read()[-4000:]}")
 
@@ -92,8 +94,9 @@ def serve_ours(rates: tuple[int, ...], freeze_backbone_bn: bool) -> None:
   from deeplab import network
 
   keras.utils.set_random_seed(0)
-  model = network.build_deeplabv3plus(num_classes=harness.NUM_CLASSES, aspp_rates=rates,
-                                      freeze_backbone_bn=freeze_backbone_bn)
+  model = network.build_deeplabv3plus(
+    num_classes=harness.NUM_CLASSES, aspp_rates=rates, freeze_backbone_bn=freeze_backbone_bn
+  )
   info = {"params": model.count_params(), "flops_512": flops.count_flops(model, 512, 512)}
   timer = harness.StepTimer(model, lambda: model.trainable_variables, keras.optimizers.SGD(0.01, momentum=0.9))
   harness.serve(timer, info)
@@ -104,7 +107,7 @@ def contenders_for(rates: tuple[int, ...], with_official: bool) -> dict[str, Ser
   ours = [sys.executable, "-m", "benchmarks.model_throughput", "--serve", rates_flag]
   official = [str(peer_python()), str(PEER_SCRIPT), rates_flag] if with_official else None
   contenders = {}
-  for (ours_name, official_name), freeze in zip(PAIRS.values(), (True, False)):
+  for (ours_name, official_name), freeze in zip(PAIRS.values(), (True, False), strict=True):
     flags = ["--freeze_backbone_bn"] if freeze else []
     contenders[ours_name] = Served(ours + flags)
     if official:
@@ -131,12 +134,19 @@ def measure(contenders: dict, warmup: int, rounds: int, steps_per_round: int) ->
 
 def print_table(rows: list[tuple[str, str, dict]]) -> None:
   settings = list(harness.SETTINGS)
-  print(f"\n{'head':5} {'model':29} {'params':>7} {'GFLOPs/512²':>11} " + " ".join(f"{s:>13}" for s in settings)
-        + "   CPU s/image: " + " ".join(f"{s:>13}" for s in settings))
+  print(
+    f"\n{'head':5} {'model':29} {'params':>7} {'GFLOPs/512²':>11} "
+    + " ".join(f"{s:>13}" for s in settings)
+    + "   CPU s/image: "
+    + " ".join(f"{s:>13}" for s in settings)
+  )
   for head, name, r in rows:
-    print(f"{head:5} {name:29} {r['params'] / 1e6:6.2f}M {r['flops_512'] / 1e9:11.2f} "
-          + " ".join(f"{r[s]:13.2f}" for s in settings) + " " * 15
-          + " ".join(f"{r[s + '_cpu']:13.3f}" for s in settings))
+    print(
+      f"{head:5} {name:29} {r['params'] / 1e6:6.2f}M {r['flops_512'] / 1e9:11.2f} "
+      + " ".join(f"{r[s]:13.2f}" for s in settings)
+      + " " * 15
+      + " ".join(f"{r[s + '_cpu']:13.3f}" for s in settings)
+    )
   print("(images/s from the median wall-clock step; CPU s/image from the median step's process CPU time)")
   results = {(head, name): r for head, name, r in rows}
   for head in dict.fromkeys(head for head, _, _ in rows):
@@ -175,8 +185,10 @@ def main() -> None:
     print_table(rows)  # After each head: a full run takes minutes.
   official = [result for _, _, result in rows if "tensorflow" in result]
   if official:
-    print(f"official: TensorFlow {official[0]['tensorflow']}; its parameter count includes MobileNetV2's "
-          f"Conv_1 (0.41 M), built but not used by the segmentation model.")
+    print(
+      f"official: TensorFlow {official[0]['tensorflow']}; its parameter count includes MobileNetV2's "
+      f"Conv_1 (0.41 M), built but not used by the segmentation model."
+    )
 
 
 if __name__ == "__main__":

@@ -30,15 +30,17 @@ _CHILD = flags.DEFINE_string("child", None, "Internal: run one measurement (JSON
 
 
 def _measure(spec: dict) -> dict:
-  import resource  # pylint: disable=g-import-not-at-top
-  import keras  # pylint: disable=g-import-not-at-top
-  import numpy as np  # pylint: disable=g-import-not-at-top
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  from configs import deeplab_voc  # pylint: disable=g-import-not-at-top
-  from deeplab import building  # pylint: disable=g-import-not-at-top
-  from deeplab import tfrecords  # pylint: disable=g-import-not-at-top
-  from trainer import augment  # pylint: disable=g-import-not-at-top
-  from trainer import train  # pylint: disable=g-import-not-at-top
+  import resource
+
+  import keras
+  import numpy as np
+  import tensorflow as tf
+
+  from configs import deeplab_voc
+  from deeplab import building
+  from deeplab import tfrecords
+  from trainer import augment
+  from trainer import train
 
   keras.mixed_precision.set_global_policy(spec["policy"])
   config = deeplab_voc.get_config()
@@ -46,15 +48,20 @@ def _measure(spec: dict) -> dict:
   config.input.crop_size = spec["crop"]
   keras.utils.set_random_seed(0)
   model = building.create_model(config)
-  train.compile_model(model, config, total_steps=100,
-                      execution=train.Execution(spec["jit_compile"], steps_per_execution=1, fixed_batch_shapes=False))
+  train.compile_model(
+    model,
+    config,
+    total_steps=100,
+    execution=train.Execution(spec["jit_compile"], steps_per_execution=1, fixed_batch_shapes=False),
+  )
   batch, canvas = spec["batch"], spec["crop"]
   rng = np.random.default_rng(0)
   images = rng.integers(0, 256, (batch, canvas, canvas, 3)).astype(np.uint8)
   labels = rng.integers(0, config.model.num_classes, (batch, canvas, canvas)).astype(np.uint8)
   sizes = tf.constant([[canvas, canvas]] * batch)
-  geometry = augment.draw_geometry(sizes, sizes, tf.constant([0, 1], tf.int64), crop=(canvas, canvas),
-                                   min_scale=0.5, max_scale=2.0, flip=True)
+  geometry = augment.draw_geometry(
+    sizes, sizes, tf.constant([0, 1], tf.int64), crop=(canvas, canvas), min_scale=0.5, max_scale=2.0, flip=True
+  )
   data = tf.data.Dataset.from_tensors(tfrecords.Batch(augment.Canvases(images, geometry), labels)).repeat()
   iterator = iter(data)
   model.make_train_function()
@@ -67,13 +74,20 @@ def _measure(spec: dict) -> dict:
     if index >= 2:
       walls.append(time.perf_counter() - wall)
       cpus.append(time.process_time() - cpu)
-  return {"wall_s": statistics.median(walls) if walls else None, "cpu_s": statistics.median(cpus) if cpus else None,
-          "max_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+  return {
+    "wall_s": statistics.median(walls) if walls else None,
+    "cpu_s": statistics.median(cpus) if cpus else None,
+    "max_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+  }
 
 
 def _run(spec: dict) -> dict:
-  result = subprocess.run([sys.executable, "-m", "benchmarks.xla_step", f"--child={json.dumps(spec)}"],
-                          capture_output=True, text=True, check=False)
+  result = subprocess.run(
+    [sys.executable, "-m", "benchmarks.xla_step", f"--child={json.dumps(spec)}"],
+    capture_output=True,
+    text=True,
+    check=False,
+  )
   if result.returncode:
     raise RuntimeError(f"{spec}: {result.stderr.strip().splitlines()[-1]}")
   return json.loads(result.stdout.strip().splitlines()[-1])
@@ -86,18 +100,30 @@ def main(argv):
     return
   print(f"training step, deeplab_voc model, crop {_CROP.value}, batch {_BATCH.value}, median of {_STEPS.value}:")
   for jit_compile in (False, True):
-    r = _run({"policy": "float32", "crop": _CROP.value, "batch": _BATCH.value, "steps": _STEPS.value,
-              "jit_compile": jit_compile})
+    r = _run(
+      {
+        "policy": "float32",
+        "crop": _CROP.value,
+        "batch": _BATCH.value,
+        "steps": _STEPS.value,
+        "jit_compile": jit_compile,
+      }
+    )
     print(f"  jit_compile={jit_compile!s:<5}  {r['wall_s']:.2f} s wall, {r['cpu_s']:.2f} s CPU per step")
   if not _MEMORY_CROP.value:
     return
   low, high = (int(b) for b in _MEMORY_BATCHES.value)
   print(f"peak resident memory of a training step at {_MEMORY_CROP.value} (batches {low} and {high}):")
   for policy in ("float32", "mixed_float16"):
-    rss = {b: _run({"policy": policy, "crop": _MEMORY_CROP.value, "batch": b, "steps": 0, "jit_compile": False}
-                   )["max_rss_mb"] for b in (low, high)}
-    print(f"  {policy:<14} {rss[low]:.0f} / {rss[high]:.0f} MB: {(rss[high] - rss[low]) / (high - low):.0f} MB "
-          f"per image")
+    rss = {
+      b: _run({"policy": policy, "crop": _MEMORY_CROP.value, "batch": b, "steps": 0, "jit_compile": False})[
+        "max_rss_mb"
+      ]
+      for b in (low, high)
+    }
+    print(
+      f"  {policy:<14} {rss[low]:.0f} / {rss[high]:.0f} MB: {(rss[high] - rss[low]) / (high - low):.0f} MB per image"
+    )
 
 
 if __name__ == "__main__":

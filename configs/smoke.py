@@ -1,6 +1,6 @@
 """A tiny CPU run that exercises every part of training in about a minute (demo, tests, a quick check).
 
-  python -m trainer.main --config=configs/smoke.py --data_dir=DATA --model_dir=runs/smoke
+python -m trainer.main --config=configs/smoke.py --data_dir=DATA --model_dir=runs/smoke
 """
 
 from configs import base

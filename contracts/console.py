@@ -11,14 +11,16 @@ times one long step ("writing X ..." then "writing X: done in 12 s").
 Imports only absl and the standard library: the launchers load it without TensorFlow.
 """
 
+from collections.abc import Callable
+from collections.abc import Sequence
 import contextlib
 import math
 import re
 import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
-from typing import Any, NoReturn
+from typing import Any
+from typing import NoReturn
 
 from absl import flags
 
@@ -51,8 +53,9 @@ def exit_on_user_error(*also: type[Exception], first_line: bool = False, program
     exit_with(message, getattr(error, "exit_code", EXIT_USAGE), program=program)
 
 
-def parse_flags(argv: Sequence[str], *, known_only: bool = False, unknown_flag_hint: str = "",
-                program: str = "") -> list[str]:
+def parse_flags(
+  argv: Sequence[str], *, known_only: bool = False, unknown_flag_hint: str = "", program: str = ""
+) -> list[str]:
   """app.run's flags_parser: absl's, but a bad flag is one line and exit code 2 instead of the usage text and
   exit code 1. known_only: leave unknown flags in the result (for Beam's options)."""
   try:
@@ -65,10 +68,12 @@ def parse_flags(argv: Sequence[str], *, known_only: bool = False, unknown_flag_h
     exit_with(message, program=program)
 
 
-def register_check(name: str, check: Callable[[Any], bool], accepts: str, *,
-                   flag_values: flags.FlagValues = flags.FLAGS) -> None:
+def register_check(
+  name: str, check: Callable[[Any], bool], accepts: str, *, flag_values: flags.FlagValues = flags.FLAGS
+) -> None:
   """Refuses a bad --name at parse time with `flag --name=VALUE: expected ACCEPTS`. An unset flag (None) passes:
   mark_flags_as_required is for that. A check that raises TypeError or ValueError refuses the value."""
+
   def valid(value) -> bool:
     try:
       return value is None or bool(check(value))
@@ -97,14 +102,25 @@ def positive_int(text: str) -> bool:
 
 # ------------------------------------------------------------------------------------------------- progress
 
+
 class Progress:
   """`label: done/total unit (rate unit/s)` for a person watching. On a terminal, one line rewritten at most twice a
   second; elsewhere (a log, CI) a line every `every_seconds` and one at the end. `sizes`: done and total are bytes,
   shown as "2.0 MB / 2.0 MB (100%), 1.2 MB/s". `write` takes each finished line (default: stderr). Thread-safe:
   the threads of a Beam worker share one."""
 
-  def __init__(self, label: str, total: int | None = None, *, unit: str = "", start: int = 0,
-               every_seconds: float = 10.0, sizes: bool = False, stream=None, write=None):
+  def __init__(
+    self,
+    label: str,
+    total: int | None = None,
+    *,
+    unit: str = "",
+    start: int = 0,
+    every_seconds: float = 10.0,
+    sizes: bool = False,
+    stream=None,
+    write=None,
+  ):
     self.label, self.total, self.unit, self.sizes = label, total, unit, sizes
     self.stream = stream if stream is not None else sys.stderr
     self.write = write

@@ -13,9 +13,9 @@ import os
 import re
 import sys
 import tarfile
+from typing import TextIO
 import urllib.error
 import urllib.request
-from typing import TextIO
 
 from contracts import console
 from contracts import errors
@@ -54,8 +54,10 @@ def fetch(url: str, path: str, md5: str | None, *, option: str = "url", progress
     _log.info("%s: md5 %s (no checksum given to verify it against)", url, actual)
   elif actual != md5:
     os.remove(part)
-    raise DownloadError(f"{url} gave a file with md5 {actual}, expected {md5} (deleted it): re-run to download "
-                        f"again, or pass a mirror that serves the published file ({option}=...)")
+    raise DownloadError(
+      f"{url} gave a file with md5 {actual}, expected {md5} (deleted it): re-run to download "
+      f"again, or pass a mirror that serves the published file ({option}=...)"
+    )
   os.replace(part, path)
   return path
 
@@ -80,20 +82,25 @@ def _download_to_part(url: str, part: str, option: str, stream: TextIO) -> None:
       _log.warning("%s refused to resume %s at byte %d: starting over", url, part, offset)
       os.remove(part)
       return _download_to_part(url, part, option, stream)
-    raise DownloadError(f"{url} answered HTTP {e.code} {e.reason}: check the URL, or pass a mirror URL "
-                        f"({option}=...)") from e
+    raise DownloadError(
+      f"{url} answered HTTP {e.code} {e.reason}: check the URL, or pass a mirror URL ({option}=...)"
+    ) from e
   except (urllib.error.URLError, OSError) as e:
     reason = getattr(e, "reason", e)
-    raise DownloadError(f"cannot reach {url} ({reason}): check the network and re-run (downloads resume), "
-                        f"or pass a mirror URL ({option}=...)") from e
+    raise DownloadError(
+      f"cannot reach {url} ({reason}): check the network and re-run (downloads resume), "
+      f"or pass a mirror URL ({option}=...)"
+    ) from e
 
   with response:
     total = None
     if response.status == 206:
       match = re.fullmatch(r"bytes (\d+)-\d+/(\d+|\*)", response.headers.get("Content-Range", ""))
       if not match or int(match[1]) != offset:
-        raise DownloadError(f"{url} answered a Range request for byte {offset} with Content-Range "
-                            f"{response.headers.get('Content-Range')!r}; delete {part} and re-run")
+        raise DownloadError(
+          f"{url} answered a Range request for byte {offset} with Content-Range "
+          f"{response.headers.get('Content-Range')!r}; delete {part} and re-run"
+        )
       total = int(match[2]) if match[2] != "*" else None
       _log.info("resuming %s at byte %d", url, offset)
     else:
@@ -103,8 +110,9 @@ def _download_to_part(url: str, part: str, option: str, stream: TextIO) -> None:
       length = response.headers.get("Content-Length")
       total = int(length) if length else None
 
-    progress = console.Progress(os.path.basename(part).removesuffix(".part"), total, start=offset, sizes=True,
-                                stream=stream)
+    progress = console.Progress(
+      os.path.basename(part).removesuffix(".part"), total, start=offset, sizes=True, stream=stream
+    )
     done = offset
     try:
       with open(part, "ab" if offset else "wb") as out:
@@ -113,13 +121,16 @@ def _download_to_part(url: str, part: str, option: str, stream: TextIO) -> None:
           done += len(chunk)
           progress.update(done)
     except (OSError, http.client.HTTPException) as e:
-      raise DownloadError(f"download of {url} stopped at {console.size_text(done)} ({e}); re-run to resume from "
-                          f"{part}") from e
+      raise DownloadError(
+        f"download of {url} stopped at {console.size_text(done)} ({e}); re-run to resume from {part}"
+      ) from e
     finally:
       progress.close()
     if total is not None and done < total:
-      raise DownloadError(f"download of {url} was cut off at {console.size_text(done)} of {console.size_text(total)}; "
-                          f"re-run to resume from {part}")
+      raise DownloadError(
+        f"download of {url} was cut off at {console.size_text(done)} of {console.size_text(total)}; "
+        f"re-run to resume from {part}"
+      )
 
 
 def _refuse_unsafe(member: tarfile.TarInfo, dest: str) -> tarfile.TarInfo | None:

@@ -3,10 +3,9 @@
 
 Subclasses name what went wrong: the data (contracts/shards.DataError), a config
 (trainer/config_validation.ConfigError), a download (contracts/download.DownloadError), a run folder
-(contracts/run_dir.RunFolderError), a published model that cannot be imported (inference/importing.ImportError_), a
+(contracts/run_dir.RunFolderError), a published model that cannot be imported (inference/importing.SourceModelError), a
 strategy (trainer/distribute.StrategyError).
 """
-
 
 EXIT_USAGE = 2  # contracts/console.EXIT_USAGE: a bad flag, config or data, fixed by the user, not by a retry.
 

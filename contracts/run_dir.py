@@ -1,13 +1,13 @@
 """A training run's folder (local or gs://), as trainer/ writes it and inference/ reads it.
 
-  config.json                        the run's config, class names included: what its model is rebuilt from
-  checkpoints/best.weights.h5        the weights of the best validation mIoU (+ .json: that mIoU and its loop)
-  checkpoints/final.weights.h5       the weights after the last step
-  metrics.json                       validation figures of the kept (best, else final) weights
-  resume/<task>/                     tf.train.Checkpoint of model, optimizer and completed loops, per worker
-  events.out.tfevents.*              TensorBoard (trainer/summaries.py)
-  eval_<split>[_pad<N>].json, ..._confusion.png   python -m inference.evaluate's report
-  import.json                        what python -m inference.import_model imported (imported runs only)
+config.json                        the run's config, class names included: what its model is rebuilt from
+checkpoints/best.weights.h5        the weights of the best validation mIoU (+ .json: that mIoU and its loop)
+checkpoints/final.weights.h5       the weights after the last step
+metrics.json                       validation figures of the kept (best, else final) weights
+resume/<task>/                     tf.train.Checkpoint of model, optimizer and completed loops, per worker
+events.out.tfevents.*              TensorBoard (trainer/summaries.py)
+eval_<split>[_pad<N>].json, ..._confusion.png   python -m inference.evaluate's report
+import.json                        what python -m inference.import_model imported (imported runs only)
 """
 
 from contracts import errors
@@ -31,8 +31,14 @@ def path(model_dir: str, name: str) -> str:
 
 def trained_weights(model_dir: str) -> str | None:
   """A run's best-validation weights, else its final ones; None before any training finished."""
-  return next((candidate for candidate in (path(model_dir, BEST_WEIGHTS), path(model_dir, FINAL_WEIGHTS))
-               if tf.io.gfile.exists(candidate)), None)
+  return next(
+    (
+      candidate
+      for candidate in (path(model_dir, BEST_WEIGHTS), path(model_dir, FINAL_WEIGHTS))
+      if tf.io.gfile.exists(candidate)
+    ),
+    None,
+  )
 
 
 def evaluation_stem(model_dir: str, split: str, pad_to: int = 0) -> str:

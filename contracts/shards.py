@@ -1,12 +1,12 @@
 """What a conversion leaves in its output folder, and how the later stages find it (local or gs://).
 
-    {split}-00000-of-000NN.tfrecord   the records (NN = shard count; contracts/schema.py's schema)
-    {split}-rejected.jsonl            one JSON line per rejected id: {"id", "split", "reason", "detail"}
-    {split}-summary.json              counts, shard files and their verified record counts, pixels per class
-    class_names.txt                   (one per data set) the class names, background first, one per line:
-                                      what training, evaluation, pictures and exports name the classes by
-    class_colours.txt                 (where the data set's colour table gave them) each class's colour, `r g b`
-                                      per line in class-id order: what pictures draw the classes in (else VOC's)
+{split}-00000-of-000NN.tfrecord   the records (NN = shard count; contracts/schema.py's schema)
+{split}-rejected.jsonl            one JSON line per rejected id: {"id", "split", "reason", "detail"}
+{split}-summary.json              counts, shard files and their verified record counts, pixels per class
+class_names.txt                   (one per data set) the class names, background first, one per line:
+                                  what training, evaluation, pictures and exports name the classes by
+class_colours.txt                 (where the data set's colour table gave them) each class's colour, `r g b`
+                                  per line in class-id order: what pictures draw the classes in (else VOC's)
 """
 
 import json
@@ -75,11 +75,16 @@ def split_files(data_dir: str, split: str) -> str:
   research/deeplab's); raises DataError naming the splits there are when none match."""
   pattern = tf.io.gfile.join(data_dir, f"{split}-*{SHARD_SUFFIX}")
   if not tf.io.gfile.glob(pattern):
-    found = sorted({path.rsplit("/", 1)[-1].split("-")[0]
-                    for path in tf.io.gfile.glob(tf.io.gfile.join(data_dir, "*" + SHARD_SUFFIX))})
+    found = sorted(
+      {
+        path.rsplit("/", 1)[-1].split("-")[0]
+        for path in tf.io.gfile.glob(tf.io.gfile.join(data_dir, "*" + SHARD_SUFFIX))
+      }
+    )
     hint = f"splits found: {', '.join(found)}" if found else f"no {SHARD_SUFFIX} files at all"
-    raise DataError(f"no shards for split {split!r} in {data_dir} ({hint}); "
-                    f"make them with python -m preprocessing.make_tfrecords")
+    raise DataError(
+      f"no shards for split {split!r} in {data_dir} ({hint}); make them with python -m preprocessing.make_tfrecords"
+    )
   return pattern
 
 

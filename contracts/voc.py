@@ -7,8 +7,27 @@ import numpy as np
 from PIL import Image
 
 CLASS_NAMES = (
-    "background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
-    "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train", "tvmonitor",
+  "background",
+  "aeroplane",
+  "bicycle",
+  "bird",
+  "boat",
+  "bottle",
+  "bus",
+  "car",
+  "cat",
+  "chair",
+  "cow",
+  "diningtable",
+  "dog",
+  "horse",
+  "motorbike",
+  "person",
+  "pottedplant",
+  "sheep",
+  "sofa",
+  "train",
+  "tvmonitor",
 )
 NUM_CLASSES = len(CLASS_NAMES)
 IGNORE_LABEL = 255  # "void": object boundaries and difficult regions, never scored.
@@ -19,6 +38,7 @@ def default_class_names(num_classes: int) -> tuple[str, ...]:
   if num_classes == NUM_CLASSES:
     return CLASS_NAMES
   return ("background", *(f"class_{index}" for index in range(1, num_classes)))
+
 
 # Folder layout of a VOCdevkit/VOC2012-style root.
 IMAGE_DIR = "JPEGImages"
@@ -46,7 +66,7 @@ def class_palette(class_colours=()) -> np.ndarray:
   conversion's class_colours.txt holds them) where it has them, VOC's colour map for the rest and for void."""
   colours = palette()
   if len(class_colours):
-    colours[:len(class_colours)] = np.asarray(class_colours, np.uint8).reshape(-1, 3)
+    colours[: len(class_colours)] = np.asarray(class_colours, np.uint8).reshape(-1, 3)
   return colours
 
 
@@ -120,7 +140,8 @@ def read_id_list(path: str) -> list[str]:
   """The ids of a split list (ImageSets/Segmentation/<split>.txt, or SBD's train/val.txt): the first token of each
   non-blank line, in file order, repeats kept. Local, or gs:// through TensorFlow's file system."""
   if "://" in path:
-    import tensorflow as tf  # pylint: disable=g-import-not-at-top  (local lists need no TensorFlow)
+    import tensorflow as tf  # Local lists need no TensorFlow.
+
     with tf.io.gfile.GFile(path) as f:
       text = f.read()
   else:

@@ -19,7 +19,16 @@ def crop_size(config: ml_collections.ConfigDict) -> tuple[int, int]:
 def create_model(config: ml_collections.ConfigDict) -> keras.Model:
   m = config.model
   return network.build_deeplabv3plus(
-      num_classes=m.num_classes, output_stride=m.output_stride, alpha=m.alpha, aspp_rates=tuple(m.aspp_rates),
-      separable=m.separable, backbone_weights=m.backbone_weights or None, freeze_backbone_bn=m.freeze_backbone_bn,
-      bn_momentum=m.bn_momentum, decoder=m.decoder, residual_decoder=m.residual_decoder,
-      align_corners=m.align_corners, depth_divisor=m.depth_divisor)
+    num_classes=m.num_classes,
+    output_stride=m.output_stride,
+    alpha=m.alpha,
+    aspp_rates=tuple(m.aspp_rates),
+    separable=m.separable,
+    backbone_weights=m.backbone_weights or None,
+    freeze_backbone_bn=m.freeze_backbone_bn,
+    bn_momentum=m.bn_momentum,
+    decoder=m.decoder,
+    residual_decoder=m.residual_decoder,
+    align_corners=m.align_corners,
+    depth_divisor=m.depth_divisor,
+  )

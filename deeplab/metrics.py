@@ -10,8 +10,7 @@ from contracts import voc
 class MeanIoU(keras.metrics.MeanIoU):
   """Keras's MeanIoU on logits, ignoring the void label, that also reports per-class IoU and accuracy."""
 
-  def __init__(self, num_classes: int = voc.NUM_CLASSES, name: str = "miou", xla_compatible: bool = False,
-               **kwargs):
+  def __init__(self, num_classes: int = voc.NUM_CLASSES, name: str = "miou", xla_compatible: bool = False, **kwargs):
     kwargs.setdefault("ignore_class", voc.IGNORE_LABEL)
     kwargs.setdefault("sparse_y_pred", False)
     super().__init__(num_classes=num_classes, name=name, **kwargs)
@@ -54,8 +53,9 @@ class PixelAccuracy(keras.metrics.Mean):
     return super().update_state(correct, sample_weight=valid)
 
 
-def count_confusion(truth: np.ndarray, predicted: np.ndarray, num_classes: int,
-                    ignore_label: int = voc.IGNORE_LABEL) -> np.ndarray:
+def count_confusion(
+  truth: np.ndarray, predicted: np.ndarray, num_classes: int, ignore_label: int = voc.IGNORE_LABEL
+) -> np.ndarray:
   """[truth, prediction] pixel counts of one image's valid pixels (the numpy twin of MeanIoU's update)."""
   valid = truth != ignore_label
   index = truth[valid].astype(np.int64) * num_classes + predicted[valid]
@@ -77,10 +77,10 @@ def summarize_confusion(confusion: np.ndarray, class_names=voc.CLASS_NAMES) -> d
   total = confusion.sum()
   names = list(class_names) if len(class_names) == len(confusion) else [str(i) for i in range(len(confusion))]
   return {
-      "miou": float(np.nanmean(iou)) if present.any() else 0.0,
-      "pixel_accuracy": float(true_positives.sum() / total) if total else 0.0,
-      "mean_class_accuracy": float(np.nanmean(accuracy)) if (truth > 0).any() else 0.0,
-      "per_class_iou": {name: (None if np.isnan(v) else float(v)) for name, v in zip(names, iou)},
-      "per_class_accuracy": {name: (None if np.isnan(v) else float(v)) for name, v in zip(names, accuracy)},
-      "valid_pixels": int(total),
+    "miou": float(np.nanmean(iou)) if present.any() else 0.0,
+    "pixel_accuracy": float(true_positives.sum() / total) if total else 0.0,
+    "mean_class_accuracy": float(np.nanmean(accuracy)) if (truth > 0).any() else 0.0,
+    "per_class_iou": {name: (None if np.isnan(v) else float(v)) for name, v in zip(names, iou, strict=True)},
+    "per_class_accuracy": {name: (None if np.isnan(v) else float(v)) for name, v in zip(names, accuracy, strict=True)},
+    "valid_pixels": int(total),
   }

@@ -11,20 +11,30 @@ The encoder stops at block_16 (320 channels), DeepLab's `layer_18` end point: th
 of the classifier is not part of DeepLab's feature extractor.
 """
 
-from typing import Iterable
+from collections.abc import Iterable
 
 import keras
 import tensorflow as tf
 
 # (expansion, filters, stride) of the 17 inverted-residual blocks, block_0 ("expanded_conv") .. block_16.
 INVERTED_RESIDUAL_BLOCKS = (
-    (1, 16, 1),
-    (6, 24, 2), (6, 24, 1),
-    (6, 32, 2), (6, 32, 1), (6, 32, 1),
-    (6, 64, 2), (6, 64, 1), (6, 64, 1), (6, 64, 1),
-    (6, 96, 1), (6, 96, 1), (6, 96, 1),
-    (6, 160, 2), (6, 160, 1), (6, 160, 1),
-    (6, 320, 1),
+  (1, 16, 1),
+  (6, 24, 2),
+  (6, 24, 1),
+  (6, 32, 2),
+  (6, 32, 1),
+  (6, 32, 1),
+  (6, 64, 2),
+  (6, 64, 1),
+  (6, 64, 1),
+  (6, 64, 1),
+  (6, 96, 1),
+  (6, 96, 1),
+  (6, 96, 1),
+  (6, 160, 2),
+  (6, 160, 1),
+  (6, 160, 1),
+  (6, 320, 1),
 )
 OUTPUT_STRIDES = (8, 16, 32)
 LOW_LEVEL_FEATURE = "block_2_depthwise_relu"  # DeepLab's decoder end point `layer_4/depthwise_output` (stride 4).
@@ -51,9 +61,16 @@ class FusedBatchNormalization(keras.layers.BatchNormalization):
   """
 
   def _can_fuse(self, inputs, mask) -> bool:
-    return (mask is None and not self.renorm and not self.synchronized and self.scale and self.center
-            and len(inputs.shape) == 4 and self.axis in (-1, 3)
-            and inputs.dtype in (tf.float32, tf.float16, tf.bfloat16))
+    return (
+      mask is None
+      and not self.renorm
+      and not self.synchronized
+      and self.scale
+      and self.center
+      and len(inputs.shape) == 4
+      and self.axis in (-1, 3)
+      and inputs.dtype in (tf.float32, tf.float16, tf.bfloat16)
+    )
 
   def call(self, inputs, training=None, mask=None):
     if not self._can_fuse(inputs, mask):
@@ -64,8 +81,15 @@ class FusedBatchNormalization(keras.layers.BatchNormalization):
 
     def normalize(x, is_training, exponential_avg_factor=1.0):
       return tf.raw_ops.FusedBatchNormV3(
-          x=x, scale=gamma, offset=beta, mean=moving_mean, variance=moving_variance, epsilon=self.epsilon,
-          exponential_avg_factor=exponential_avg_factor, is_training=is_training)
+        x=x,
+        scale=gamma,
+        offset=beta,
+        mean=moving_mean,
+        variance=moving_variance,
+        epsilon=self.epsilon,
+        exponential_avg_factor=exponential_avg_factor,
+        is_training=is_training,
+      )
 
     if training and self.trainable:
       outputs, mean, variance, *_ = normalize(inputs, True, 1.0 - self.momentum)
@@ -102,9 +126,14 @@ def _block_strides(output_stride: int) -> list[tuple[int, int]]:
   return result
 
 
-def mobilenet_v2_features(inputs: keras.KerasTensor, *, alpha: float = 1.0, output_stride: int = 16,
-                          bn_momentum: float = 0.9, depth_divisor: int = 8
-                          ) -> tuple[dict[str, keras.KerasTensor], list[keras.Layer]]:
+def mobilenet_v2_features(
+  inputs: keras.KerasTensor,
+  *,
+  alpha: float = 1.0,
+  output_stride: int = 16,
+  bn_momentum: float = 0.9,
+  depth_divisor: int = 8,
+) -> tuple[dict[str, keras.KerasTensor], list[keras.Layer]]:
   """Builds the encoder on `inputs` (already scaled to [-1, 1]).
 
   depth_divisor: channel counts are `alpha` x MobileNetV2's rounded to a multiple of it. 8 is keras.applications'
@@ -122,13 +151,17 @@ def mobilenet_v2_features(inputs: keras.KerasTensor, *, alpha: float = 1.0, outp
   def batch_norm(name: str) -> keras.Layer:
     return add(FusedBatchNormalization(epsilon=BN_EPSILON, momentum=bn_momentum, name=name))
 
-  x = add(keras.layers.Conv2D(make_divisible(32 * alpha, depth_divisor), 3, strides=2, padding="same", use_bias=False,
-                              name="Conv1"))(inputs)
+  x = add(
+    keras.layers.Conv2D(
+      make_divisible(32 * alpha, depth_divisor), 3, strides=2, padding="same", use_bias=False, name="Conv1"
+    )
+  )(inputs)
   x = batch_norm("bn_Conv1")(x)
   x = add(keras.layers.ReLU(6.0, name="Conv1_relu"))(x)
   features = {}
   for block_id, ((expansion, filters, stride), (layer_stride, rate)) in enumerate(
-      zip(INVERTED_RESIDUAL_BLOCKS, _block_strides(output_stride))):
+    zip(INVERTED_RESIDUAL_BLOCKS, _block_strides(output_stride), strict=True)
+  ):
     prefix = f"block_{block_id}_" if block_id else "expanded_conv_"
     in_channels = x.shape[-1]
     out_channels = make_divisible(int(filters * alpha), depth_divisor)
@@ -137,8 +170,11 @@ def mobilenet_v2_features(inputs: keras.KerasTensor, *, alpha: float = 1.0, outp
       x = add(keras.layers.Conv2D(expansion * in_channels, 1, use_bias=False, name=f"{prefix}expand"))(x)
       x = batch_norm(f"{prefix}expand_BN")(x)
       x = add(keras.layers.ReLU(6.0, name=f"{prefix}expand_relu"))(x)
-    x = add(keras.layers.DepthwiseConv2D(3, strides=layer_stride, dilation_rate=rate, padding="same",
-                                         use_bias=False, name=f"{prefix}depthwise"))(x)
+    x = add(
+      keras.layers.DepthwiseConv2D(
+        3, strides=layer_stride, dilation_rate=rate, padding="same", use_bias=False, name=f"{prefix}depthwise"
+      )
+    )(x)
     x = batch_norm(f"{prefix}depthwise_BN")(x)
     x = add(keras.layers.ReLU(6.0, name=f"{prefix}depthwise_relu"))(x)
     if f"{prefix}depthwise_relu" == LOW_LEVEL_FEATURE:
@@ -156,17 +192,18 @@ def _reference_mobilenet_v2(weights: str, alpha: float) -> keras.Model:
   if weights != "imagenet" and not tf.io.gfile.exists(weights):
     raise FileNotFoundError(f"backbone_weights file not found: {weights}")
   try:
-    return keras.applications.MobileNetV2(input_shape=(224, 224, 3), alpha=alpha, include_top=False,
-                                          weights=weights)
+    return keras.applications.MobileNetV2(input_shape=(224, 224, 3), alpha=alpha, include_top=False, weights=weights)
   except Exception as error:  # Keras raises assorted types (ValueError, OSError, URL errors).
     if weights == "imagenet":
       raise RuntimeError(
-          f"Could not get Keras's ImageNet MobileNetV2 weights (alpha={alpha}); they are downloaded from the "
-          f"internet on first use. Offline, pass backbone_weights=<path to a no-top MobileNetV2 "
-          f".weights.h5 of the same alpha>. Cause: {type(error).__name__}: {error}") from error
+        f"Could not get Keras's ImageNet MobileNetV2 weights (alpha={alpha}); they are downloaded from the "
+        f"internet on first use. Offline, pass backbone_weights=<path to a no-top MobileNetV2 "
+        f".weights.h5 of the same alpha>. Cause: {type(error).__name__}: {error}"
+      ) from error
     raise ValueError(
-        f"{weights} is not a usable weights file for keras.applications.MobileNetV2(alpha={alpha}, "
-        f"include_top=False): {type(error).__name__}: {error}") from error
+      f"{weights} is not a usable weights file for keras.applications.MobileNetV2(alpha={alpha}, "
+      f"include_top=False): {type(error).__name__}: {error}"
+    ) from error
 
 
 def copy_imagenet_weights(layers: Iterable[keras.Layer], weights: str, alpha: float) -> int:
@@ -188,8 +225,10 @@ def copy_imagenet_weights(layers: Iterable[keras.Layer], weights: str, alpha: fl
     values = source.get_weights()
     expected = [tuple(w.shape) for w in layer.weights]
     if [v.shape for v in values] != expected:
-      raise ValueError(f"backbone layer {layer.name!r}: weight shapes {expected} differ from the "
-                       f"file's {[v.shape for v in values]} (is `weights` for alpha={alpha}?)")
+      raise ValueError(
+        f"backbone layer {layer.name!r}: weight shapes {expected} differ from the "
+        f"file's {[v.shape for v in values]} (is `weights` for alpha={alpha}?)"
+      )
     layer.set_weights(values)
     copied += 1
   return copied

@@ -113,33 +113,41 @@ class UncertainRefinement(keras.layers.Layer):
     return coarse + (1.0 - confidence) * correction
 
 
-def _conv_bn_relu(x, filters: int, name: str, bn_momentum: float, kernel_size: int = 1, rate: int = 1,
-                  separable: bool = False):
+def _conv_bn_relu(
+  x, filters: int, name: str, bn_momentum: float, kernel_size: int = 1, rate: int = 1, separable: bool = False
+):
   """kxk conv (or depthwise kxk + BN + ReLU + pointwise, DeepLab's split_separable_conv2d) + BN + ReLU."""
+
   def bn_relu(x, suffix):
-    x = mobilenet_v2.FusedBatchNormalization(epsilon=mobilenet_v2.BN_EPSILON, momentum=bn_momentum,
-                                             name=f"{name}{suffix}_bn")(x)
+    x = mobilenet_v2.FusedBatchNormalization(
+      epsilon=mobilenet_v2.BN_EPSILON, momentum=bn_momentum, name=f"{name}{suffix}_bn"
+    )(x)
     return keras.layers.ReLU(name=f"{name}{suffix}_relu")(x)
 
   if separable and kernel_size > 1:
-    x = keras.layers.DepthwiseConv2D(kernel_size, dilation_rate=rate, padding="same", use_bias=False,
-                                     name=f"{name}_depthwise")(x)
+    x = keras.layers.DepthwiseConv2D(
+      kernel_size, dilation_rate=rate, padding="same", use_bias=False, name=f"{name}_depthwise"
+    )(x)
     x = bn_relu(x, "_depthwise")
     x = keras.layers.Conv2D(filters, 1, use_bias=False, name=f"{name}_pointwise")(x)
     return bn_relu(x, "_pointwise")
-  x = keras.layers.Conv2D(filters, kernel_size, dilation_rate=rate, padding="same", use_bias=False,
-                          name=f"{name}_conv")(x)
+  x = keras.layers.Conv2D(
+    filters, kernel_size, dilation_rate=rate, padding="same", use_bias=False, name=f"{name}_conv"
+  )(x)
   return bn_relu(x, "")
 
 
 def _aspp(features, rates: tuple[int, ...], separable: bool, bn_momentum: float):
   pooled = keras.layers.GlobalAveragePooling2D(keepdims=True, name="aspp_pooling")(features)
   pooled = _conv_bn_relu(pooled, ASPP_FILTERS, "aspp_pooling", bn_momentum)
-  branches = [ResizeLike(name="aspp_pooling_resize")([pooled, features]),  # A 1x1 map: any resize broadcasts.
-              _conv_bn_relu(features, ASPP_FILTERS, "aspp0", bn_momentum)]
+  branches = [
+    ResizeLike(name="aspp_pooling_resize")([pooled, features]),  # A 1x1 map: any resize broadcasts.
+    _conv_bn_relu(features, ASPP_FILTERS, "aspp0", bn_momentum),
+  ]
   for index, rate in enumerate(rates, start=1):
-    branches.append(_conv_bn_relu(features, ASPP_FILTERS, f"aspp{index}", bn_momentum, kernel_size=3, rate=rate,
-                                  separable=separable))
+    branches.append(
+      _conv_bn_relu(features, ASPP_FILTERS, f"aspp{index}", bn_momentum, kernel_size=3, rate=rate, separable=separable)
+    )
   x = keras.layers.Concatenate(name="aspp_concat")(branches)
   x = _conv_bn_relu(x, ASPP_FILTERS, "aspp_projection", bn_momentum)
   return keras.layers.Dropout(ASPP_DROPOUT, name="aspp_dropout")(x)
@@ -154,12 +162,23 @@ def _decoder(aspp_output, low_level, separable: bool, bn_momentum: float, align_
   return x
 
 
-def build_deeplabv3plus(*, num_classes: int = 21, input_shape=(None, None, 3), output_stride: int = 16,
-                        alpha: float = 1.0, aspp_rates: tuple[int, ...] = (6, 12, 18), separable: bool = True,
-                        backbone_weights: str | None = None, freeze_backbone_bn: bool = True,
-                        bn_momentum: float = 0.9, decoder: bool = True, residual_decoder: bool = False,
-                        align_corners: bool = False, depth_divisor: int = 8,
-                        name: str = "deeplabv3plus") -> keras.Model:
+def build_deeplabv3plus(
+  *,
+  num_classes: int = 21,
+  input_shape=(None, None, 3),
+  output_stride: int = 16,
+  alpha: float = 1.0,
+  aspp_rates: tuple[int, ...] = (6, 12, 18),
+  separable: bool = True,
+  backbone_weights: str | None = None,
+  freeze_backbone_bn: bool = True,
+  bn_momentum: float = 0.9,
+  decoder: bool = True,
+  residual_decoder: bool = False,
+  align_corners: bool = False,
+  depth_divisor: int = 8,
+  name: str = "deeplabv3plus",
+) -> keras.Model:
   """DeepLabV3+ / MobileNetV2: raw RGB pixels [0, 255] in, float32 logits at the input resolution out.
 
   output_stride: 16 or 8 (32: plain MobileNetV2, no atrous convs). aspp_rates: DeepLab uses (6, 12, 18) at
@@ -174,8 +193,9 @@ def build_deeplabv3plus(*, num_classes: int = 21, input_shape=(None, None, 3), o
     raise ValueError("residual_decoder=True needs decoder=True")
   inputs = keras.Input(shape=input_shape, name="image")
   x = keras.layers.Rescaling(pixels.NORMALISE_SCALE, offset=pixels.NORMALISE_OFFSET, name="rescale_to_unit")(inputs)
-  features, backbone_layers = mobilenet_v2.mobilenet_v2_features(x, alpha=alpha, output_stride=output_stride,
-                                                                 bn_momentum=bn_momentum, depth_divisor=depth_divisor)
+  features, backbone_layers = mobilenet_v2.mobilenet_v2_features(
+    x, alpha=alpha, output_stride=output_stride, bn_momentum=bn_momentum, depth_divisor=depth_divisor
+  )
   x = _aspp(features["high_level"], tuple(aspp_rates), separable, bn_momentum)
   if not decoder:
     x = keras.layers.Conv2D(num_classes, 1, dtype="float32", name="logits")(x)
@@ -185,8 +205,9 @@ def build_deeplabv3plus(*, num_classes: int = 21, input_shape=(None, None, 3), o
   else:
     coarse = keras.layers.Conv2D(num_classes, 1, dtype="float32", name="logits")(x)
     refined = _decoder(x, features["low_level"], separable, bn_momentum, align_corners)
-    correction = keras.layers.Conv2D(num_classes, 1, use_bias=False, dtype="float32", kernel_initializer="zeros",
-                                     name="decoder_logits")(refined)  # No bias: a refinement has no class prior.
+    correction = keras.layers.Conv2D(
+      num_classes, 1, use_bias=False, dtype="float32", kernel_initializer="zeros", name="decoder_logits"
+    )(refined)  # No bias: a refinement has no class prior.
     coarse = ResizeLike(align_corners, dtype="float32", name="logits_to_decoder")([coarse, correction])
     x = UncertainRefinement(dtype="float32", name="decoder_refine")([coarse, correction])
   logits = ResizeLike(align_corners, dtype="float32", name="logits_upsample")([x, inputs])

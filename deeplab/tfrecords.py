@@ -18,8 +18,8 @@ OpenCV and Pillow use: TF's default ("" = INTEGER_FAST, JDCT_IFAST) differs by u
 ISLOW is pixel-identical to `cv2.imread` on all 512 images of our sample (tested).
 """
 
-import numbers
 from collections.abc import Sequence
+import numbers
 from typing import NamedTuple
 
 import tensorflow as tf
@@ -35,6 +35,7 @@ AUTOTUNE = tf.data.AUTOTUNE
 class Batch(NamedTuple):
   """A batch as training and evaluation take it, Keras's (x, y): images (or, for training, the canvases and
   geometry to crop them by: trainer/augment.Canvases) and their labels."""
+
   images: tf.Tensor
   labels: tf.Tensor
 
@@ -59,8 +60,9 @@ def pipeline_position(input_context: tf.distribute.InputContext | None) -> tuple
   return input_context.num_input_pipelines, input_context.input_pipeline_id
 
 
-def serialized_records(files: list[str], *, input_context, shuffle: bool, seed: int | None,
-             deterministic: bool) -> tf.data.Dataset:
+def serialized_records(
+  files: list[str], *, input_context, shuffle: bool, seed: int | None, deterministic: bool
+) -> tf.data.Dataset:
   """Serialized records of this input pipeline's share of `files` (see the module docstring on sharding)."""
   num_pipelines, pipeline_id = pipeline_position(input_context)
   shard_files = num_pipelines > 1 and len(files) >= num_pipelines
@@ -71,8 +73,12 @@ def serialized_records(files: list[str], *, input_context, shuffle: bool, seed: 
   if shuffle and not shard_records:  # Record sharding needs the same file order on every worker.
     dataset = dataset.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
   dataset = dataset.interleave(
-      tf.data.TFRecordDataset, cycle_length=min(len(files), 16), block_length=1, num_parallel_calls=AUTOTUNE,
-      deterministic=True if shard_records else deterministic)
+    tf.data.TFRecordDataset,
+    cycle_length=min(len(files), 16),
+    block_length=1,
+    num_parallel_calls=AUTOTUNE,
+    deterministic=True if shard_records else deterministic,
+  )
   if shard_records:
     dataset = dataset.shard(num_pipelines, pipeline_id)
   return dataset
@@ -91,17 +97,22 @@ def _decode_mask(encoded: tf.Tensor) -> tf.Tensor:
   """
   mask = tf.io.decode_png(encoded, channels=0)
   check = tf.debugging.assert_equal(
-      tf.shape(mask)[2], 1, message="the segmentation mask PNG must be single-channel class ids, not a palette "
-                                    "or colour image (convert VOC masks with Pillow: np.asarray(Image.open(p)))")
+    tf.shape(mask)[2],
+    1,
+    message="the segmentation mask PNG must be single-channel class ids, not a palette "
+    "or colour image (convert VOC masks with Pillow: np.asarray(Image.open(p)))",
+  )
   with tf.control_dependencies([check]):
     return mask[:, :, 0]
 
 
 def decode_image(encoded: tf.Tensor) -> tf.Tensor:
   """uint8 [H, W, 3] RGB from JPEG (as OpenCV decodes it) or PNG bytes; grey images come out as 3 equal channels."""
-  return tf.cond(tf.io.is_jpeg(encoded),
-                 lambda: tf.io.decode_jpeg(encoded, channels=3, dct_method=JPEG_DCT_METHOD),
-                 lambda: tf.io.decode_png(encoded, channels=3))
+  return tf.cond(
+    tf.io.is_jpeg(encoded),
+    lambda: tf.io.decode_jpeg(encoded, channels=3, dct_method=JPEG_DCT_METHOD),
+    lambda: tf.io.decode_png(encoded, channels=3),
+  )
 
 
 def decode_record(serialized) -> dict:
@@ -113,8 +124,13 @@ def decode_record(serialized) -> dict:
   image = decode_image(features[schema.IMAGE_ENCODED])
   label = _decode_mask(features[schema.MASK_ENCODED])
   shape = tf.shape(image)
-  return {"image": image, "label": label, "id": _record_id(features[schema.IMAGE_FILENAME]),
-          "height": shape[0], "width": shape[1]}
+  return {
+    "image": image,
+    "label": label,
+    "id": _record_id(features[schema.IMAGE_FILENAME]),
+    "height": shape[0],
+    "width": shape[1],
+  }
 
 
 def size_pair(value: int | Sequence[int], name: str) -> tuple[int, int]:
@@ -123,8 +139,6 @@ def size_pair(value: int | Sequence[int], name: str) -> tuple[int, int]:
   if len(pair) != 2 or min(pair) < 1:
     raise ValueError(f"{name} must be a positive int or (height, width), got {value!r}")
   return int(pair[0]), int(pair[1])
-
-
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -139,8 +153,9 @@ def _to_model_dtypes(image: tf.Tensor, label: tf.Tensor) -> tuple[tf.Tensor, tf.
 def _pad_eval(image: tf.Tensor, label: tf.Tensor, example: dict, size: tuple[int, int]):
   height, width = example["height"], example["width"]
   check = tf.debugging.Assert(
-      tf.logical_and(height <= size[0], width <= size[1]),
-      ["eval image larger than pad_to", size[0], size[1], "id", example["id"], "height", height, "width", width])
+    tf.logical_and(height <= size[0], width <= size[1]),
+    ["eval image larger than pad_to", size[0], size[1], "id", example["id"], "height", height, "width", width],
+  )
   with tf.control_dependencies([check]):
     paddings = [[0, size[0] - height], [0, size[1] - width]]
     image = tf.pad(image, paddings + [[0, 0]], constant_values=pixels.MEAN_PIXEL)
@@ -150,9 +165,15 @@ def _pad_eval(image: tf.Tensor, label: tf.Tensor, example: dict, size: tuple[int
   return image, label
 
 
-def eval_dataset(file_pattern: str, *, batch_size: int = 1, pad_to: int | tuple[int, int] | None = None,
-                 input_context: tf.distribute.InputContext | None = None,
-                 with_metadata: bool = False, fixed_shape_replicas: int = 0) -> tf.data.Dataset:
+def eval_dataset(
+  file_pattern: str,
+  *,
+  batch_size: int = 1,
+  pad_to: int | tuple[int, int] | None = None,
+  input_context: tf.distribute.InputContext | None = None,
+  with_metadata: bool = False,
+  fixed_shape_replicas: int = 0,
+) -> tf.data.Dataset:
   """Unaugmented Batch(images, labels) (with_metadata: (images, labels, meta)), every record exactly once, in a
   fixed order.
 
@@ -166,8 +187,10 @@ def eval_dataset(file_pattern: str, *, batch_size: int = 1, pad_to: int | tuple[
   batches. The void images count in the loss's batch average (as zeros), not in any metric.
   """
   if pad_to is None and batch_size != 1:
-    raise ValueError(f"eval_dataset without pad_to yields images of different sizes: batch_size must be 1, "
-                     f"got {batch_size} (or give pad_to)")
+    raise ValueError(
+      f"eval_dataset without pad_to yields images of different sizes: batch_size must be 1, "
+      f"got {batch_size} (or give pad_to)"
+    )
   if batch_size < 1:
     raise ValueError(f"batch_size must be >= 1, got {batch_size}")
   size = None if pad_to is None else size_pair(pad_to, "pad_to")
@@ -175,9 +198,13 @@ def eval_dataset(file_pattern: str, *, batch_size: int = 1, pad_to: int | tuple[
   # Fixed shapes over several pipelines: every pipeline reads all records, and takes its share of them after the
   # filling, so that all run the same number of batches.
   share_after_filling = bool(fixed_shape_replicas) and num_pipelines > 1
-  dataset = serialized_records(list_files(file_pattern),
-                               input_context=None if share_after_filling else input_context, shuffle=False, seed=None,
-                               deterministic=True)
+  dataset = serialized_records(
+    list_files(file_pattern),
+    input_context=None if share_after_filling else input_context,
+    shuffle=False,
+    seed=None,
+    deterministic=True,
+  )
 
   def prepare(serialized):
     example = decode_record(serialized)
@@ -193,8 +220,10 @@ def eval_dataset(file_pattern: str, *, batch_size: int = 1, pad_to: int | tuple[
     if size is None or with_metadata:
       raise ValueError("fixed_shape_replicas needs pad_to and no metadata")
     group = batch_size * fixed_shape_replicas * (num_pipelines if share_after_filling else 1)
-    void = Batch(tf.fill([size[0], size[1], 3], tf.constant(pixels.MEAN_PIXEL, tf.float32)),
-                 tf.fill([size[0], size[1]], tf.constant(voc.IGNORE_LABEL, tf.int32)))
+    void = Batch(
+      tf.fill([size[0], size[1], 3], tf.constant(pixels.MEAN_PIXEL, tf.float32)),
+      tf.fill([size[0], size[1]], tf.constant(voc.IGNORE_LABEL, tf.int32)),
+    )
     # Up to group - 1 void images complete the last group; whole groups of void images are dropped.
     dataset = dataset.concatenate(tf.data.Dataset.from_tensors(void).repeat(group - 1))
     dataset = dataset.batch(group, drop_remainder=True).unbatch()

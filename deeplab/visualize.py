@@ -19,9 +19,14 @@ def _titled(picture: np.ndarray, title: str) -> np.ndarray:
   return np.concatenate([bar, picture], axis=0)
 
 
-def triptych(image: np.ndarray, truth: np.ndarray | None, prediction: np.ndarray,
-             titles: Sequence[str] = ("image", "ground truth", "prediction"),
-             class_names: Sequence[str] = voc.CLASS_NAMES, class_colours=()) -> np.ndarray:
+def triptych(
+  image: np.ndarray,
+  truth: np.ndarray | None,
+  prediction: np.ndarray,
+  titles: Sequence[str] = ("image", "ground truth", "prediction"),
+  class_names: Sequence[str] = voc.CLASS_NAMES,
+  class_colours=(),
+) -> np.ndarray:
   """Side by side, titled, over a legend of the classes in the truth or the prediction; `truth` None (no mask
   known) leaves that panel out. Classes in their own colours where the data set has them (voc.class_palette);
   255 (void, not scored) shows as VOC's cream."""
@@ -33,7 +38,7 @@ def triptych(image: np.ndarray, truth: np.ndarray | None, prediction: np.ndarray
   panels.append(voc.colorize(prediction, class_colours))
   names.append(titles[2])
   row = []
-  for panel, name in zip(panels, names):
+  for panel, name in zip(panels, names, strict=True):
     row += [_titled(panel, name), np.full((panel.shape[0] + 24, 4, 3), 255, np.uint8)]
   row = np.concatenate(row[:-1], axis=1)
   shown = np.unique(np.concatenate([np.ravel(prediction)] + ([np.ravel(truth)] if truth is not None else [])))
@@ -43,8 +48,11 @@ def triptych(image: np.ndarray, truth: np.ndarray | None, prediction: np.ndarray
 def legend(class_ids: Sequence[int], class_names: Sequence[str], width: int, class_colours=()) -> np.ndarray:
   """A white strip `width` wide: a swatch and the name of each class id (and void), wrapped into rows."""
   colours = voc.class_palette(class_colours)
-  entries = [(colours[c], class_names[c] if c < len(class_names) else f"class {c}")
-             for c in sorted(int(c) for c in class_ids) if c != voc.IGNORE_LABEL]
+  entries = [
+    (colours[c], class_names[c] if c < len(class_names) else f"class {c}")
+    for c in sorted(int(c) for c in class_ids)
+    if c != voc.IGNORE_LABEL
+  ]
   if voc.IGNORE_LABEL in set(int(c) for c in class_ids):
     entries.append((colours[voc.IGNORE_LABEL], "void (not scored)"))
   row_height, x, y, lines = 20, 4, 0, [[]]
@@ -65,8 +73,13 @@ def legend(class_ids: Sequence[int], class_names: Sequence[str], width: int, cla
   return strip
 
 
-def overlay(image: np.ndarray, prediction: np.ndarray, alpha: float = 0.5,
-            class_names: Sequence[str] = voc.CLASS_NAMES, class_colours=()) -> np.ndarray:
+def overlay(
+  image: np.ndarray,
+  prediction: np.ndarray,
+  alpha: float = 0.5,
+  class_names: Sequence[str] = voc.CLASS_NAMES,
+  class_colours=(),
+) -> np.ndarray:
   """The prediction blended over the photo, background left clear, with a legend of the classes present.
 
   The legend sits on a darkened box (readable over any photo) and wraps into more columns when the classes do
@@ -118,13 +131,13 @@ def confusion_matrix_picture(confusion: np.ndarray, class_names: Sequence[str] =
   top, grid, scale_width = 40, n * cell, 62
   picture = np.full((top + grid + 6, left + grid + scale_width, 3), 255, np.uint8)
   heat = cv2.applyColorMap((rates * 255).astype(np.uint8), cv2.COLORMAP_VIRIDIS)[..., ::-1]
-  picture[top:top + grid, left:left + grid] = cv2.resize(heat, (grid, grid), interpolation=cv2.INTER_NEAREST)
+  picture[top : top + grid, left : left + grid] = cv2.resize(heat, (grid, grid), interpolation=cv2.INTER_NEAREST)
   for i in range(n):
     y = top + i * cell
     baseline = y + cell // 2 + 5
     cv2.putText(picture, labels[i], (4, baseline), _FONT, text_scale, (0, 0, 0), 1, cv2.LINE_AA)
     if totals[i] == 0:
-      band = picture[y:y + cell, left:left + grid]
+      band = picture[y : y + cell, left : left + grid]
       band[:] = 230
       for offset in range(-cell, grid, 8):
         cv2.line(band, (offset, cell), (offset + cell, 0), (200, 200, 200), 1)
@@ -133,12 +146,21 @@ def confusion_matrix_picture(confusion: np.ndarray, class_names: Sequence[str] =
     for j in range(n):
       if rates[i, j] >= 0.005:
         colour = (0, 0, 0) if rates[i, j] > 0.6 else (255, 255, 255)
-        cv2.putText(picture, f"{rates[i, j] * 100:.0f}", (left + j * cell + 3, baseline), _FONT, text_scale * 0.9,
-                    colour, 1, cv2.LINE_AA)
+        cv2.putText(
+          picture,
+          f"{rates[i, j] * 100:.0f}",
+          (left + j * cell + 3, baseline),
+          _FONT,
+          text_scale * 0.9,
+          colour,
+          1,
+          cv2.LINE_AA,
+        )
   for j in range(n):
     cv2.putText(picture, str(j), (left + j * cell + 4, top - 6), _FONT, text_scale, (0, 0, 0), 1, cv2.LINE_AA)
-  cv2.putText(picture, "truth (rows) -> prediction (columns), % of row", (4, 15), _FONT, 0.42, (0, 0, 0), 1,
-              cv2.LINE_AA)
+  cv2.putText(
+    picture, "truth (rows) -> prediction (columns), % of row", (4, 15), _FONT, 0.42, (0, 0, 0), 1, cv2.LINE_AA
+  )
   _colour_scale(picture, x=left + grid + 8, y=top, height=grid)
   return picture
 
@@ -147,12 +169,13 @@ def _colour_scale(picture: np.ndarray, x: int, y: int, height: int) -> None:
   """A vertical viridis bar from 100% (top) to 0%, labelled every 25% (every 50% when short)."""
   values = np.linspace(255, 0, height).astype(np.uint8)[:, None]
   bar = cv2.applyColorMap(values, cv2.COLORMAP_VIRIDIS)[..., ::-1]
-  picture[y:y + height, x:x + 16] = np.repeat(bar, 16, axis=1)
+  picture[y : y + height, x : x + 16] = np.repeat(bar, 16, axis=1)
   for percent in (0, 25, 50, 75, 100) if height >= 120 else (0, 50, 100):
     ty = y + int(round((100 - percent) / 100 * (height - 1)))
     cv2.line(picture, (x + 16, ty), (x + 20, ty), (0, 0, 0), 1)
-    cv2.putText(picture, f"{percent}%", (x + 23, min(ty + 5, picture.shape[0] - 2)), _FONT, 0.4, (0, 0, 0), 1,
-                cv2.LINE_AA)
+    cv2.putText(
+      picture, f"{percent}%", (x + 23, min(ty + 5, picture.shape[0] - 2)), _FONT, 0.4, (0, 0, 0), 1, cv2.LINE_AA
+    )
 
 
 def confusion_matrix_table(confusion: np.ndarray, class_names: Sequence[str] = voc.CLASS_NAMES) -> str:
@@ -161,13 +184,14 @@ def confusion_matrix_table(confusion: np.ndarray, class_names: Sequence[str] = v
   confusion = np.asarray(confusion, np.float64)
   names = _names(class_names, len(confusion))
   totals = confusion.sum(axis=1)
-  lines = ["| truth \\ prediction | " + " | ".join(names) + " | pixels |",
-           "|---|" + "---:|" * (len(names) + 1)]
+  lines = ["| truth \\ prediction | " + " | ".join(names) + " | pixels |", "|---|" + "---:|" * (len(names) + 1)]
   for i, name in enumerate(names):
     if totals[i] == 0:
       cells = ["absent"] + [""] * (len(names) - 1)
     else:
-      cells = [f"**{v:.0%}**" if j == i else (f"{v:.0%}" if v >= 0.005 else "·")
-               for j, v in enumerate(confusion[i] / totals[i])]
+      cells = [
+        f"**{v:.0%}**" if j == i else (f"{v:.0%}" if v >= 0.005 else "·")
+        for j, v in enumerate(confusion[i] / totals[i])
+      ]
     lines.append(f"| **{name}** | " + " | ".join(cells) + f" | {int(totals[i])} |")
   return "\n".join(lines)

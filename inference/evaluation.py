@@ -27,6 +27,7 @@ def make_predictor(model, scales: list[float], flip: bool, pad_to: int = 0):
   pad_to > 0: each scaled image is padded bottom/right with the mean pixel to at least pad_to x pad_to, and the
   prediction cropped back: how DeepLab scored its models (always on 513 x 513 canvases).
   """
+
   @tf.function(reduce_retracing=True)
   def predict(image):
     size = tf.shape(image)[:2]
@@ -38,19 +39,20 @@ def make_predictor(model, scales: list[float], flip: bool, pad_to: int = 0):
         batch = tf.concat([batch, tf.reverse(batch, [2])], axis=0)
       if pad_to:  # After the mirror, so that both pictures sit top-left.
         padding = tf.maximum(pad_to - scaled_size, 0)
-        batch = tf.pad(batch, [[0, 0], [0, padding[0]], [0, padding[1]], [0, 0]],
-                       constant_values=pixels.MEAN_PIXEL)
+        batch = tf.pad(batch, [[0, 0], [0, padding[0]], [0, padding[1]], [0, 0]], constant_values=pixels.MEAN_PIXEL)
       probabilities = tf.nn.softmax(tf.cast(model(batch, training=False), tf.float32))
-      probabilities = probabilities[:, :scaled_size[0], :scaled_size[1]]
+      probabilities = probabilities[:, : scaled_size[0], : scaled_size[1]]
       if flip:
         probabilities = probabilities[:1] + tf.reverse(probabilities[1:], [2])
       total += tf.image.resize(probabilities, size, method="bilinear")[0]
     return total
+
   return predict
 
 
-def confusion_of_split(model, data_dir: str, split: str, num_classes: int, scales: list[float], flip: bool,
-                       pad_to: int = 0) -> np.ndarray:
+def confusion_of_split(
+  model, data_dir: str, split: str, num_classes: int, scales: list[float], flip: bool, pad_to: int = 0
+) -> np.ndarray:
   """The [truth, prediction] confusion matrix of a split's valid pixels (255 ignored)."""
   predict = make_predictor(model, scales, flip, pad_to)
   confusion = np.zeros((num_classes, num_classes), np.int64)
@@ -65,8 +67,16 @@ def confusion_of_split(model, data_dir: str, split: str, num_classes: int, scale
   return confusion
 
 
-def evaluate_run(model_dir: str, data_dir: str, *, split: str = "val", scales=(1.0,), flip: bool = False,
-                 pad_to: int = 0, weights: str | None = None) -> tuple[dict, str]:
+def evaluate_run(
+  model_dir: str,
+  data_dir: str,
+  *,
+  split: str = "val",
+  scales=(1.0,),
+  flip: bool = False,
+  pad_to: int = 0,
+  weights: str | None = None,
+) -> tuple[dict, str]:
   """Scores a run's weights (default its best, else final) on a split; writes the report and the confusion
   picture into the run (contracts/run_dir.py's eval_<split>[_pad<N>]). Returns (report, their path stem)."""
   config, model, found = run_folder.load_run(model_dir, weights)
@@ -93,9 +103,13 @@ def iou_table(report: dict) -> str:
     return f"{'-' if value is None else f'{value:.4f}':>9}"
 
   lines = [f"{'class':<{width}}{'IoU':>9}{'accuracy':>9}"]
-  lines += [f"{name:<{width}}{cell(iou)}{cell(report['per_class_accuracy'].get(name))}"
-            for name, iou in report["per_class_iou"].items()]
-  lines += [f"{'mean IoU':<{width}}{cell(report['miou'])}",
-            f"{'mean class accuracy':<{width}}{'':>9}{cell(report['mean_class_accuracy'])}",
-            f"{'global pixel acc.':<{width}}{'':>9}{cell(report['pixel_accuracy'])}"]
+  lines += [
+    f"{name:<{width}}{cell(iou)}{cell(report['per_class_accuracy'].get(name))}"
+    for name, iou in report["per_class_iou"].items()
+  ]
+  lines += [
+    f"{'mean IoU':<{width}}{cell(report['miou'])}",
+    f"{'mean class accuracy':<{width}}{'':>9}{cell(report['mean_class_accuracy'])}",
+    f"{'global pixel acc.':<{width}}{'':>9}{cell(report['pixel_accuracy'])}",
+  ]
   return "\n".join(lines)

@@ -35,22 +35,35 @@ _WEIGHTS = flags.DEFINE_string("weights", None, "A .weights.h5 file; default the
 _OUTPUT_DIR = flags.DEFINE_string("output_dir", None, "Where the exports and export_report.json go.", required=True)
 _TFLITE = flags.DEFINE_bool("tflite", False, f"Also write {exporting.FLOAT32_TFLITE}.")
 _INT8 = flags.DEFINE_bool("int8", False, f"Also write {exporting.INT8_TFLITE} (needs --calibration_data).")
-_CALIBRATION_DATA = flags.DEFINE_string("calibration_data", None, "TFRecord glob(s) of (training) images to "
-                                        "calibrate int8 ranges on.")
-_NUM_CALIBRATION = flags.DEFINE_integer("num_calibration", 200, "Calibration images (the first ones of the glob).",
-                                        lower_bound=1)
-_INT8_RANGES = flags.DEFINE_enum("int8_ranges", "mean", int8_ranges.METHODS, "Activation ranges: the mean of each "
-                                 "calibration image's min and max (what quantization-aware training tracks), or "
-                                 "TFLite's min and max over all of them.")
-_DATA_DIR = flags.DEFINE_string("data_dir", None, "Folder with the run's {split}-*.tfrecord shards: the check "
-                                "scores its eval split.")
-_CHECK_DATA = flags.DEFINE_string("check_data", None, "TFRecord glob(s) to score every export on; default the "
-                                  "run's eval split under --data_dir, if given; neither: no check.")
-_NUM_CHECK_IMAGES = flags.DEFINE_integer("num_check_images", 100, "Images scored by the check (0: all).",
-                                         lower_bound=0)
+_CALIBRATION_DATA = flags.DEFINE_string(
+  "calibration_data", None, "TFRecord glob(s) of (training) images to calibrate int8 ranges on."
+)
+_NUM_CALIBRATION = flags.DEFINE_integer(
+  "num_calibration", 200, "Calibration images (the first ones of the glob).", lower_bound=1
+)
+_INT8_RANGES = flags.DEFINE_enum(
+  "int8_ranges",
+  "mean",
+  int8_ranges.METHODS,
+  "Activation ranges: the mean of each "
+  "calibration image's min and max (what quantization-aware training tracks), or "
+  "TFLite's min and max over all of them.",
+)
+_DATA_DIR = flags.DEFINE_string(
+  "data_dir", None, "Folder with the run's {split}-*.tfrecord shards: the check scores its eval split."
+)
+_CHECK_DATA = flags.DEFINE_string(
+  "check_data",
+  None,
+  "TFRecord glob(s) to score every export on; default the "
+  "run's eval split under --data_dir, if given; neither: no check.",
+)
+_NUM_CHECK_IMAGES = flags.DEFINE_integer("num_check_images", 100, "Images scored by the check (0: all).", lower_bound=0)
 flags.register_multi_flags_validator(
-    ["int8", "calibration_data"], lambda values: not values["int8"] or bool(values["calibration_data"]),
-    "--int8 needs --calibration_data=TFRECORD_GLOB (training images to calibrate on)")
+  ["int8", "calibration_data"],
+  lambda values: not values["int8"] or bool(values["calibration_data"]),
+  "--int8 needs --calibration_data=TFRECORD_GLOB (training images to calibrate on)",
+)
 
 
 def main(argv):
@@ -59,16 +72,28 @@ def main(argv):
   logging.set_verbosity(logging.WARNING)  # The SavedModel writer's INFO lines, several per export.
   with console.exit_on_user_error(ValueError):
     report = exporting.export_run(
-        _MODEL_DIR.value, _OUTPUT_DIR.value, weights=_WEIGHTS.value, tflite=_TFLITE.value, int8=_INT8.value,
-        calibration_data=_CALIBRATION_DATA.value, num_calibration=_NUM_CALIBRATION.value, ranges=_INT8_RANGES.value,
-        check_data=_CHECK_DATA.value, data_dir=_DATA_DIR.value, num_check_images=_NUM_CHECK_IMAGES.value)
+      _MODEL_DIR.value,
+      _OUTPUT_DIR.value,
+      weights=_WEIGHTS.value,
+      tflite=_TFLITE.value,
+      int8=_INT8.value,
+      calibration_data=_CALIBRATION_DATA.value,
+      num_calibration=_NUM_CALIBRATION.value,
+      ranges=_INT8_RANGES.value,
+      check_data=_CHECK_DATA.value,
+      data_dir=_DATA_DIR.value,
+      num_check_images=_NUM_CHECK_IMAGES.value,
+    )
   if "exports" in report:
     print(exporting.check_table(report))
     drop = report["int8_drop_points"]
     if drop is not None and drop > 1.0:
       print(f"warning: int8 loses {drop:.2f} mIoU points against float (more than 1)", file=sys.stderr)
-  print(f"wrote {_OUTPUT_DIR.value}: {exporting.SAVED_MODEL_DIR}/" +
-        "".join(f", {t['file'].rsplit('/', 1)[-1]}" for t in report["tflite"].values()) + f", {exporting.REPORT}")
+  print(
+    f"wrote {_OUTPUT_DIR.value}: {exporting.SAVED_MODEL_DIR}/"
+    + "".join(f", {t['file'].rsplit('/', 1)[-1]}" for t in report["tflite"].values())
+    + f", {exporting.REPORT}"
+  )
 
 
 if __name__ == "__main__":

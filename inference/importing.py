@@ -37,7 +37,7 @@ HEAD_BN_EPSILON = 1e-5
 # Google's models see DeepLab's canvases (pixels.DEEPLAB_CANVAS), padded with the uint8 mean pixel.
 
 
-class ImportError_(errors.UserError, ValueError):  # noqa: N801  (ImportError is Python's)
+class SourceModelError(errors.UserError, ValueError):
   """A source that cannot become our model, said in one line."""
 
 
@@ -45,6 +45,7 @@ class ImportError_(errors.UserError, ValueError):  # noqa: N801  (ImportError is
 class Weights:
   """One DeepLab scope's weights in Keras layout: a conv kernel, and a bias or batch norm (gamma, beta, mean,
   variance at our epsilon)."""
+
   kernel: np.ndarray
   bias: np.ndarray | None = None
   batch_norm: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None = None
@@ -59,8 +60,10 @@ def _folded_batch_norm(bias: np.ndarray) -> tuple[np.ndarray, ...]:
 # Readers
 # ---------------------------------------------------------------------------------------------------------------
 
-_SCOPE = re.compile(r"^(.*?)/(?:weights_quant|Conv2D_Fold|depthwise_Fold|Conv2D|weights|depthwise_weights|"
-                    r"BiasAdd)(?:/|$)")
+_SCOPE = re.compile(
+  r"^(.*?)/(?:weights_quant|Conv2D_Fold|depthwise_Fold|Conv2D|weights|depthwise_weights|"
+  r"BiasAdd)(?:/|$)"
+)
 
 
 def _tflite_scope(tensor_name: str) -> str:
@@ -68,7 +71,7 @@ def _tflite_scope(tensor_name: str) -> str:
   name = tensor_name.split(";")[-1]
   match = _SCOPE.match(name)
   if not match:
-    raise ImportError_(f"cannot tell the DeepLab scope of TFLite tensor {tensor_name!r}")
+    raise SourceModelError(f"cannot tell the DeepLab scope of TFLite tensor {tensor_name!r}")
   return match.group(1)
 
 
@@ -91,7 +94,7 @@ def read_tflite(path: str) -> dict[str, Weights]:
   details = {detail["index"]: detail for detail in interpreter.get_tensor_details()}
   scopes: dict[str, Weights] = {}
   # The op list has no public API; _get_ops_details is what tf.lite's own analyzer tooling uses.
-  for op in interpreter._get_ops_details():  # pylint: disable=protected-access
+  for op in interpreter._get_ops_details():  # Private: no public API gives this.
     if op["op_name"] not in ("CONV_2D", "DEPTHWISE_CONV_2D"):
       continue
     weight_detail, bias_detail = details[op["inputs"][1]], details[op["inputs"][2]]
@@ -102,13 +105,13 @@ def read_tflite(path: str) -> dict[str, Weights]:
     # TFLite: conv [out, kh, kw, in], depthwise [1, kh, kw, channels]; Keras: [kh, kw, in, out], [kh, kw, ch, 1].
     kernel = kernel[0][..., np.newaxis] if depthwise else kernel.transpose(1, 2, 3, 0)
     if scope in scopes:
-      raise ImportError_(f"{path}: two convolutions in scope {scope!r}")
+      raise SourceModelError(f"{path}: two convolutions in scope {scope!r}")
     if scope.startswith("logits"):
       scopes[scope] = Weights(kernel, bias=bias)
     else:
       scopes[scope] = Weights(kernel, batch_norm=_folded_batch_norm(bias))
   if not scopes:
-    raise ImportError_(f"{path} has no convolutions: is it a DeepLab TFLite model?")
+    raise SourceModelError(f"{path} has no convolutions: is it a DeepLab TFLite model?")
   return scopes
 
 
@@ -117,7 +120,7 @@ def read_checkpoint(prefix: str) -> dict[str, Weights]:
   try:
     reader = tf.train.load_checkpoint(prefix)
   except (tf.errors.OpError, ValueError) as error:
-    raise ImportError_(f"cannot read checkpoint {prefix}: {str(error).splitlines()[0]}") from None
+    raise SourceModelError(f"cannot read checkpoint {prefix}: {str(error).splitlines()[0]}") from None
   names = set(reader.get_variable_to_shape_map())
   scopes: dict[str, Weights] = {}
   for name in sorted(names):
@@ -132,13 +135,13 @@ def read_checkpoint(prefix: str) -> dict[str, Weights]:
     bn = [f"{scope}/BatchNorm/{v}" for v in ("gamma", "beta", "moving_mean", "moving_variance")]
     missing = [v for v in bn if v not in names]
     if missing:
-      raise ImportError_(f"checkpoint {prefix}: {name} has neither {scope}/biases nor {missing[0]}")
+      raise SourceModelError(f"checkpoint {prefix}: {name} has neither {scope}/biases nor {missing[0]}")
     gamma, beta, mean, variance = (reader.get_tensor(v).astype(np.float32) for v in bn)
     epsilon = BACKBONE_BN_EPSILON if scope.startswith("MobilenetV2/") else HEAD_BN_EPSILON
     gamma = gamma * np.sqrt(variance + mobilenet_v2.BN_EPSILON) / np.sqrt(variance + epsilon)
     scopes[scope] = Weights(kernel, batch_norm=(gamma, beta, mean, variance))
   if not scopes:
-    raise ImportError_(f"checkpoint {prefix} has no DeepLab weights (no */weights variables)")
+    raise SourceModelError(f"checkpoint {prefix} has no DeepLab weights (no */weights variables)")
   return scopes
 
 
@@ -157,22 +160,29 @@ def layer_names(scope: str) -> tuple[str, str | None]:
     return f"{prefix}{match.group(2)}", f"{prefix}{match.group(2)}_BN"
   if scope == "logits/semantic":
     return "logits", None
-  fixed = {"image_pooling": "aspp_pooling_conv", "aspp0": "aspp0_conv", "concat_projection": "aspp_projection_conv",
-           "decoder/feature_projection0": "decoder_low_level_conv"}
+  fixed = {
+    "image_pooling": "aspp_pooling_conv",
+    "aspp0": "aspp0_conv",
+    "concat_projection": "aspp_projection_conv",
+    "decoder/feature_projection0": "decoder_low_level_conv",
+  }
   if scope in fixed:
-    return fixed[scope], fixed[scope][:-len("conv")] + "bn"
+    return fixed[scope], fixed[scope][: -len("conv")] + "bn"
   match = re.fullmatch(r"(?:decoder/)?((?:aspp\d+|decoder_conv\d+)_(?:depthwise|pointwise))", scope)
   if match:
     return match.group(1), f"{match.group(1)}_bn"
-  raise ImportError_(f"DeepLab scope {scope!r} has no counterpart in our model")
+  raise SourceModelError(f"DeepLab scope {scope!r} has no counterpart in our model")
 
 
-def model_config(scopes: dict[str, Weights], *, aspp_rates: tuple[int, ...] = (6, 12, 18),
-                 output_stride: int = 16) -> ml_collections.ConfigDict:
+def model_config(
+  scopes: dict[str, Weights], *, aspp_rates: tuple[int, ...] = (6, 12, 18), output_stride: int = 16
+) -> ml_collections.ConfigDict:
   """A full run config (configs/base.py) whose model has the source's architecture, for DeepLab's 513 canvases."""
   if "MobilenetV2/Conv" not in scopes or "logits/semantic" not in scopes:
-    raise ImportError_("not a DeepLab MobileNetV2 model: no MobilenetV2/Conv or logits/semantic weights "
-                       f"(scopes: {', '.join(sorted(scopes)[:5])}, ...)")
+    raise SourceModelError(
+      "not a DeepLab MobileNetV2 model: no MobilenetV2/Conv or logits/semantic weights "
+      f"(scopes: {', '.join(sorted(scopes)[:5])}, ...)"
+    )
   config = base.get_config()
   m = config.model
   m.num_classes = int(scopes["logits/semantic"].kernel.shape[-1])
@@ -180,7 +190,7 @@ def model_config(scopes: dict[str, Weights], *, aspp_rates: tuple[int, ...] = (6
   m.depth_divisor = 8 if m.alpha == 1.0 else 1  # research/deeplab's feature_extractor.py rounding.
   num_branches = sum(1 for s in scopes if re.fullmatch(r"aspp\d+_depthwise|aspp\d+", s) and s != "aspp0")
   if num_branches and len(aspp_rates) != num_branches:
-    raise ImportError_(f"the source has {num_branches} atrous ASPP branches: give as many aspp_rates")
+    raise SourceModelError(f"the source has {num_branches} atrous ASPP branches: give as many aspp_rates")
   m.aspp_rates = tuple(aspp_rates) if num_branches else ()
   m.separable = not any(re.fullmatch(r"aspp\d+", s) and s != "aspp0" for s in scopes)
   m.decoder = any(s.startswith("decoder") for s in scopes)
@@ -202,21 +212,21 @@ def assign(model: keras.Model, scopes: dict[str, Weights]) -> int:
     conv_name, bn_name = layer_names(scope)
     for name in (conv_name, bn_name):
       if name is not None and name not in layers:
-        raise ImportError_(f"DeepLab scope {scope!r} belongs in layer {name!r}, which this model does not have")
+        raise SourceModelError(f"DeepLab scope {scope!r} belongs in layer {name!r}, which this model does not have")
       if name in filled:
-        raise ImportError_(f"two DeepLab scopes land in layer {name!r} (the second: {scope!r})")
+        raise SourceModelError(f"two DeepLab scopes land in layer {name!r} (the second: {scope!r})")
     conv = layers[conv_name]
     values = [weights.kernel] + ([weights.bias] if weights.bias is not None else [])
     _set(conv, values, scope)
     filled.add(conv_name)
     if bn_name is not None:
       if weights.batch_norm is None:
-        raise ImportError_(f"DeepLab scope {scope!r} has no batch norm for layer {bn_name!r}")
+        raise SourceModelError(f"DeepLab scope {scope!r} has no batch norm for layer {bn_name!r}")
       _set(layers[bn_name], list(weights.batch_norm), scope)
       filled.add(bn_name)
   unfilled = [layer.name for layer in model.layers if layer.weights and layer.name not in filled]
   if unfilled:
-    raise ImportError_(f"the source has no weights for layer {unfilled[0]!r} (and {len(unfilled) - 1} more)")
+    raise SourceModelError(f"the source has no weights for layer {unfilled[0]!r} (and {len(unfilled) - 1} more)")
   return len(filled)
 
 
@@ -224,8 +234,9 @@ def _set(layer: keras.Layer, values: list[np.ndarray], scope: str) -> None:
   expected = [tuple(w.shape) for w in layer.weights]
   got = [tuple(v.shape) for v in values]
   if expected != got:
-    raise ImportError_(f"DeepLab scope {scope!r}: weights of shapes {got} do not fit layer {layer.name!r} "
-                       f"({expected})")
+    raise SourceModelError(
+      f"DeepLab scope {scope!r}: weights of shapes {got} do not fit layer {layer.name!r} ({expected})"
+    )
   layer.set_weights(values)
 
 
@@ -241,22 +252,27 @@ def _find_source(path: str) -> tuple[str, str]:
   if tf.io.gfile.exists(path + ".index"):
     return "checkpoint", path
   if path.endswith(".index"):
-    return "checkpoint", path[:-len(".index")]
+    return "checkpoint", path[: -len(".index")]
   if tf.io.gfile.isdir(path):
-    found = [os.path.join(root, name) for root, _, names in tf.io.gfile.walk(path) for name in names
-             if name.endswith((".tflite", ".index"))]
+    found = [
+      os.path.join(root, name)
+      for root, _, names in tf.io.gfile.walk(path)
+      for name in names
+      if name.endswith((".tflite", ".index"))
+    ]
     checkpoints = sorted(f for f in found if f.endswith(".index"))
     tflites = sorted(f for f in found if f.endswith(".tflite"))
     if checkpoints:  # A model-zoo tarball: model.ckpt-N.{index,data-*} beside a frozen graph.
-      return "checkpoint", checkpoints[-1][:-len(".index")]
+      return "checkpoint", checkpoints[-1][: -len(".index")]
     if tflites:
       return "tflite", tflites[0]
-    raise ImportError_(f"{path} holds no .tflite file and no checkpoint (*.index)")
-  raise ImportError_(f"{path}: not a .tflite file, a checkpoint prefix, a folder or an archive")
+    raise SourceModelError(f"{path} holds no .tflite file and no checkpoint (*.index)")
+  raise SourceModelError(f"{path}: not a .tflite file, a checkpoint prefix, a folder or an archive")
 
 
-def read_source(source: str, *, download_dir: str | None = None, md5: str | None = None
-                ) -> tuple[str, str, dict[str, Weights]]:
+def read_source(
+  source: str, *, download_dir: str | None = None, md5: str | None = None
+) -> tuple[str, str, dict[str, Weights]]:
   """(kind, local path, scopes) of a .tflite, a checkpoint (prefix or folder), a .tar(.gz) of either, or an
   http(s) URL of any of these (downloaded with the project's resumable downloader, md5-checked when given)."""
   if source.startswith(("http://", "https://")):
@@ -265,15 +281,15 @@ def read_source(source: str, *, download_dir: str | None = None, md5: str | None
     try:
       source = download.fetch(source, local, md5, option="--source")
     except download.DownloadError as error:
-      raise ImportError_(str(error)) from None
+      raise SourceModelError(str(error)) from None
   elif not tf.io.gfile.exists(source) and not tf.io.gfile.exists(source + ".index"):
-    raise ImportError_(f"{source}: no such file, folder or checkpoint")
+    raise SourceModelError(f"{source}: no such file, folder or checkpoint")
   if source.endswith((".tar", ".tar.gz", ".tgz")):
     extracted = tempfile.mkdtemp(prefix="published_model_")
     try:
       download.extract_archive(source, extracted)
     except download.DownloadError as error:
-      raise ImportError_(str(error)) from None
+      raise SourceModelError(str(error)) from None
     source = extracted
   kind, path = _find_source(source)
   logging.info("reading %s %s", kind, path)
@@ -301,7 +317,7 @@ def tflite_classes(interpreter, image: np.ndarray) -> np.ndarray:
   canvas = pad_to_canvas(image, int(detail["shape"][1]))
   interpreter.set_tensor(detail["index"], canvas[np.newaxis].astype(detail["dtype"]))
   interpreter.invoke()
-  return interpreter.get_tensor(interpreter.get_output_details()[0]["index"])[0][:image.shape[0], :image.shape[1]]
+  return interpreter.get_tensor(interpreter.get_output_details()[0]["index"])[0][: image.shape[0], : image.shape[1]]
 
 
 def compare_with_tflite(model: keras.Model, tflite_path: str, images: list[np.ndarray]) -> list[float]:
@@ -313,7 +329,7 @@ def compare_with_tflite(model: keras.Model, tflite_path: str, images: list[np.nd
   agreements = []
   for image in images:
     ours = predict(pad_to_canvas(image, size)[np.newaxis].astype(np.float32)).numpy()[0]
-    ours = ours[:image.shape[0], :image.shape[1]]
+    ours = ours[: image.shape[0], : image.shape[1]]
     agreements.append(float(np.mean(ours == tflite_classes(interpreter, image))))
   return agreements
 
@@ -330,22 +346,37 @@ def write_run(model: keras.Model, config: ml_collections.ConfigDict, model_dir: 
   return weights
 
 
-def import_model(source: str, model_dir: str, *, check_images: list[np.ndarray] = (),
-                 aspp_rates: tuple[int, ...] = (6, 12, 18), output_stride: int = 16,
-                 download_dir: str | None = None, md5: str | None = None) -> dict:
+def import_model(
+  source: str,
+  model_dir: str,
+  *,
+  check_images: list[np.ndarray] = (),
+  aspp_rates: tuple[int, ...] = (6, 12, 18),
+  output_stride: int = 16,
+  download_dir: str | None = None,
+  md5: str | None = None,
+) -> dict:
   """Reads a published model, builds ours to match, sets every weight, checks it (TFLite sources: against the
   interpreter on `check_images`) and writes a run directory. Returns the report written to import.json."""
   kind, path, scopes = read_source(source, download_dir=download_dir, md5=md5)
   config = model_config(scopes, aspp_rates=aspp_rates, output_stride=output_stride)
   model = building.create_model(config)
   num_layers = assign(model, scopes)
-  report = {"source": source, "kind": kind, "scopes": len(scopes), "layers_set": num_layers,
-            "num_classes": config.model.num_classes, "alpha": config.model.alpha,
-            "decoder": config.model.decoder}
+  report = {
+    "source": source,
+    "kind": kind,
+    "scopes": len(scopes),
+    "layers_set": num_layers,
+    "num_classes": config.model.num_classes,
+    "alpha": config.model.alpha,
+    "decoder": config.model.decoder,
+  }
   if kind == "tflite" and check_images:
     agreements = compare_with_tflite(model, path, list(check_images))
-    report["tflite_pixel_agreement"] = {"images": len(agreements), "mean": float(np.mean(agreements)),
-                                        "min": float(np.min(agreements))}
+    report["tflite_pixel_agreement"] = {
+      "images": len(agreements),
+      "mean": float(np.mean(agreements)),
+      "min": float(np.min(agreements)),
+    }
   report["weights"] = write_run(model, config, model_dir, report)
   return report
-

@@ -5,7 +5,7 @@ and max over all calibration images: one unusual image widens a range for every 
 wider (coarser) every step. Quantization-aware training, which Google's published int8 models had, tracks a moving
 average of each batch's min and max instead. Here the converter calibrates (`_experimental_calibrate_only`), the
 float model it returns runs once per image to record each tensor's min and max, their means replace the
-calibrator's ranges, and TFLite's own quantizer (`mlir_quantize`, what the converter calls next) turns the model into int8.
+calibrator's ranges, and TFLite's own quantizer (`mlir_quantize`, what the converter calls next) makes it int8.
 
 Weight grids: weights imported from an int8 file (inference.import_model) are integer multiples of that file's
 scale, the grid quantization-aware training fitted them to. TFLite re-quantizes each channel on a grid of its
@@ -14,7 +14,8 @@ a convolution's weights lie on one grid and a channel's multiples fit int8, `kee
 on that grid exactly (and its bias at the matching scale); other weights are left as TFLite made them.
 """
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
+from collections.abc import Iterator
 
 import numpy as np
 import tensorflow as tf
@@ -32,13 +33,19 @@ def _ranged_tensors(model) -> list[int]:
   inputs: their range is what callers feed (raw pixels 0..255), not a statistic to tighten."""
   subgraph = model.subgraphs[0]
   inputs = set(np.asarray(subgraph.inputs).tolist())
-  return [i for i, tensor in enumerate(subgraph.tensors)
-          if i not in inputs and tensor.quantization is not None and tensor.quantization.min is not None
-          and len(tensor.quantization.min) == 1]
+  return [
+    i
+    for i, tensor in enumerate(subgraph.tensors)
+    if i not in inputs
+    and tensor.quantization is not None
+    and tensor.quantization.min is not None
+    and len(tensor.quantization.min) == 1
+  ]
 
 
-def mean_of_per_image_ranges(calibrated: bytes, images: Callable[[], Iterator[np.ndarray]]
-                             ) -> dict[int, tuple[float, float]]:
+def mean_of_per_image_ranges(
+  calibrated: bytes, images: Callable[[], Iterator[np.ndarray]]
+) -> dict[int, tuple[float, float]]:
   """{tensor index: (mean of per-image minima, mean of per-image maxima)} of the calibrated float model."""
   indices = _ranged_tensors(flatbuffer_utils.convert_bytearray_to_object(calibrated))
   interpreter = tf.lite.Interpreter(model_content=calibrated, experimental_preserve_all_tensors=True)
@@ -68,8 +75,9 @@ def with_ranges(calibrated: bytes, ranges: dict[int, tuple[float, float]]) -> by
 
 def quantize(calibrated: bytes, *, input_type: tf.dtypes.DType) -> bytes:
   """Full-integer int8 (per-channel weights) from a calibrated model, as TFLiteConverter.convert() finishes."""
-  return tflite_convert.mlir_quantize(calibrated, disable_per_channel=False, input_data_type=input_type,
-                                      output_data_type=tf.float32)
+  return tflite_convert.mlir_quantize(
+    calibrated, disable_per_channel=False, input_data_type=input_type, output_data_type=tf.float32
+  )
 
 
 def _buffer(model, tensor, dtype) -> np.ndarray:
@@ -92,8 +100,11 @@ def keep_weight_grids(quantized: bytes, calibrated: bytes) -> tuple[bytes, int, 
   """(model, channels kept on their grid, channels of convolutions) for the int8 `quantized` made from the float
   `calibrated` (whose weights are the float values, matched by tensor name)."""
   source = flatbuffer_utils.convert_bytearray_to_object(calibrated)
-  float_weights = {tensor.name: tensor for tensor in source.subgraphs[0].tensors
-                   if tensor.type == schema_fb.TensorType.FLOAT32 and source.buffers[tensor.buffer].data is not None}
+  float_weights = {
+    tensor.name: tensor
+    for tensor in source.subgraphs[0].tensors
+    if tensor.type == schema_fb.TensorType.FLOAT32 and source.buffers[tensor.buffer].data is not None
+  }
   model = flatbuffer_utils.convert_bytearray_to_object(quantized)
   subgraph = model.subgraphs[0]
   kept = total = 0

@@ -23,22 +23,31 @@ from contracts import console
 from deeplab import run_folder
 from inference import prediction
 
-_MODEL_DIR = flags.DEFINE_string("model_dir", None, "A training run's folder (config.json, checkpoints/); local "
-                                 "or gs://.")
-_SAVED_MODEL = flags.DEFINE_string("saved_model", None, "A SavedModel written by inference.export, instead of "
-                                   "--model_dir (then no --scales, --flip or --weights).")
+_MODEL_DIR = flags.DEFINE_string(
+  "model_dir", None, "A training run's folder (config.json, checkpoints/); local or gs://."
+)
+_SAVED_MODEL = flags.DEFINE_string(
+  "saved_model",
+  None,
+  "A SavedModel written by inference.export, instead of --model_dir (then no --scales, --flip or --weights).",
+)
 _WEIGHTS = flags.DEFINE_string("weights", None, "A .weights.h5 file; default the run's best, else its final.")
 _SCALES = flags.DEFINE_list("scales", ["1.0"], "Input scales whose probabilities are averaged.")
-console.register_check("scales", console.each(console.positive_number),
-                       "comma-separated numbers > 0, e.g. 0.75,1.0,1.25")
+console.register_check(
+  "scales", console.each(console.positive_number), "comma-separated numbers > 0, e.g. 0.75,1.0,1.25"
+)
 _FLIP = flags.DEFINE_bool("flip", False, "Also average the mirrored image's probabilities.")
 _INPUT = flags.DEFINE_string("input", None, "An image, a folder of images or a glob (local or gs://).", required=True)
 _OUTPUT_DIR = flags.DEFINE_string("output_dir", None, "Where the pictures go (created).", required=True)
 _FORMAT = flags.DEFINE_list("format", ["mask"], f"What to write per image, any of {','.join(prediction.FORMATS)}.")
-flags.register_validator("format", lambda formats: bool(formats) and set(formats) <= set(prediction.FORMATS),
-                         f"--format takes a comma-separated subset of {','.join(prediction.FORMATS)}")
-_VOC_ROOT = flags.DEFINE_string("voc_root", None, "A VOC folder whose SegmentationClass/<id>.png masks give the "
-                                "triptychs their ground-truth panel.")
+flags.register_validator(
+  "format",
+  lambda formats: bool(formats) and set(formats) <= set(prediction.FORMATS),
+  f"--format takes a comma-separated subset of {','.join(prediction.FORMATS)}",
+)
+_VOC_ROOT = flags.DEFINE_string(
+  "voc_root", None, "A VOC folder whose SegmentationClass/<id>.png masks give the triptychs their ground-truth panel."
+)
 flags.mark_flags_as_mutual_exclusive(["model_dir", "saved_model"], required=True)
 
 
@@ -58,13 +67,16 @@ def main(argv):
       config, model, _ = run_folder.load_run(_MODEL_DIR.value, _WEIGHTS.value)
       segment = prediction.keras_segmenter(model, [float(s) for s in _SCALES.value], _FLIP.value)
       class_names, class_colours = run_folder.class_names_of(config), run_folder.class_colours_of(config)
-  written, skipped = prediction.predict_files(paths, segment, _OUTPUT_DIR.value, _FORMAT.value, _VOC_ROOT.value,
-                                              class_names, class_colours=class_colours)
+  written, skipped = prediction.predict_files(
+    paths, segment, _OUTPUT_DIR.value, _FORMAT.value, _VOC_ROOT.value, class_names, class_colours=class_colours
+  )
   if not written:
     console.exit_with(f"none of the {len(paths)} input file(s) could be read (reasons above); nothing written", 1)
   names = [path.rsplit("/", 1)[-1] for path, _ in skipped]
-  print(f"wrote {len(written)} image(s) ({','.join(_FORMAT.value)}) to {_OUTPUT_DIR.value}; skipped {len(skipped)}"
-        + (f": {', '.join(names[:10])}" + (", ..." if len(names) > 10 else "") if names else ""))
+  print(
+    f"wrote {len(written)} image(s) ({','.join(_FORMAT.value)}) to {_OUTPUT_DIR.value}; skipped {len(skipped)}"
+    + (f": {', '.join(names[:10])}" + (", ..." if len(names) > 10 else "") if names else "")
+  )
 
 
 if __name__ == "__main__":

@@ -3,9 +3,10 @@ overlays and triptychs (what python -m inference.predict runs; its docstring lis
 as the training pipeline decodes them.
 """
 
+from collections.abc import Callable
+from collections.abc import Sequence
 import os
 import sys
-from collections.abc import Callable, Sequence
 
 import cv2
 import keras
@@ -28,11 +29,12 @@ OVERLAY_JPEG_QUALITY = 90
 Segmenter = Callable[[bytes, np.ndarray], np.ndarray]
 
 
-class UnreadableImage(Exception):
+class UnreadableImageError(Exception):
   """An input that is skipped; the message says why."""
 
 
 # ---------------------------------------------------------------------------------------------------- inputs
+
 
 def list_inputs(pattern: str) -> list[str]:
   """The files an --input names: the file itself, a folder's files (hidden ones left out), or a glob's matches."""
@@ -57,25 +59,25 @@ def image_id(path: str) -> str:
 
 
 def decode_image(data: bytes) -> np.ndarray:
-  """uint8 [H, W, 3] RGB of JPEG or PNG bytes, decoded as the training pipeline does; UnreadableImage if not."""
+  """uint8 [H, W, 3] RGB of JPEG or PNG bytes, decoded as the training pipeline does; UnreadableImageError if not."""
   if not data:
-    raise UnreadableImage("empty file")
+    raise UnreadableImageError("empty file")
   kind = (schema.image_format(data) or "").upper()
   if not kind:
-    raise UnreadableImage(f"not a JPEG or PNG image ({len(data)} bytes starting {data[:8]!r})")
+    raise UnreadableImageError(f"not a JPEG or PNG image ({len(data)} bytes starting {data[:8]!r})")
   try:
     return tfrecords.decode_image(tf.constant(data)).numpy()
   except (tf.errors.InvalidArgumentError, tf.errors.DataLossError) as error:
-    raise UnreadableImage(f"corrupt {kind}: {console.op_error_text(error)}") from None
+    raise UnreadableImageError(f"corrupt {kind}: {console.op_error_text(error)}") from None
 
 
 def read_image(path: str) -> tuple[bytes, np.ndarray]:
-  """(the file's bytes, its decoded pixels); UnreadableImage when it cannot be read or decoded."""
+  """(the file's bytes, its decoded pixels); UnreadableImageError when it cannot be read or decoded."""
   try:
     with tf.io.gfile.GFile(path, "rb") as f:
       data = f.read()
   except tf.errors.OpError as error:
-    raise UnreadableImage(f"cannot read: {console.op_error_text(error)}") from None
+    raise UnreadableImageError(f"cannot read: {console.op_error_text(error)}") from None
   return data, decode_image(data)
 
 
@@ -98,6 +100,7 @@ def read_truth(voc_root: str, name: str, size: tuple[int, int]) -> np.ndarray | 
 
 # ---------------------------------------------------------------------------------------------------- models
 
+
 def keras_segmenter(model: keras.Model, scales: Sequence[float] = (1.0,), flip: bool = False) -> Segmenter:
   """Argmax of the run's class probabilities at the image's own size (averaged over scales and mirrors)."""
   predict = evaluation.make_predictor(model, list(scales), flip)
@@ -105,6 +108,7 @@ def keras_segmenter(model: keras.Model, scales: Sequence[float] = (1.0,), flip: 
   def segment(data: bytes, image: np.ndarray) -> np.ndarray:
     del data
     return np.argmax(predict(tf.cast(image, tf.float32)).numpy(), axis=-1).astype(np.uint8)
+
   return segment
 
 
@@ -118,6 +122,7 @@ def saved_model_segmenter(export_dir: str) -> Segmenter:
     if (height, width) != image.shape[:2]:
       raise RuntimeError(f"the SavedModel saw a {height}x{width} image, we decoded {image.shape[0]}x{image.shape[1]}")
     return result["masks"][0, :height, :width].numpy()
+
   return segment
 
 
@@ -137,6 +142,7 @@ def saved_model_class_colours(export_dir: str) -> tuple:
 
 # ---------------------------------------------------------------------------------------------------- outputs
 
+
 def _encode(rgb: np.ndarray, extension: str, params: Sequence[int] = ()) -> bytes:
   ok, encoded = cv2.imencode(extension, np.ascontiguousarray(rgb[..., ::-1]), list(params))
   if not ok:
@@ -144,50 +150,73 @@ def _encode(rgb: np.ndarray, extension: str, params: Sequence[int] = ()) -> byte
   return encoded.tobytes()
 
 
-def outputs_of(name: str, image: np.ndarray, class_ids: np.ndarray, formats: Sequence[str],
-               truth: np.ndarray | None = None, class_names: Sequence[str] = voc.CLASS_NAMES,
-               class_colours=()) -> dict[str, bytes]:
+def outputs_of(
+  name: str,
+  image: np.ndarray,
+  class_ids: np.ndarray,
+  formats: Sequence[str],
+  truth: np.ndarray | None = None,
+  class_names: Sequence[str] = voc.CLASS_NAMES,
+  class_colours=(),
+) -> dict[str, bytes]:
   """{file name: encoded bytes} of the pictures asked for, in the classes' colours (VOC's by default)."""
   files = {}
   if "mask" in formats:
     files[f"{name}.png"] = voc.encode_palette_png(class_ids, class_colours)
   if "overlay" in formats:
     files[f"{name}_overlay.jpg"] = _encode(
-        visualize.overlay(image, class_ids, class_names=class_names, class_colours=class_colours),
-        ".jpg", [cv2.IMWRITE_JPEG_QUALITY, OVERLAY_JPEG_QUALITY])
+      visualize.overlay(image, class_ids, class_names=class_names, class_colours=class_colours),
+      ".jpg",
+      [cv2.IMWRITE_JPEG_QUALITY, OVERLAY_JPEG_QUALITY],
+    )
   if "triptych" in formats:
     files[f"{name}_triptych.png"] = _encode(
-        visualize.triptych(image, truth, class_ids, titles=(name, "ground truth", "prediction"),
-                           class_names=class_names, class_colours=class_colours), ".png")
+      visualize.triptych(
+        image,
+        truth,
+        class_ids,
+        titles=(name, "ground truth", "prediction"),
+        class_names=class_names,
+        class_colours=class_colours,
+      ),
+      ".png",
+    )
   return files
 
 
-def predict_files(paths: Sequence[str], segment: Segmenter, output_dir: str, formats: Sequence[str] = ("mask",),
-                  voc_root: str | None = None, class_names: Sequence[str] = voc.CLASS_NAMES,
-                  progress: bool = True, class_colours=()) -> tuple[list[str], list[tuple[str, str]]]:
+def predict_files(
+  paths: Sequence[str],
+  segment: Segmenter,
+  output_dir: str,
+  formats: Sequence[str] = ("mask",),
+  voc_root: str | None = None,
+  class_names: Sequence[str] = voc.CLASS_NAMES,
+  progress: bool = True,
+  class_colours=(),
+) -> tuple[list[str], list[tuple[str, str]]]:
   """Writes each readable image's pictures; returns (ids written, [(path, why skipped)]), naming skips on stderr."""
   tf.io.gfile.makedirs(output_dir)
-  report = console.Progress("predict", len(paths), unit="images", stream=sys.stdout) \
-      if progress and len(paths) > 1 else None
+  report = (
+    console.Progress("predict", len(paths), unit="images", stream=sys.stdout) if progress and len(paths) > 1 else None
+  )
   written, skipped, seen = [], [], {}
   for count, path in enumerate(paths, start=1):
     name = image_id(path)
     try:
       if name in seen:
-        raise UnreadableImage(f"same id as {seen[name]}: its outputs would be overwritten")
+        raise UnreadableImageError(f"same id as {seen[name]}: its outputs would be overwritten")
       data, image = read_image(path)
       try:
         class_ids = segment(data, image)
       except tf.errors.OpError as error:  # e.g. out of memory on a huge image: the others may still fit
-        raise UnreadableImage(f"prediction failed: {console.op_error_text(error)}") from None
-    except UnreadableImage as reason:
+        raise UnreadableImageError(f"prediction failed: {console.op_error_text(error)}") from None
+    except UnreadableImageError as reason:
       skipped.append((path, str(reason)))
       _warn(f"skipped {path}: {reason}")
     else:
       seen[name] = path
       truth = read_truth(voc_root, name, image.shape[:2]) if voc_root and "triptych" in formats else None
-      for file_name, encoded in outputs_of(name, image, class_ids, formats, truth, class_names,
-                                           class_colours).items():
+      for file_name, encoded in outputs_of(name, image, class_ids, formats, truth, class_names, class_colours).items():
         with tf.io.gfile.GFile(tf.io.gfile.join(output_dir, file_name), "wb") as f:
           f.write(encoded)
       written.append(name)

@@ -1,12 +1,12 @@
 """What every launcher shares: `launcher flags -- passed-through flags`, one-line errors, gs:// checks, and
 printing (--dry_run) or running the exact commands it builds."""
 
+from collections.abc import Sequence
 import os
 import shlex
 import shutil
 import subprocess
 import tempfile
-from typing import Sequence
 
 from absl import flags
 import yaml  # PyYAML, which Apache Beam installs.
@@ -91,8 +91,9 @@ def run_commands(commands: Sequence[Sequence[str]], *, dry_run: bool, stdin: str
     return
   for command in commands:
     if shutil.which(command[0]) is None:
-      raise LaunchError(f"{command[0]} is not installed (or not on PATH); install it, or use --dry_run to see "
-                        f"the commands", EXIT_FAILED)
+      raise LaunchError(
+        f"{command[0]} is not installed (or not on PATH); install it, or use --dry_run to see the commands", EXIT_FAILED
+      )
   for index, command in enumerate(commands):
     last = index == len(commands) - 1
     result = subprocess.run(command, input=stdin if last else None, text=True)
@@ -102,8 +103,10 @@ def run_commands(commands: Sequence[Sequence[str]], *, dry_run: bool, stdin: str
 
 def image_commands(image: str) -> list[list[str]]:
   """Builds the training image (launch/Dockerfile) from the repository root and pushes it."""
-  return [["docker", "build", "-f", os.path.join(REPO_ROOT, "launch", "Dockerfile"), "-t", image, REPO_ROOT],
-          ["docker", "push", image]]
+  return [
+    ["docker", "build", "-f", os.path.join(REPO_ROOT, "launch", "Dockerfile"), "-t", image, REPO_ROOT],
+    ["docker", "push", image],
+  ]
 
 
 def spec_path(given: str | None, name: str) -> str:

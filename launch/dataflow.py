@@ -24,15 +24,18 @@ from launch import common
 
 _PROJECT = flags.DEFINE_string("project", None, "Google Cloud project.", required=True)
 _REGION = flags.DEFINE_string("region", None, "Dataflow region, e.g. us-central1.", required=True)
-_TEMP_LOCATION = flags.DEFINE_string("temp_location", None, "gs:// folder for Dataflow's temporary and staged "
-                                     "files.", required=True)
+_TEMP_LOCATION = flags.DEFINE_string(
+  "temp_location", None, "gs:// folder for Dataflow's temporary and staged files.", required=True
+)
 _JOB_NAME = flags.DEFINE_string("job_name", None, "Dataflow job name; default Beam's (user + time).")
-_MAX_NUM_WORKERS = flags.DEFINE_integer("max_num_workers", 4, "Upper bound for Dataflow's autoscaling.",
-                                        lower_bound=1)
+_MAX_NUM_WORKERS = flags.DEFINE_integer("max_num_workers", 4, "Upper bound for Dataflow's autoscaling.", lower_bound=1)
 _MACHINE_TYPE = flags.DEFINE_string("machine_type", None, "Worker machine type; default Dataflow's.")
 console.register_check("temp_location", lambda path: path.startswith("gs://"), "a gs:// folder (Dataflow stages there)")
-console.register_check("job_name", console.matching(r"[a-z]([-a-z0-9]*[a-z0-9])?"),
-                       "a Dataflow job name: lower-case letters, digits and '-', a letter first, no '-' last")
+console.register_check(
+  "job_name",
+  console.matching(r"[a-z]([-a-z0-9]*[a-z0-9])?"),
+  "a Dataflow job name: lower-case letters, digits and '-', a letter first, no '-' last",
+)
 console.register_check("machine_type", console.matching(common.MACHINE_TYPE), common.MACHINE_TYPE_ACCEPTS)
 
 
@@ -43,8 +46,13 @@ def command(conversion_args: list[str]) -> list[str]:
   if common.flag_value(conversion_args, "direct_running_mode") is not None:
     raise common.LaunchError("--direct_running_mode is for the DirectRunner, not Dataflow")
   args = common.with_flag(conversion_args, "runner", "DataflowRunner")
-  beam = [f"--project={_PROJECT.value}", f"--region={_REGION.value}", f"--temp_location={_TEMP_LOCATION.value}",
-          f"--setup_file={os.path.join(common.REPO_ROOT, 'setup.py')}", f"--max_num_workers={_MAX_NUM_WORKERS.value}"]
+  beam = [
+    f"--project={_PROJECT.value}",
+    f"--region={_REGION.value}",
+    f"--temp_location={_TEMP_LOCATION.value}",
+    f"--setup_file={os.path.join(common.REPO_ROOT, 'setup.py')}",
+    f"--max_num_workers={_MAX_NUM_WORKERS.value}",
+  ]
   if _JOB_NAME.value:
     beam.append(f"--job_name={_JOB_NAME.value}")
   if _MACHINE_TYPE.value:

@@ -30,12 +30,13 @@ from contracts import voc
 DEMO_CLASSES = 6  # configs/demo.py's config.model.num_classes.
 
 _WORKDIR = flags.DEFINE_string("workdir", "demo_output", "Where everything goes (data, records, runs).")
-_VOC_ROOT = flags.DEFINE_string("voc_root", None, "A real VOC2012 folder (downloaded when empty) instead of "
-                                "the generated sample.")
-_CONFIG = flags.DEFINE_string("config", None, "Training config; default configs/demo.py for the generated data, "
-                               "configs/smoke.py with --voc_root.")
-_EPOCHS = flags.DEFINE_integer("epochs", None, "Training epochs for the demo run; default the config's.",
-                               lower_bound=1)
+_VOC_ROOT = flags.DEFINE_string(
+  "voc_root", None, "A real VOC2012 folder (downloaded when empty) instead of the generated sample."
+)
+_CONFIG = flags.DEFINE_string(
+  "config", None, "Training config; default configs/demo.py for the generated data, configs/smoke.py with --voc_root."
+)
+_EPOCHS = flags.DEFINE_integer("epochs", None, "Training epochs for the demo run; default the config's.", lower_bound=1)
 _NUM_PHOTOS = flags.DEFINE_integer("num_photos", 8, "Validation photos to draw predictions for.", lower_bound=1)
 console.register_check("workdir", bool, "a folder (not empty)")
 
@@ -65,25 +66,53 @@ def main(argv):
   model_dir = os.path.join(workdir, "runs", "demo")
   python = sys.executable
   if not _VOC_ROOT.value and not os.path.isdir(os.path.join(voc_root, "JPEGImages")):
-    _run(python, "-m", "preprocessing.synthetic_voc", f"--root={voc_root}", f"--num_classes={DEMO_CLASSES}",
-         "--num_train=96", "--num_val=24", "--height=160", "--width=200")
+    _run(
+      python,
+      "-m",
+      "preprocessing.synthetic_voc",
+      f"--root={voc_root}",
+      f"--num_classes={DEMO_CLASSES}",
+      "--num_train=96",
+      "--num_val=24",
+      "--height=160",
+      "--width=200",
+    )
   _run(python, "-m", "preprocessing.make_tfrecords", f"--voc_root={voc_root}", f"--output_dir={records}")
   config = _CONFIG.value or ("configs/smoke.py" if _VOC_ROOT.value else "configs/demo.py")
-  _run(python, "-m", "trainer.main", f"--config={config}", f"--data_dir={records}", f"--model_dir={model_dir}",
-       *([f"--config.train.epochs={_EPOCHS.value}"] if _EPOCHS.value else []), *trainer_flags)
+  _run(
+    python,
+    "-m",
+    "trainer.main",
+    f"--config={config}",
+    f"--data_dir={records}",
+    f"--model_dir={model_dir}",
+    *([f"--config.train.epochs={_EPOCHS.value}"] if _EPOCHS.value else []),
+    *trainer_flags,
+  )
   _run(python, "-m", "inference.evaluate", f"--model_dir={model_dir}", f"--data_dir={records}", "--flip")
   photos = _copy_val_photos(voc_root, os.path.join(workdir, "photos"), _NUM_PHOTOS.value)
   predictions = os.path.join(workdir, "predictions")
-  _run(python, "-m", "inference.predict", f"--model_dir={model_dir}", f"--input={photos}",
-       f"--output_dir={predictions}", "--format=mask,overlay,triptych", f"--voc_root={voc_root}")
+  _run(
+    python,
+    "-m",
+    "inference.predict",
+    f"--model_dir={model_dir}",
+    f"--input={photos}",
+    f"--output_dir={predictions}",
+    "--format=mask,overlay,triptych",
+    f"--voc_root={voc_root}",
+  )
   where = [
-      (f"{records}/*-summary.json", "what the conversion wrote and rejected"),
-      (f"{model_dir}/metrics.json", "validation mIoU, pixel accuracy, per-class IoU (best weights)"),
-      (f"{model_dir}/eval_val.json", "the same at native size with mirrored inference; eval_val_confusion.png"),
-      (f"{predictions}/*_triptych.png", "photo | ground truth | prediction; *_overlay.jpg; *.png class-id masks"),
-      (f"tensorboard --logdir={os.path.dirname(model_dir)}", "train/ and validation/ curves, per-class IoU, "
-                                                             "triptychs, confusion matrix, config, HParams "
-                                                             "(then open http://localhost:6006)"),
+    (f"{records}/*-summary.json", "what the conversion wrote and rejected"),
+    (f"{model_dir}/metrics.json", "validation mIoU, pixel accuracy, per-class IoU (best weights)"),
+    (f"{model_dir}/eval_val.json", "the same at native size with mirrored inference; eval_val_confusion.png"),
+    (f"{predictions}/*_triptych.png", "photo | ground truth | prediction; *_overlay.jpg; *.png class-id masks"),
+    (
+      f"tensorboard --logdir={os.path.dirname(model_dir)}",
+      "train/ and validation/ curves, per-class IoU, "
+      "triptychs, confusion matrix, config, HParams "
+      "(then open http://localhost:6006)",
+    ),
   ]
   width = max(len(path) for path, _ in where)
   print("\nDone. Look at:\n" + "\n".join(f"  {path:<{width}}  {what}" for path, what in where))

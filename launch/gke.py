@@ -30,11 +30,11 @@ _IMAGE = flags.DEFINE_string("image", None, "Training image URI.", required=True
 _BUILD = flags.DEFINE_bool("build", False, "Build launch/Dockerfile into --image and push it first.")
 _NUM_WORKERS = flags.DEFINE_integer("num_workers", 2, "Worker pods.", lower_bound=1)
 _GPUS_PER_WORKER = flags.DEFINE_integer("gpus_per_worker", 1, "nvidia.com/gpu per pod (0 for CPU).", lower_bound=0)
-_MAX_RESTARTS = flags.DEFINE_integer("max_restarts", 3, "Pod restarts before the job is marked failed.",
-                                     lower_bound=0)
+_MAX_RESTARTS = flags.DEFINE_integer("max_restarts", 3, "Pod restarts before the job is marked failed.", lower_bound=0)
 _MANIFEST_FILE = flags.DEFINE_string("manifest_file", None, "Where the manifest is written; default TMP/NAME.yaml.")
-console.register_check("name", console.matching(common.KUBERNETES_NAME),
-                       f"a TFJob name: {common.KUBERNETES_NAME_ACCEPTS}")
+console.register_check(
+  "name", console.matching(common.KUBERNETES_NAME), f"a TFJob name: {common.KUBERNETES_NAME_ACCEPTS}"
+)
 console.register_check("namespace", console.matching(common.KUBERNETES_NAME), common.KUBERNETES_NAME_ACCEPTS)
 console.register_check("image", console.matching(common.IMAGE), common.IMAGE_ACCEPTS)
 
@@ -46,14 +46,19 @@ def manifest(trainer_args: list[str]) -> dict:
   if _GPUS_PER_WORKER.value:
     container["resources"] = {"limits": {"nvidia.com/gpu": _GPUS_PER_WORKER.value}}
   return {
-      "apiVersion": "kubeflow.org/v1",
-      "kind": "TFJob",
-      "metadata": {"name": _NAME.value, "namespace": _NAMESPACE.value},
-      "spec": {
-          "runPolicy": {"backoffLimit": _MAX_RESTARTS.value, "cleanPodPolicy": "Running"},
-          "tfReplicaSpecs": {"Worker": {"replicas": _NUM_WORKERS.value, "restartPolicy": "OnFailure",
-                                        "template": {"spec": {"containers": [container]}}}},
+    "apiVersion": "kubeflow.org/v1",
+    "kind": "TFJob",
+    "metadata": {"name": _NAME.value, "namespace": _NAMESPACE.value},
+    "spec": {
+      "runPolicy": {"backoffLimit": _MAX_RESTARTS.value, "cleanPodPolicy": "Running"},
+      "tfReplicaSpecs": {
+        "Worker": {
+          "replicas": _NUM_WORKERS.value,
+          "restartPolicy": "OnFailure",
+          "template": {"spec": {"containers": [container]}},
+        }
       },
+    },
   }
 
 

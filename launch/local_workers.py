@@ -14,6 +14,7 @@ It is the same program a real cluster runs, so it is how multi-worker training i
 is not faster than one process on one machine.
 """
 
+from collections.abc import Sequence
 import json
 import os
 import signal
@@ -22,7 +23,7 @@ import subprocess
 import sys
 import threading
 import time
-from typing import Sequence, TextIO
+from typing import TextIO
 
 from absl import app
 from absl import flags
@@ -31,10 +32,12 @@ from contracts import console
 from launch import common
 
 _NUM_WORKERS = flags.DEFINE_integer("num_workers", 2, "Worker processes.", lower_bound=1)
-_MAX_RESTARTS = flags.DEFINE_integer("max_restarts", 3, "Times the whole job is restarted after a worker died.",
-                                     lower_bound=0)
-_STOP_GRACE = flags.DEFINE_float("stop_grace_seconds", 3.0, "After SIGTERM, how long the other workers get to "
-                                 "exit before SIGKILL.", lower_bound=0.0)
+_MAX_RESTARTS = flags.DEFINE_integer(
+  "max_restarts", 3, "Times the whole job is restarted after a worker died.", lower_bound=0
+)
+_STOP_GRACE = flags.DEFINE_float(
+  "stop_grace_seconds", 3.0, "After SIGTERM, how long the other workers get to exit before SIGKILL.", lower_bound=0.0
+)
 
 
 def free_ports(count: int) -> list[int]:
@@ -56,8 +59,7 @@ def tf_config(workers: Sequence[str], index: int) -> str:
 
 
 def trainer_command(trainer_args: Sequence[str]) -> list[str]:
-  return [sys.executable, "-m", "trainer.main",
-          *common.with_flag(trainer_args, "strategy", "multi_worker_mirrored")]
+  return [sys.executable, "-m", "trainer.main", *common.with_flag(trainer_args, "strategy", "multi_worker_mirrored")]
 
 
 class Worker:
@@ -65,12 +67,18 @@ class Worker:
 
   def __init__(self, index: int, command: Sequence[str], config: str, log_path: str, attempt: int):
     self.index = index
-    self.log: TextIO = open(log_path, "a", buffering=1)
+    self.log: TextIO = open(log_path, "a", buffering=1)  # noqa: SIM115  (open while the worker lives; close() ends it)
     self.log.write(f"=== attempt {attempt}: TF_CONFIG={config}\n")
     # Relative paths in the flags mean what they mean here; unbuffered, so that lines show as they come.
-    self.process = subprocess.Popen(command, env=dict(os.environ, TF_CONFIG=config, PYTHONUNBUFFERED="1"),
-                                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
-                                    start_new_session=True)  # Our Ctrl-C is not theirs: we stop them in order.
+    self.process = subprocess.Popen(
+      command,
+      env=dict(os.environ, TF_CONFIG=config, PYTHONUNBUFFERED="1"),
+      stdout=subprocess.PIPE,
+      stderr=subprocess.STDOUT,
+      text=True,
+      bufsize=1,
+      start_new_session=True,
+    )  # Our Ctrl-C is not theirs: we stop them in order.
     self._copier = threading.Thread(target=self._copy_output, daemon=True)
     self._copier.start()
     print(f"started worker {self.index} (pid {self.process.pid}), log {log_path}", flush=True)
@@ -105,17 +113,18 @@ def _describe(returncode: int) -> str:
   return f"signal {signal.Signals(-returncode).name}" if returncode < 0 else f"exit code {returncode}"
 
 
-def run_attempt(trainer_args: Sequence[str], num_workers: int, log_dir: str, attempt: int,
-                grace_seconds: float) -> int:
+def run_attempt(trainer_args: Sequence[str], num_workers: int, log_dir: str, attempt: int, grace_seconds: float) -> int:
   """Runs the job once: 0 when every worker finished, else the return code of the first that failed."""
   workers_addresses = [f"127.0.0.1:{port}" for port in free_ports(num_workers)]
   command = trainer_command(trainer_args)
-  workers = [Worker(i, command, tf_config(workers_addresses, i), os.path.join(log_dir, f"worker_{i}.log"), attempt)
-             for i in range(num_workers)]
+  workers = [
+    Worker(i, command, tf_config(workers_addresses, i), os.path.join(log_dir, f"worker_{i}.log"), attempt)
+    for i in range(num_workers)
+  ]
   try:
     while True:
       codes = [w.process.poll() for w in workers]
-      failed = next((w for w, code in zip(workers, codes) if code not in (None, 0)), None)
+      failed = next((w for w, code in zip(workers, codes, strict=True) if code not in (None, 0)), None)
       if failed is not None:
         code = failed.process.returncode
         print(f"worker {failed.index} failed ({_describe(code)}); stopping the others", flush=True)
@@ -142,11 +151,15 @@ def main(argv):
     console.exit_with(f"the worker logs go to a local folder, not {log_dir}: give --log_dir")
   if common.DRY_RUN.value:
     example = [f"127.0.0.1:{port}" for port in range(12345, 12345 + _NUM_WORKERS.value)]
-    print(f"# {_NUM_WORKERS.value} workers; free ports are picked at each start, output is appended to the logs; "
-          f"restarted up to {_MAX_RESTARTS.value} times")
+    print(
+      f"# {_NUM_WORKERS.value} workers; free ports are picked at each start, output is appended to the logs; "
+      f"restarted up to {_MAX_RESTARTS.value} times"
+    )
     for index in range(_NUM_WORKERS.value):
-      print(f"TF_CONFIG={common.printable([tf_config(example, index)])} {common.printable(command)} "
-            f">> {os.path.join(log_dir, f'worker_{index}.log')}")
+      print(
+        f"TF_CONFIG={common.printable([tf_config(example, index)])} {common.printable(command)} "
+        f">> {os.path.join(log_dir, f'worker_{index}.log')}"
+      )
     return
   os.makedirs(log_dir, exist_ok=True)
   signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))  # Runs the `finally`s: stops workers.
@@ -156,13 +169,17 @@ def main(argv):
       print(f"all {_NUM_WORKERS.value} workers finished (attempt {attempt})", flush=True)
       return
     if code == common.EXIT_USAGE:
-      console.exit_with(f"a worker stopped on a bad flag, config or data (exit code 2): see {log_dir}",
-                        common.EXIT_USAGE)
+      console.exit_with(
+        f"a worker stopped on a bad flag, config or data (exit code 2): see {log_dir}", common.EXIT_USAGE
+      )
     if attempt > _MAX_RESTARTS.value:
-      console.exit_with(f"a worker failed and --max_restarts={_MAX_RESTARTS.value} restarts are used up: see {log_dir}",
-                  common.EXIT_FAILED)
-    print(f"restarting all workers ({attempt}/{_MAX_RESTARTS.value}); training resumes from the last checkpoint",
-          flush=True)
+      console.exit_with(
+        f"a worker failed and --max_restarts={_MAX_RESTARTS.value} restarts are used up: see {log_dir}",
+        common.EXIT_FAILED,
+      )
+    print(
+      f"restarting all workers ({attempt}/{_MAX_RESTARTS.value}); training resumes from the last checkpoint", flush=True
+    )
 
 
 if __name__ == "__main__":

@@ -31,11 +31,17 @@ _ACCELERATOR_TYPE = flags.DEFINE_string("accelerator_type", None, "GPU type, e.g
 _ACCELERATOR_COUNT = flags.DEFINE_integer("accelerator_count", 0, "GPUs per worker.", lower_bound=0)
 _SPEC_FILE = flags.DEFINE_string("spec_file", None, "Where the job spec is written; default TMP/DISPLAY_NAME.yaml.")
 console.register_check("image", console.matching(common.IMAGE), common.IMAGE_ACCEPTS)
-console.register_check("display_name", lambda name: 0 < len(name) <= 128 and name.strip() == name,
-                       "a job name of 1 to 128 characters, without spaces at either end")
+console.register_check(
+  "display_name",
+  lambda name: 0 < len(name) <= 128 and name.strip() == name,
+  "a job name of 1 to 128 characters, without spaces at either end",
+)
 console.register_check("machine_type", console.matching(common.MACHINE_TYPE), common.MACHINE_TYPE_ACCEPTS)
-console.register_check("accelerator_type", console.matching(r"[A-Z][A-Z0-9_]*"),
-                       "a Vertex AI accelerator type such as NVIDIA_L4 or NVIDIA_TESLA_T4")
+console.register_check(
+  "accelerator_type",
+  console.matching(r"[A-Z][A-Z0-9_]*"),
+  "a Vertex AI accelerator type such as NVIDIA_L4 or NVIDIA_TESLA_T4",
+)
 
 
 def strategy_for(num_workers: int, gpus_per_worker: int) -> str:
@@ -49,16 +55,21 @@ def job_spec(trainer_args: list[str]) -> dict:
   if bool(_ACCELERATOR_TYPE.value) != bool(_ACCELERATOR_COUNT.value):
     raise common.LaunchError("--accelerator_type and --accelerator_count go together (GPUs need both)")
   if common.flag_value(trainer_args, "mixed_precision") == "mixed_float16" and not _ACCELERATOR_COUNT.value:
-    raise common.LaunchError("--mixed_precision=mixed_float16 is fast only on GPUs: add --accelerator_type and "
-                             "--accelerator_count, or train in float32")
+    raise common.LaunchError(
+      "--mixed_precision=mixed_float16 is fast only on GPUs: add --accelerator_type and "
+      "--accelerator_count, or train in float32"
+    )
   args = common.with_flag(trainer_args, "strategy", strategy_for(_NUM_WORKERS.value, _ACCELERATOR_COUNT.value))
   machine = {"machineType": _MACHINE_TYPE.value}
   if _ACCELERATOR_COUNT.value:
     machine.update(acceleratorType=_ACCELERATOR_TYPE.value, acceleratorCount=_ACCELERATOR_COUNT.value)
 
   def pool(replicas: int) -> dict:
-    return {"machineSpec": dict(machine), "replicaCount": replicas,
-            "containerSpec": {"imageUri": _IMAGE.value, "args": list(args)}}
+    return {
+      "machineSpec": dict(machine),
+      "replicaCount": replicas,
+      "containerSpec": {"imageUri": _IMAGE.value, "args": list(args)},
+    }
 
   spec = {"workerPoolSpecs": [pool(1)]}
   if _NUM_WORKERS.value > 1:
@@ -71,8 +82,16 @@ def main(argv):
   with console.exit_on_user_error():  # common.LaunchError
     spec = job_spec(argv[1:])
     path = common.spec_path(_SPEC_FILE.value, _DISPLAY_NAME.value)
-    submit = ["gcloud", "ai", "custom-jobs", "create", f"--project={_PROJECT.value}", f"--region={_REGION.value}",
-              f"--display-name={_DISPLAY_NAME.value}", f"--config={path}"]
+    submit = [
+      "gcloud",
+      "ai",
+      "custom-jobs",
+      "create",
+      f"--project={_PROJECT.value}",
+      f"--region={_REGION.value}",
+      f"--display-name={_DISPLAY_NAME.value}",
+      f"--config={path}",
+    ]
     build = common.image_commands(_IMAGE.value) if _BUILD.value else []
     common.submit(spec, path, [*build, submit], dry_run=common.DRY_RUN.value)
 

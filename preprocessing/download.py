@@ -13,7 +13,10 @@ import shutil
 import tempfile
 
 from contracts import voc
-from contracts.download import DownloadError, archive_name, extract_archive, fetch
+from contracts.download import DownloadError
+from contracts.download import archive_name
+from contracts.download import extract_archive
+from contracts.download import fetch
 from preprocessing import sbd
 
 VOC_URL = "http://host.robots.ox.ac.uk/pascal/VOC/voc2012/VOCtrainval_11-May-2012.tar"
@@ -28,9 +31,17 @@ _SBD_MEMBER = re.compile(r"(^|/)dataset/(cls/[^/]+\.mat|train\.txt|val\.txt)$")
 _log = logging.getLogger(__name__)
 
 
-def ensure_voc(voc_root: str, *, download_dir: str | None = None, force: bool = False,
-               url: str = VOC_URL, md5: str = VOC_MD5,
-               with_sbd: bool = False, sbd_url: str = SBD_URL, sbd_md5: str = SBD_MD5) -> str:
+def ensure_voc(
+  voc_root: str,
+  *,
+  download_dir: str | None = None,
+  force: bool = False,
+  url: str = VOC_URL,
+  md5: str = VOC_MD5,
+  with_sbd: bool = False,
+  sbd_url: str = SBD_URL,
+  sbd_md5: str = SBD_MD5,
+) -> str:
   """Makes `voc_root` a VOC2012 folder (JPEGImages, SegmentationClass, ImageSets/...) and returns it.
 
   Downloads + verifies + extracts when voc_root has no JPEGImages (or force=True). With with_sbd, also adds
@@ -40,8 +51,10 @@ def ensure_voc(voc_root: str, *, download_dir: str | None = None, force: bool = 
   """
   for name, path in (("voc_root", voc_root), ("download_dir", download_dir)):
     if path and "://" in path:
-      raise DownloadError(f"{name}={path}: ensure_voc writes local folders only; download to a local folder, "
-                          f"then copy it (e.g. `gcloud storage cp -r LOCAL_DIR {path}`)")
+      raise DownloadError(
+        f"{name}={path}: ensure_voc writes local folders only; download to a local folder, "
+        f"then copy it (e.g. `gcloud storage cp -r LOCAL_DIR {path}`)"
+      )
   voc_root = os.path.abspath(voc_root)
   download_dir = os.path.abspath(download_dir or os.path.join(os.path.dirname(voc_root), "downloads"))
 
@@ -60,8 +73,10 @@ def ensure_voc(voc_root: str, *, download_dir: str | None = None, force: bool = 
       else:
         _log.info("%s already exists: not rebuilding SBD train_aug", train_aug)
   except OSError as e:  # e.g. no permission, disk full: say which file
-    raise DownloadError(f"cannot write {e.filename or voc_root} ({e.strerror or e}): check that folder's "
-                        f"permissions and free space, then re-run") from e
+    raise DownloadError(
+      f"cannot write {e.filename or voc_root} ({e.strerror or e}): check that folder's "
+      f"permissions and free space, then re-run"
+    ) from e
   return voc_root
 
 
@@ -84,8 +99,7 @@ def _install_voc(archive: str, voc_root: str) -> None:
     extract_archive(archive, temp)
     extracted = next((d for d, subdirs, _ in os.walk(temp) if voc.IMAGE_DIR in subdirs), None)
     if extracted is None:
-      raise DownloadError(f"{archive} has no {voc.IMAGE_DIR}/ folder: it is not a VOC2012 trainval tar; "
-                          f"check url=...")
+      raise DownloadError(f"{archive} has no {voc.IMAGE_DIR}/ folder: it is not a VOC2012 trainval tar; check url=...")
     _move_into_place(extracted, voc_root)
   finally:
     shutil.rmtree(temp, ignore_errors=True)
@@ -115,8 +129,9 @@ def _install_sbd(archive: str, voc_root: str, download_dir: str) -> None:
     extract_archive(archive, temp, wanted=lambda m: bool(_SBD_MEMBER.search(m.name)))
     dataset = next((d for d, _, files in os.walk(temp) if "train.txt" in files and "val.txt" in files), None)
     if dataset is None or not os.path.isdir(os.path.join(dataset, "cls")):
-      raise DownloadError(f"{archive} has no dataset/{{cls/,train.txt,val.txt}}: it is not SBD's benchmark.tgz; "
-                          f"check sbd_url=...")
+      raise DownloadError(
+        f"{archive} has no dataset/{{cls/,train.txt,val.txt}}: it is not SBD's benchmark.tgz; check sbd_url=..."
+      )
     try:
       sbd.build_train_aug(voc_root, dataset)
     except (ValueError, OSError) as e:

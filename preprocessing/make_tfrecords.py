@@ -47,57 +47,136 @@ from preprocessing import split_outputs
 # session) do not break it.
 JOB_FLAGS = flags.FlagValues()
 _OURS = {"flag_values": JOB_FLAGS}
-flags.DEFINE_string("voc_root", None, "VOC2012 folder (JPEGImages/, SegmentationClass/, ImageSets/); local or gs://.",
-                    **_OURS)
-flags.DEFINE_string("images", None, "Your own layout: a glob of the photos ('**' descends into sub-folders; "
-                    "{split} is each split's name), e.g. 'camvid/{split}/*.png'. Goes with --masks.", **_OURS)
-flags.DEFINE_string("masks", None, "Where each photo's mask is: a template of {split}, {dir} (the photo's folder "
-                    "below the glob's fixed part), {stem} (what the file name's first * matched) and {name} (the "
-                    "file name), e.g. 'camvid/{split}annot/{stem}.png' or 'photos/{dir}/{stem}_mask.png'.", **_OURS)
-flags.DEFINE_string("pair_lists", None, "Your own lists: one file per split of `image mask` lines (paths "
-                    "relative to the list, or absolute), e.g. 'camvid/{split}.txt'.", **_OURS)
-flags.DEFINE_string("reroot", None, "OLD=NEW: absolute paths in --pair_lists that start with OLD (another "
-                    "machine's) are read under NEW instead, e.g. /SegNet/CamVid=data/camvid.", **_OURS)
-flags.DEFINE_list("void_values", None, "Mask values that mean 'not labelled' (never scored), e.g. 11 for CamVid, "
-                  "0 where 0 means unlabelled; default 255.", **_OURS)
-flags.DEFINE_string("colour_table", None, "Colour masks: a text, CSV or JSON file of a name and a colour (r g b) "
-                    "per class, in class-id order; rows named void/ignore/unlabeled mark void colours. Names the "
-                    "classes; palette PNGs are read by their colours.", **_OURS)
-flags.DEFINE_string("label_map", None, "A JSON object or `RAW TARGET` lines: each raw mask value (or colour "
-                    "r,g,b / #rrggbb) -> a class id, a class name or void. Merges, reorders, drops; a value it "
-                    "does not name is unknown.", **_OURS)
-flags.DEFINE_bool("unknown_to_void", False, "A mask value outside the classes (or colour outside the table) "
-                  "becomes void, counted in the summary, instead of rejecting its pair.", **_OURS)
-flags.DEFINE_string("output_dir", None, "Where the TFRecords, rejected.jsonl and summary.json go; local or gs://.",
-                    **_OURS)
-flags.DEFINE_list("splits", ["train", "val"], "The splits to convert: VOC's lists under ImageSets/Segmentation "
-                  "(e.g. train_aug), or the names {split} takes in --images / --pair_lists.", **_OURS)
-flags.DEFINE_integer("num_shards", None, "Shards per split; default ceil(ids / 1000), ~100 MB each.", lower_bound=1,
-                     **_OURS)
-flags.DEFINE_float("max_rejected_fraction", 0.01, "Exit non-zero (after writing) when more than this fraction "
-                   "of a split's listed ids is rejected.", lower_bound=0.0, upper_bound=1.0, **_OURS)
-flags.DEFINE_integer("num_classes", voc.NUM_CLASSES, "Labels must be 0..num_classes-1 or 255; default: the count "
-                     "of the class names when there are some, else VOC's 21.", lower_bound=1, upper_bound=255, **_OURS)
-flags.DEFINE_string("class_names", None, f"A text file of the classes' names, one per line, background first; "
-                    f"default voc_root/{shards.CLASS_NAMES_FILE} when there is one, else VOC's names for 21 "
-                    f"classes. Written beside the shards as {shards.CLASS_NAMES_FILE}, where training and "
-                    f"evaluation take them from.", **_OURS)
-flags.DEFINE_bool("download", False, "Download (or re-extract from a kept archive) VOC2012 into voc_root even "
-                  "when it has data; without it, only a voc_root with no JPEGImages/ is downloaded into.", **_OURS)
-flags.DEFINE_bool("with_sbd", False, "Add SBD's SegmentationClassAug masks and the train_aug list (downloads).",
-                  **_OURS)
-flags.DEFINE_string("download_dir", None, "Where downloaded archives are kept; default downloads/ beside voc_root.",
-                    **_OURS)
+flags.DEFINE_string(
+  "voc_root", None, "VOC2012 folder (JPEGImages/, SegmentationClass/, ImageSets/); local or gs://.", **_OURS
+)
+flags.DEFINE_string(
+  "images",
+  None,
+  "Your own layout: a glob of the photos ('**' descends into sub-folders; "
+  "{split} is each split's name), e.g. 'camvid/{split}/*.png'. Goes with --masks.",
+  **_OURS,
+)
+flags.DEFINE_string(
+  "masks",
+  None,
+  "Where each photo's mask is: a template of {split}, {dir} (the photo's folder "
+  "below the glob's fixed part), {stem} (what the file name's first * matched) and {name} (the "
+  "file name), e.g. 'camvid/{split}annot/{stem}.png' or 'photos/{dir}/{stem}_mask.png'.",
+  **_OURS,
+)
+flags.DEFINE_string(
+  "pair_lists",
+  None,
+  "Your own lists: one file per split of `image mask` lines (paths "
+  "relative to the list, or absolute), e.g. 'camvid/{split}.txt'.",
+  **_OURS,
+)
+flags.DEFINE_string(
+  "reroot",
+  None,
+  "OLD=NEW: absolute paths in --pair_lists that start with OLD (another "
+  "machine's) are read under NEW instead, e.g. /SegNet/CamVid=data/camvid.",
+  **_OURS,
+)
+flags.DEFINE_list(
+  "void_values",
+  None,
+  "Mask values that mean 'not labelled' (never scored), e.g. 11 for CamVid, 0 where 0 means unlabelled; default 255.",
+  **_OURS,
+)
+flags.DEFINE_string(
+  "colour_table",
+  None,
+  "Colour masks: a text, CSV or JSON file of a name and a colour (r g b) "
+  "per class, in class-id order; rows named void/ignore/unlabeled mark void colours. Names the "
+  "classes; palette PNGs are read by their colours.",
+  **_OURS,
+)
+flags.DEFINE_string(
+  "label_map",
+  None,
+  "A JSON object or `RAW TARGET` lines: each raw mask value (or colour "
+  "r,g,b / #rrggbb) -> a class id, a class name or void. Merges, reorders, drops; a value it "
+  "does not name is unknown.",
+  **_OURS,
+)
+flags.DEFINE_bool(
+  "unknown_to_void",
+  False,
+  "A mask value outside the classes (or colour outside the table) "
+  "becomes void, counted in the summary, instead of rejecting its pair.",
+  **_OURS,
+)
+flags.DEFINE_string(
+  "output_dir", None, "Where the TFRecords, rejected.jsonl and summary.json go; local or gs://.", **_OURS
+)
+flags.DEFINE_list(
+  "splits",
+  ["train", "val"],
+  "The splits to convert: VOC's lists under ImageSets/Segmentation "
+  "(e.g. train_aug), or the names {split} takes in --images / --pair_lists.",
+  **_OURS,
+)
+flags.DEFINE_integer(
+  "num_shards", None, "Shards per split; default ceil(ids / 1000), ~100 MB each.", lower_bound=1, **_OURS
+)
+flags.DEFINE_float(
+  "max_rejected_fraction",
+  0.01,
+  "Exit non-zero (after writing) when more than this fraction of a split's listed ids is rejected.",
+  lower_bound=0.0,
+  upper_bound=1.0,
+  **_OURS,
+)
+flags.DEFINE_integer(
+  "num_classes",
+  voc.NUM_CLASSES,
+  "Labels must be 0..num_classes-1 or 255; default: the count of the class names when there are some, else VOC's 21.",
+  lower_bound=1,
+  upper_bound=255,
+  **_OURS,
+)
+flags.DEFINE_string(
+  "class_names",
+  None,
+  f"A text file of the classes' names, one per line, background first; "
+  f"default voc_root/{shards.CLASS_NAMES_FILE} when there is one, else VOC's names for 21 "
+  f"classes. Written beside the shards as {shards.CLASS_NAMES_FILE}, where training and "
+  f"evaluation take them from.",
+  **_OURS,
+)
+flags.DEFINE_bool(
+  "download",
+  False,
+  "Download (or re-extract from a kept archive) VOC2012 into voc_root even "
+  "when it has data; without it, only a voc_root with no JPEGImages/ is downloaded into.",
+  **_OURS,
+)
+flags.DEFINE_bool(
+  "with_sbd", False, "Add SBD's SegmentationClassAug masks and the train_aug list (downloads).", **_OURS
+)
+flags.DEFINE_string(
+  "download_dir", None, "Where downloaded archives are kept; default downloads/ beside voc_root.", **_OURS
+)
 flags.DEFINE_string("voc_url", download.VOC_URL, "VOC2012 trainval tar (a mirror may be given).", **_OURS)
 flags.DEFINE_string("voc_md5", download.VOC_MD5, "md5 of the VOC tar.", **_OURS)
 flags.DEFINE_string("sbd_url", download.SBD_URL, "SBD benchmark.tgz (a mirror may be given).", **_OURS)
 flags.DEFINE_string("sbd_md5", download.SBD_MD5, "md5 of the SBD archive.", **_OURS)
-console.register_check("splits", console.each(console.matching(console.SPLIT)),
-                       "comma-separated split names of letters, digits, '_', '.' or '-', e.g. train_aug,val", **_OURS)
+console.register_check(
+  "splits",
+  console.each(console.matching(console.SPLIT)),
+  "comma-separated split names of letters, digits, '_', '.' or '-', e.g. train_aug,val",
+  **_OURS,
+)
 for _name in ("voc_url", "sbd_url"):
   console.register_check(_name, console.matching(r"(https?|file)://\S+"), "an http(s):// or file:// URL", **_OURS)
-console.register_check("void_values", console.each(lambda v: v.isdigit() and int(v) < 1 << 16),
-                       "comma-separated mask values 0..65535, e.g. 11 or 0,255", **_OURS)
+console.register_check(
+  "void_values",
+  console.each(lambda v: v.isdigit() and int(v) < 1 << 16),
+  "comma-separated mask values 0..65535, e.g. 11 or 0,255",
+  **_OURS,
+)
 for _name in ("voc_md5", "sbd_md5"):
   console.register_check(_name, console.matching(console.MD5), console.MD5_ACCEPTS, **_OURS)
 flags.FLAGS.append_flag_values(JOB_FLAGS)
@@ -105,6 +184,7 @@ for _name in JOB_FLAGS:
   flags.declare_key_flag(_name)  # listed by --helpshort, as this module's own flags
 del _name
 FLAGS = JOB_FLAGS
+
 
 def parse_flags(argv: list[str]) -> list[str]:
   """app.run's flags parser: parses our flags and absl's, returns [argv[0]] + everything else (Beam's options)."""
@@ -128,14 +208,29 @@ def run(argv: list[str]) -> dict[str, split_outputs.SplitSummary]:
 
 def _job() -> conversion.Job:
   return conversion.Job(
-      voc_root=FLAGS.voc_root, images=FLAGS.images, masks=FLAGS.masks, pair_lists=FLAGS.pair_lists,
-      reroot=FLAGS.reroot, output_dir=FLAGS.output_dir, splits=tuple(FLAGS.splits), num_shards=FLAGS.num_shards,
-      void_values=None if FLAGS.void_values is None else tuple(int(v) for v in FLAGS.void_values),
-      colour_table=FLAGS.colour_table, label_map=FLAGS.label_map, unknown_to_void=FLAGS.unknown_to_void,
-      max_rejected_fraction=FLAGS.max_rejected_fraction,
-      num_classes=FLAGS.num_classes if FLAGS["num_classes"].present else None, class_names_file=FLAGS.class_names,
-      download=FLAGS.download, with_sbd=FLAGS.with_sbd, download_dir=FLAGS.download_dir, voc_url=FLAGS.voc_url,
-      voc_md5=FLAGS.voc_md5, sbd_url=FLAGS.sbd_url, sbd_md5=FLAGS.sbd_md5)
+    voc_root=FLAGS.voc_root,
+    images=FLAGS.images,
+    masks=FLAGS.masks,
+    pair_lists=FLAGS.pair_lists,
+    reroot=FLAGS.reroot,
+    output_dir=FLAGS.output_dir,
+    splits=tuple(FLAGS.splits),
+    num_shards=FLAGS.num_shards,
+    void_values=None if FLAGS.void_values is None else tuple(int(v) for v in FLAGS.void_values),
+    colour_table=FLAGS.colour_table,
+    label_map=FLAGS.label_map,
+    unknown_to_void=FLAGS.unknown_to_void,
+    max_rejected_fraction=FLAGS.max_rejected_fraction,
+    num_classes=FLAGS.num_classes if FLAGS["num_classes"].present else None,
+    class_names_file=FLAGS.class_names,
+    download=FLAGS.download,
+    with_sbd=FLAGS.with_sbd,
+    download_dir=FLAGS.download_dir,
+    voc_url=FLAGS.voc_url,
+    voc_md5=FLAGS.voc_md5,
+    sbd_url=FLAGS.sbd_url,
+    sbd_md5=FLAGS.sbd_md5,
+  )
 
 
 def main(argv: list[str]) -> None:

@@ -58,6 +58,7 @@ def unpack(packed: int) -> Colour:
 @dataclasses.dataclass(frozen=True)
 class MaskEncoding:
   """What a mask's pixels mean. Picklable: Beam ships it to the workers."""
+
   num_classes: int
   colours: tuple[Colour, ...] | None = None  # the colour table's class colours in id order; None: masks hold ids
   void_values: tuple[int, ...] = (voc.IGNORE_LABEL,)  # raw ids (or packed colours) that mean void
@@ -69,8 +70,13 @@ class MaskEncoding:
     return self.colours is not None
 
   def describe(self) -> str:
-    kind = "class ids" if not self.by_colour else f"colours of a {len(self.colours)}-class table" if self.colours \
-        else "colours" 
+    kind = (
+      "class ids"
+      if not self.by_colour
+      else f"colours of a {len(self.colours)}-class table"
+      if self.colours
+      else "colours"
+    )
     void = ", ".join(_raw_name(v, self.by_colour) for v in self.void_values) or "none"
     mapped = f", a label map of {len(self.label_map)} entries" if self.label_map else ""
     unknown = "void (counted)" if self.unknown_to_void else "rejects its pair"
@@ -151,7 +157,9 @@ def _unknown_message(values: np.ndarray, encoding: MaskEncoding) -> str:
   shown = ", ".join(_raw_name(int(v), encoding.by_colour) for v in values[:10])
   more = f" (and {len(values) - 10} more)" if len(values) > 10 else ""
   if encoding.by_colour:
-    return f"{len(values)} colour(s) not in the colour table{' or label map' if encoding.label_map else ''}: {shown}{more}"
+    return (
+      f"{len(values)} colour(s) not in the colour table{' or label map' if encoding.label_map else ''}: {shown}{more}"
+    )
   if encoding.label_map:
     return f"values {shown}{more} not in the label map"
   void = ", ".join(str(v) for v in encoding.void_values) or "none"
@@ -163,12 +171,16 @@ def voc_colours_to_ids(rgb: np.ndarray) -> np.ndarray:
   class_ids, unknown = voc.colours_to_ids(rgb)
   if unknown:
     shown = ", ".join(str(colour) for colour in unknown[:5])
-    raise MaskValueError(f"{len(unknown)} RGB colour(s) not in the VOC colour map: {shown} (a colour mask of "
-                         f"another data set needs its colour table: --colour_table)", colours=True)
+    raise MaskValueError(
+      f"{len(unknown)} RGB colour(s) not in the VOC colour map: {shown} (a colour mask of "
+      f"another data set needs its colour table: --colour_table)",
+      colours=True,
+    )
   return class_ids
 
 
 # ------------------------------------------------------------------------------------------------ the files
+
 
 @dataclasses.dataclass(frozen=True)
 class ColourTable:
@@ -203,8 +215,11 @@ def parse_colour_table(text: str, source: str) -> ColourTable:
       data = json.loads(stripped)
     except json.JSONDecodeError as e:
       raise EncodingError(f"{source}: not valid JSON ({e})") from None
-    items = data.items() if isinstance(data, dict) else \
-        [(row.get("name"), row.get("color", row.get("colour"))) for row in data if isinstance(row, dict)]
+    items = (
+      data.items()
+      if isinstance(data, dict)
+      else [(row.get("name"), row.get("color", row.get("colour"))) for row in data if isinstance(row, dict)]
+    )
     for name, colour in items:
       parsed = parse_colour(",".join(str(v) for v in colour) if isinstance(colour, list) else str(colour))
       if not name or parsed is None:
@@ -220,8 +235,9 @@ def parse_colour_table(text: str, source: str) -> ColourTable:
       if row:
         rows.append(row)
       elif not (first and not any(_INT.match(t) or t.startswith("#") for t in tokens)):  # else a CSV header
-        raise EncodingError(f"{source}:{number}: {line.strip()!r} is not a name and a colour (r g b of 0..255, "
-                            f"or #rrggbb)")
+        raise EncodingError(
+          f"{source}:{number}: {line.strip()!r} is not a name and a colour (r g b of 0..255, or #rrggbb)"
+        )
       first = False
   if not rows:
     raise EncodingError(f"{source}: no classes (a name and a colour r g b per line)")
@@ -238,8 +254,12 @@ def parse_colour_table(text: str, source: str) -> ColourTable:
 
 def _name_and_colour(tokens: list[str]) -> tuple[str, Colour] | None:
   """A row's name and colour: three integers or one #rrggbb, first or last, the name the rest."""
-  for colour_at, name_at in ((slice(0, 3), slice(3, None)), (slice(-3, None), slice(0, -3)),
-                             (slice(0, 1), slice(1, None)), (slice(-1, None), slice(0, -1))):
+  for colour_at, name_at in (
+    (slice(0, 3), slice(3, None)),
+    (slice(-3, None), slice(0, -3)),
+    (slice(0, 1), slice(1, None)),
+    (slice(-1, None), slice(0, -1)),
+  ):
     colour = parse_colour(" ".join(tokens[colour_at]))
     name = " ".join(tokens[name_at])
     if colour and name and parse_colour(name) is None and not all(_INT.match(t) for t in tokens[name_at]):
@@ -247,8 +267,9 @@ def _name_and_colour(tokens: list[str]) -> tuple[str, Colour] | None:
   return None
 
 
-def parse_label_map(text: str, source: str, *, by_colour: bool | None,
-                    class_names: tuple[str, ...] | None) -> tuple[bool, tuple[tuple[int, int], ...]]:
+def parse_label_map(
+  text: str, source: str, *, by_colour: bool | None, class_names: tuple[str, ...] | None
+) -> tuple[bool, tuple[tuple[int, int], ...]]:
   """(whether it maps colours, its (raw, class id or 255) pairs) from a JSON object or `RAW TARGET` lines
   (separated by spaces, ':', '=' or '->'); RAW an integer or a colour (by_colour None: whichever the first entry
   is; all alike); TARGET a class id, a class name or void."""

@@ -12,8 +12,8 @@ import dataclasses
 import io
 
 import numpy as np
-import tensorflow as tf
 from PIL import Image
+import tensorflow as tf
 
 from contracts import console
 from contracts import schema
@@ -35,9 +35,21 @@ DUPLICATE_ID = sources.DUPLICATE_ID
 SHARED_MASK = sources.SHARED_MASK
 BAD_LIST_LINE = sources.BAD_LIST_LINE
 UNEXPECTED_ERROR = "unexpected_error"
-REASONS = (MISSING_IMAGE, MISSING_MASK, CORRUPT_IMAGE, CORRUPT_MASK, UNSUPPORTED_IMAGE_FORMAT,
-           UNSUPPORTED_MASK_FORMAT, SIZE_MISMATCH, LABEL_OUT_OF_RANGE, UNKNOWN_MASK_COLOUR, DUPLICATE_ID,
-           SHARED_MASK, BAD_LIST_LINE, UNEXPECTED_ERROR)
+REASONS = (
+  MISSING_IMAGE,
+  MISSING_MASK,
+  CORRUPT_IMAGE,
+  CORRUPT_MASK,
+  UNSUPPORTED_IMAGE_FORMAT,
+  UNSUPPORTED_MASK_FORMAT,
+  SIZE_MISMATCH,
+  LABEL_OUT_OF_RANGE,
+  UNKNOWN_MASK_COLOUR,
+  DUPLICATE_ID,
+  SHARED_MASK,
+  BAD_LIST_LINE,
+  UNEXPECTED_ERROR,
+)
 
 # A converted pair's pixel counts: one per value 0..255 of its class-id mask (255 = void); then the pixels of
 # unknown values made void (--unknown_to_void), which are among the void ones; then, per class id 0..255, the
@@ -74,6 +86,7 @@ class Converted:
 
 # ------------------------------------------------------------------------------------------------ one pair
 
+
 def convert(voc_root: str, image_id: str, num_classes: int = voc.NUM_CLASSES) -> bytes | Rejection:
   """The serialized tf.train.Example of one pair of a VOC root, or why not. Never raises for a bad pair."""
   result = convert_pair(sources.voc_pair(voc_root, image_id), mask_encoding.MaskEncoding(num_classes))
@@ -91,7 +104,7 @@ def convert_pair(pair: sources.PairFiles, encoding: mask_encoding.MaskEncoding) 
     return convert_pair_or_raise(pair, encoding)
   except PairError as e:
     return Rejection(pair.id, e.reason, e.detail)
-  except Exception as e:  # noqa: BLE001  (one odd pair must not stop the job; the detail keeps the cause)
+  except Exception as e:  # One odd pair must not stop the job; the detail keeps the cause.
     return Rejection(pair.id, UNEXPECTED_ERROR, f"{type(e).__name__}: {console.one_line(e)}")
 
 
@@ -110,15 +123,25 @@ def convert_pair_or_raise(pair: sources.PairFiles, encoding: mask_encoding.MaskE
   decoded = decode_mask(mask_bytes, encoding)
   class_ids = decoded.class_ids
   if class_ids.shape != (height, width):
-    raise PairError(SIZE_MISMATCH, f"image is {height}x{width}, mask {mask_path.rsplit('/', 1)[-1]} is "
-                                   f"{class_ids.shape[0]}x{class_ids.shape[1]} (HxW)")
-  example = schema.make_example(image=image_bytes, image_format=image_format, mask_png=voc.encode_label_png(class_ids),
-                                filename=pair.id, height=height, width=width, channels=3)
+    raise PairError(
+      SIZE_MISMATCH,
+      f"image is {height}x{width}, mask {mask_path.rsplit('/', 1)[-1]} is "
+      f"{class_ids.shape[0]}x{class_ids.shape[1]} (HxW)",
+    )
+  example = schema.make_example(
+    image=image_bytes,
+    image_format=image_format,
+    mask_png=voc.encode_label_png(class_ids),
+    filename=pair.id,
+    height=height,
+    width=width,
+    channels=3,
+  )
   counts = np.zeros(COUNTS_LENGTH, np.int64)
   counts[:256] = np.bincount(class_ids.ravel(), minlength=256)
   counts[UNKNOWN_TO_VOID] = decoded.unknown_pixels
-  present = counts[:voc.IGNORE_LABEL] > 0
-  counts[IMAGE_PIXELS:IMAGE_PIXELS + voc.IGNORE_LABEL][present] = counts[:voc.IGNORE_LABEL].sum()
+  present = counts[: voc.IGNORE_LABEL] > 0
+  counts[IMAGE_PIXELS : IMAGE_PIXELS + voc.IGNORE_LABEL][present] = counts[: voc.IGNORE_LABEL].sum()
   return Converted(example.SerializeToString(), counts)
 
 
@@ -137,8 +160,10 @@ def _as_png(data: bytes, name: str) -> bytes:
       if getattr(image, "n_frames", 1) > 1:
         raise PairError(UNSUPPORTED_IMAGE_FORMAT, f"an animated {name} of {image.n_frames} frames")
       if image.mode not in ("RGB", "RGBA", "L", "LA", "P", "PA", "CMYK", "YCbCr", "1"):
-        raise PairError(UNSUPPORTED_IMAGE_FORMAT, f"a mode {image.mode} {name} (high bit depth or float); "
-                                                  f"photos are stored as 8-bit RGB")
+        raise PairError(
+          UNSUPPORTED_IMAGE_FORMAT,
+          f"a mode {image.mode} {name} (high bit depth or float); photos are stored as 8-bit RGB",
+        )
       rgb = image.convert("RGB")
       buffer = io.BytesIO()
       rgb.save(buffer, format="PNG")
@@ -159,8 +184,9 @@ def validate_image(data: bytes) -> tuple[str, tuple[int, int]]:
     # The trainer's decode: raises on truncated JPEGs ("Premature end of JPEG data") and PNGs.
     pixels = tf.io.decode_image(data, channels=3, expand_animations=False)
   except (tf.errors.InvalidArgumentError, tf.errors.DataLossError) as e:
-    raise PairError(CORRUPT_IMAGE,
-                    f"TensorFlow cannot decode this {image_format}: {console.op_error_text(e)}") from None
+    raise PairError(
+      CORRUPT_IMAGE, f"TensorFlow cannot decode this {image_format}: {console.op_error_text(e)}"
+    ) from None
   return image_format, (int(pixels.shape[0]), int(pixels.shape[1]))
 
 

@@ -20,7 +20,6 @@ from contracts import quiet_imports
 quiet_imports.import_quietly("apache_beam")
 import apache_beam as beam  # noqa: E402
 from apache_beam.metrics.metric import MetricsFilter  # noqa: E402
-
 import numpy as np  # noqa: E402
 
 from contracts import console  # noqa: E402
@@ -49,6 +48,7 @@ def rejected_counter_name(reason: str) -> str:
 @dataclasses.dataclass(frozen=True)
 class SplitPlan:
   """One split's work, decided before the pipeline starts (from its layout's listing)."""
+
   split: str
   pairs: tuple[sources.PairFiles, ...]  # distinct ids, listing order
   refused: tuple[pairs.Rejection, ...]  # rejected before conversion: repeated ids, unreadable list lines
@@ -69,8 +69,9 @@ def _split_progress(run_id: str, split: str, total: int) -> console.Progress:
   with _progress_lock:
     key = (run_id, split)
     if key not in _progress_by_run_and_split:
-      _progress_by_run_and_split[key] = console.Progress(split, total, unit="pairs", every_seconds=PROGRESS_INTERVAL_S,
-                                                         write=_log.info)
+      _progress_by_run_and_split[key] = console.Progress(
+        split, total, unit="pairs", every_seconds=PROGRESS_INTERVAL_S, write=_log.info
+      )
     return _progress_by_run_and_split[key]
 
 
@@ -123,38 +124,50 @@ def _counts_line(counts: np.ndarray) -> str:
   return json.dumps([int(n) for n in counts])
 
 
-def add_split(p: beam.Pipeline, plan: SplitPlan, *, encoding: mask_encoding.MaskEncoding,
-              output_dir: str) -> tuple[beam.PCollection, ...]:
+def add_split(
+  p: beam.Pipeline, plan: SplitPlan, *, encoding: mask_encoding.MaskEncoding, output_dir: str
+) -> tuple[beam.PCollection, ...]:
   """Adds one split's branch: convert every pair, write the records, the rejections and the summed pixel counts;
   returns the writes' files."""
   split = plan.split
   converted = (
-      p
-      | f"{split}/ListPairs" >> beam.Create(plan.pairs)  # reshuffles: a distributed runner fans the pairs out
-      | f"{split}/Convert" >> beam.ParDo(ConvertPairs(encoding, split, len(plan.pairs))))
+    p
+    | f"{split}/ListPairs" >> beam.Create(plan.pairs)  # reshuffles: a distributed runner fans the pairs out
+    | f"{split}/Convert" >> beam.ParDo(ConvertPairs(encoding, split, len(plan.pairs)))
+  )
   records = converted | f"{split}/Records" >> beam.FlatMap(_of_kind, RECORD)
   rejected = converted | f"{split}/Rejections" >> beam.FlatMap(_of_kind, REJECTED)
   pixel_files = (
-      converted
-      | f"{split}/PixelCounts" >> beam.FlatMap(_of_kind, PIXELS)
-      | f"{split}/SumPixelCounts" >> beam.CombineGlobally(_sum_counts).without_defaults()
-      | f"{split}/PixelCountsLine" >> beam.Map(_counts_line)
-      | f"{split}/WritePixelCounts" >> beam.io.WriteToText(
-          shards.pixel_counts_prefix(output_dir, split), file_name_suffix=shards.PIXEL_COUNTS_SUFFIX,
-          num_shards=1, shard_name_template=""))
+    converted
+    | f"{split}/PixelCounts" >> beam.FlatMap(_of_kind, PIXELS)
+    | f"{split}/SumPixelCounts" >> beam.CombineGlobally(_sum_counts).without_defaults()
+    | f"{split}/PixelCountsLine" >> beam.Map(_counts_line)
+    | f"{split}/WritePixelCounts"
+    >> beam.io.WriteToText(
+      shards.pixel_counts_prefix(output_dir, split),
+      file_name_suffix=shards.PIXEL_COUNTS_SUFFIX,
+      num_shards=1,
+      shard_name_template="",
+    )
+  )
   record_files = records | f"{split}/WriteRecords" >> beam.io.WriteToTFRecord(
-      shards.shard_prefix(output_dir, split), file_name_suffix=shards.SHARD_SUFFIX,
-      num_shards=plan.num_shards, shard_name_template=shards.SHARD_NAME_TEMPLATE)
-  refused = (
-      p
-      | f"{split}/ListRefused" >> beam.Create(plan.refused)
-      | f"{split}/Refuse" >> beam.Map(_refuse, split))
+    shards.shard_prefix(output_dir, split),
+    file_name_suffix=shards.SHARD_SUFFIX,
+    num_shards=plan.num_shards,
+    shard_name_template=shards.SHARD_NAME_TEMPLATE,
+  )
+  refused = p | f"{split}/ListRefused" >> beam.Create(plan.refused) | f"{split}/Refuse" >> beam.Map(_refuse, split)
   rejected_files = (
-      (rejected, refused)
-      | f"{split}/AllRejected" >> beam.Flatten()
-      | f"{split}/WriteRejected" >> beam.io.WriteToText(
-          shards.rejected_prefix(output_dir, split), file_name_suffix=shards.REJECTED_SUFFIX,
-          num_shards=1, shard_name_template=""))
+    (rejected, refused)
+    | f"{split}/AllRejected" >> beam.Flatten()
+    | f"{split}/WriteRejected"
+    >> beam.io.WriteToText(
+      shards.rejected_prefix(output_dir, split),
+      file_name_suffix=shards.REJECTED_SUFFIX,
+      num_shards=1,
+      shard_name_template="",
+    )
+  )
   return record_files, rejected_files, pixel_files
 
 

@@ -10,8 +10,8 @@ import os
 import shutil
 
 import numpy as np
-import scipy.io
 from PIL import Image
+import scipy.io
 
 from contracts import voc
 
@@ -71,8 +71,9 @@ def build_train_aug(voc_root: str, sbd_dataset_dir: str, *, log_every: int = 100
     raise ValueError(f"{len(missing)} ids have neither an SBD cls/<id>.mat nor a VOC mask, e.g. {missing[:3]}")
   no_image = [i for i in train_aug if not os.path.isfile(os.path.join(voc_root, voc.IMAGE_DIR, f"{i}.jpg"))]
   if no_image:
-    _log.warning("%d train_aug ids have no %s/<id>.jpg in %s, e.g. %s",
-                 len(no_image), voc.IMAGE_DIR, voc_root, no_image[:3])
+    _log.warning(
+      "%d train_aug ids have no %s/<id>.jpg in %s, e.g. %s", len(no_image), voc.IMAGE_DIR, voc_root, no_image[:3]
+    )
 
   list_path = os.path.join(split_dir, TRAIN_AUG_FILE)
   if os.path.exists(list_path):
@@ -81,8 +82,9 @@ def build_train_aug(voc_root: str, sbd_dataset_dir: str, *, log_every: int = 100
   partial = aug_dir + ".partial"
   shutil.rmtree(partial, ignore_errors=True)
   os.makedirs(partial)
-  _log.info("writing %d masks to %s (%d from VOC, the rest from SBD)",
-            len(to_write), aug_dir, len(official & set(to_write)))
+  _log.info(
+    "writing %d masks to %s (%d from VOC, the rest from SBD)", len(to_write), aug_dir, len(official & set(to_write))
+  )
   for count, image_id in enumerate(to_write, 1):
     path = source(image_id)
     mask = read_voc_mask(path) if image_id in official else read_sbd_mask(path)

@@ -38,6 +38,7 @@ class SourceError(ValueError):
 @dataclasses.dataclass(frozen=True)
 class PairFiles:
   """One pair to convert: its id and where its files are (the first of `masks` that exists is the mask)."""
+
   id: str
   image: str
   masks: tuple[str, ...]
@@ -46,6 +47,7 @@ class PairFiles:
 @dataclasses.dataclass(frozen=True)
 class Listed:
   """A split as its layout lists it."""
+
   pairs: tuple[PairFiles, ...]  # distinct ids, in listing order
   refused: tuple[tuple[str, str, str], ...] = ()  # (id, reason, detail): repeats and unreadable list lines
   masks_without_image: tuple[str, ...] | None = None  # None where the layout cannot tell (VOC, lists)
@@ -64,7 +66,7 @@ def join(base: str, relative: str) -> str:
 def _below(path: str, root: str) -> str:
   """path relative to root when it lies below it, else path without its leading '/'."""
   root = join("", root)
-  return path[len(root) + 1:] if root not in ("", ".") and path.startswith(root + "/") else path.lstrip("/")
+  return path[len(root) + 1 :] if root not in ("", ".") and path.startswith(root + "/") else path.lstrip("/")
 
 
 def _without_extension(path: str) -> str:
@@ -85,11 +87,13 @@ def _distinct(candidates: list[PairFiles]) -> tuple[list[PairFiles], list[tuple[
 
 # ------------------------------------------------------------------------------------------------------ VOC
 
+
 def voc_pair(voc_root: str, image_id: str) -> PairFiles:
   """JPEGImages/{id}.jpg with SegmentationClass/{id}.png, else SBD's SegmentationClassAug/{id}.png (the official
   mask wins: SBD's have no void edges)."""
-  return PairFiles(image_id, tf.io.gfile.join(voc_root, voc.IMAGE_DIR, f"{image_id}.jpg"),
-                   voc.mask_paths(voc_root, image_id))
+  return PairFiles(
+    image_id, tf.io.gfile.join(voc_root, voc.IMAGE_DIR, f"{image_id}.jpg"), voc.mask_paths(voc_root, image_id)
+  )
 
 
 def available_splits(voc_root: str) -> list[str]:
@@ -107,6 +111,7 @@ def voc_pairs(voc_root: str, split: str) -> Listed:
 
 
 # -------------------------------------------------------------------------------------------------- folders
+
 
 @dataclasses.dataclass(frozen=True)
 class _Glob:
@@ -136,7 +141,7 @@ class _Glob:
     if self.recursive:
       found = []
       for folder, _, files in tf.io.gfile.walk(self.base):
-        below = folder[len(self.base):].strip("/")
+        below = folder[len(self.base) :].strip("/")
         found += [f"{below}/{name}" if below else name for name in files]
     else:
       found = [name.rstrip("/") for name in tf.io.gfile.listdir(self.base)]
@@ -152,9 +157,9 @@ def _part_regex(part: str, capture_stem: bool = False) -> str:
       captured = captured or capture_stem
     elif c == "?":
       out.append("[^/]")
-    elif c == "[" and "]" in part[i + 1:]:
+    elif c == "[" and "]" in part[i + 1 :]:
       end = part.index("]", i + 1)
-      out.append("[" + part[i + 1:end].replace("!", "^", 1 if part[i + 1:end].startswith("!") else 0) + "]")
+      out.append("[" + part[i + 1 : end].replace("!", "^", 1 if part[i + 1 : end].startswith("!") else 0) + "]")
       i = end
     else:
       out.append(re.escape(c))
@@ -168,22 +173,30 @@ _FIELDS = re.compile(r"\{(\w*)\}")
 def _check_template(template: str, allowed: tuple[str, ...], flag: str) -> None:
   unknown = sorted({f for f in _FIELDS.findall(template) if f not in allowed})
   if unknown:
-    raise SourceError(f"{flag}={template}: unknown field(s) {', '.join('{' + f + '}' for f in unknown)}; it may "
-                      f"use {', '.join('{' + f + '}' for f in allowed)}")
+    raise SourceError(
+      f"{flag}={template}: unknown field(s) {', '.join('{' + f + '}' for f in unknown)}; it may "
+      f"use {', '.join('{' + f + '}' for f in allowed)}"
+    )
 
 
-def check_templates(*, images: str | None = None, masks: str | None = None, pair_lists: str | None = None,
-                    splits: tuple[str, ...] = ()) -> None:
+def check_templates(
+  *, images: str | None = None, masks: str | None = None, pair_lists: str | None = None, splits: tuple[str, ...] = ()
+) -> None:
   """SourceError for a field a template cannot have, or for several splits read from one place."""
-  for flag, template, allowed in (("--images", images, ("split",)), ("--masks", masks, ("split", "dir", "stem", "name")),
-                                  ("--pair_lists", pair_lists, ("split",))):
+  for flag, template, allowed in (
+    ("--images", images, ("split",)),
+    ("--masks", masks, ("split", "dir", "stem", "name")),
+    ("--pair_lists", pair_lists, ("split",)),
+  ):
     if template:
       _check_template(template, allowed, flag)
   per_split = images or pair_lists
   if per_split and len(splits) > 1 and "{split}" not in per_split:
     flag = "--images" if images else "--pair_lists"
-    raise SourceError(f"{flag}={per_split} has no {{split}}: {len(splits)} splits ({', '.join(splits)}) would read "
-                      f"the same files; put {{split}} where the split's name goes, or convert one split")
+    raise SourceError(
+      f"{flag}={per_split} has no {{split}}: {len(splits)} splits ({', '.join(splits)}) would read "
+      f"the same files; put {{split}} where the split's name goes, or convert one split"
+    )
 
 
 def folder_pairs(images: str, masks: str, split: str) -> Listed:
@@ -201,16 +214,19 @@ def folder_pairs(images: str, masks: str, split: str) -> Listed:
       stem = _without_extension(name if stem is None else stem)
     mask_of[relative] = join("", masks.format(split=split, dir=folder, stem=stem, name=name))
   images_found = [join(glob.base, relative) for relative in found]
-  itself = next((path for relative, path in zip(found, images_found) if mask_of[relative] == path), None)
+  itself = next((path for relative, path in zip(found, images_found, strict=True) if mask_of[relative] == path), None)
   if itself:
     raise SourceError(f"--masks={masks} names the photo itself ({itself}) as its mask")
   mask_paths = set(mask_of.values())
   # Files that are another image's mask (a `_mask.png` beside its photo) are masks, not images.
-  photos = [(relative, path) for relative, path in zip(found, images_found) if path not in mask_paths]
+  photos = [(relative, path) for relative, path in zip(found, images_found, strict=True) if path not in mask_paths]
   candidates = _with_ids([(relative, path, mask_of[relative]) for relative, path in photos])
   sharing = collections.Counter(pair.masks[0] for pair in candidates)
-  refused = [(pair.id, SHARED_MASK, f"its mask {pair.masks[0]} is also another photo's (put {{dir}} or {{name}} in "
-                                    f"--masks)") for pair in candidates if sharing[pair.masks[0]] > 1]
+  refused = [
+    (pair.id, SHARED_MASK, f"its mask {pair.masks[0]} is also another photo's (put {{dir}} or {{name}} in --masks)")
+    for pair in candidates
+    if sharing[pair.masks[0]] > 1
+  ]
   pairs, repeats = _distinct([pair for pair in candidates if sharing[pair.masks[0]] == 1])
   return Listed(tuple(pairs), tuple(refused + repeats), _unpaired_masks(masks, split, mask_paths))
 
@@ -219,8 +235,10 @@ def _with_ids(found: list[tuple[str, str, str]]) -> list[PairFiles]:
   """(path below the root, photo, mask) -> pairs whose id is that path without its extension, or with it where two
   photos differ only by theirs."""
   stems = collections.Counter(_without_extension(relative) for relative in {relative for relative, _, _ in found})
-  return [PairFiles(_without_extension(relative) if stems[_without_extension(relative)] == 1 else relative, image,
-                    (mask,)) for relative, image, mask in found]
+  return [
+    PairFiles(_without_extension(relative) if stems[_without_extension(relative)] == 1 else relative, image, (mask,))
+    for relative, image, mask in found
+  ]
 
 
 def _unpaired_masks(masks: str, split: str, paired: set[str]) -> tuple[str, ...]:
@@ -232,6 +250,7 @@ def _unpaired_masks(masks: str, split: str, paired: set[str]) -> tuple[str, ...]
 
 
 # ---------------------------------------------------------------------------------------------------- lists
+
 
 def parse_reroot(value: str | None) -> tuple[str, str] | None:
   """`OLD=NEW` -> (OLD, NEW); None for no value."""
@@ -259,8 +278,13 @@ def list_pairs(pair_lists: str, split: str, reroot: tuple[str, str] | None = Non
     if not tokens:
       continue
     if len(tokens) != 2:
-      refused.append((f"{posixpath.basename(path)}:{number}", BAD_LIST_LINE,
-                      f"expected `image mask`, got {len(tokens)} field(s): {line.strip()[:200]!r}"))
+      refused.append(
+        (
+          f"{posixpath.basename(path)}:{number}",
+          BAD_LIST_LINE,
+          f"expected `image mask`, got {len(tokens)} field(s): {line.strip()[:200]!r}",
+        )
+      )
       continue
     image, mask = (_placed(token, folder, reroot) for token in tokens)
     found.append((_below(image, root), image, mask))
@@ -270,7 +294,7 @@ def list_pairs(pair_lists: str, split: str, reroot: tuple[str, str] | None = Non
 
 def _placed(token: str, folder: str, reroot: tuple[str, str] | None) -> str:
   if reroot and (token == reroot[0] or token.startswith(reroot[0] + "/")):
-    return join(reroot[1], token[len(reroot[0]):].lstrip("/"))
+    return join(reroot[1], token[len(reroot[0]) :].lstrip("/"))
   if token.startswith("/") or "://" in token:
     return token
   return join(folder, token)

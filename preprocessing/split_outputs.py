@@ -37,8 +37,11 @@ def stale_shards(output_dir: str, split: str, num_shards: int) -> list[str]:
   """Shards of this split with another shard count, left by an earlier run (a glob would mix them in)."""
   current = {p.rsplit("/", 1)[-1] for p in shards.shard_paths(output_dir, split, num_shards)}
   name = re.compile(re.escape(split) + r"-\d{5}-of-\d{5}" + re.escape(shards.SHARD_SUFFIX) + "$")
-  return sorted(path for path in tf.io.gfile.glob(shards.shard_pattern(output_dir, split))
-                if name.match(path.rsplit("/", 1)[-1]) and path.rsplit("/", 1)[-1] not in current)
+  return sorted(
+    path
+    for path in tf.io.gfile.glob(shards.shard_pattern(output_dir, split))
+    if name.match(path.rsplit("/", 1)[-1]) and path.rsplit("/", 1)[-1] not in current
+  )
 
 
 def leftover_temp_dirs(output_dir: str, split: str) -> list[str]:
@@ -56,6 +59,7 @@ def leftover_temp_dirs(output_dir: str, split: str) -> list[str]:
 @dataclasses.dataclass
 class SplitSummary:
   """What {split}-summary.json holds. `written` counts records read back from the shards."""
+
   split: str
   listed: int  # lines in the split list, repeats included
   read: int  # distinct ids the converter processed
@@ -80,8 +84,9 @@ class SplitSummary:
     return self.rejected / self.listed if self.listed else 0.0
 
   def to_json(self) -> str:
-    return json.dumps(dataclasses.asdict(self) | {"rejected_fraction": round(self.rejected_fraction, 6)},
-                      indent=2) + "\n"
+    return (
+      json.dumps(dataclasses.asdict(self) | {"rejected_fraction": round(self.rejected_fraction, 6)}, indent=2) + "\n"
+    )
 
 
 def read_pixel_counts(output_dir: str, split: str) -> list[int] | None:
@@ -94,10 +99,19 @@ def read_pixel_counts(output_dir: str, split: str) -> list[int] | None:
   return json.loads(lines[0]) if lines else None
 
 
-def verify_and_summarise(*, output_dir: str, split: str, num_shards: int, listed: int, distinct: int,
-                         read: int | None, expected_written: int | None, expected_rejected: int | None,
-                         class_names: tuple[str, ...] = (),
-                         masks_without_image: tuple[str, ...] | None = None) -> SplitSummary:
+def verify_and_summarise(
+  *,
+  output_dir: str,
+  split: str,
+  num_shards: int,
+  listed: int,
+  distinct: int,
+  read: int | None,
+  expected_written: int | None,
+  expected_rejected: int | None,
+  class_names: tuple[str, ...] = (),
+  masks_without_image: tuple[str, ...] | None = None,
+) -> SplitSummary:
   """Counts what was written for a split against what the pipeline meant to write; writes summary.json (with
   the pixels of each class, folded in from the pipeline's {split}-pixels.json, which it then removes).
 
@@ -138,18 +152,29 @@ def verify_and_summarise(*, output_dir: str, split: str, num_shards: int, listed
     counts = [0] * pairs.COUNTS_LENGTH
     if written:
       problems.append(f"no pixel counts in {shards.pixel_counts_path(output_dir, split).rsplit('/', 1)[-1]}")
-  labelled = {index: n for index, n in enumerate(counts[:voc.IGNORE_LABEL]) if n or index < len(class_names)}
+  labelled = {index: n for index, n in enumerate(counts[: voc.IGNORE_LABEL]) if n or index < len(class_names)}
   summary = SplitSummary(
-      split=split, listed=listed, read=read, expected_written=expected_written, written=written,
-      rejected=len(rejected), rejected_by_reason=dict(sorted(by_reason.items())), num_shards=num_shards,
-      shards=shard_counts, rejected_file=shards.rejected_path(output_dir, split).rsplit("/", 1)[-1],
-      verified=not problems, problems=problems,
-      class_pixels={(class_names[i] if i < len(class_names) else str(i)): n for i, n in labelled.items()},
-      class_image_pixels={(class_names[i] if i < len(class_names) else str(i)): counts[pairs.IMAGE_PIXELS + i]
-                          for i in labelled},
-      void_pixels=counts[voc.IGNORE_LABEL], unknown_to_void_pixels=counts[pairs.UNKNOWN_TO_VOID],
-      masks_without_image=None if masks_without_image is None else len(masks_without_image),
-      masks_without_image_examples=list(masks_without_image or ())[:10])
+    split=split,
+    listed=listed,
+    read=read,
+    expected_written=expected_written,
+    written=written,
+    rejected=len(rejected),
+    rejected_by_reason=dict(sorted(by_reason.items())),
+    num_shards=num_shards,
+    shards=shard_counts,
+    rejected_file=shards.rejected_path(output_dir, split).rsplit("/", 1)[-1],
+    verified=not problems,
+    problems=problems,
+    class_pixels={(class_names[i] if i < len(class_names) else str(i)): n for i, n in labelled.items()},
+    class_image_pixels={
+      (class_names[i] if i < len(class_names) else str(i)): counts[pairs.IMAGE_PIXELS + i] for i in labelled
+    },
+    void_pixels=counts[voc.IGNORE_LABEL],
+    unknown_to_void_pixels=counts[pairs.UNKNOWN_TO_VOID],
+    masks_without_image=None if masks_without_image is None else len(masks_without_image),
+    masks_without_image_examples=list(masks_without_image or ())[:10],
+  )
   with tf.io.gfile.GFile(shards.summary_path(output_dir, split), "w") as f:
     f.write(summary.to_json())
   if tf.io.gfile.exists(shards.pixel_counts_path(output_dir, split)):

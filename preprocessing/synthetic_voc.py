@@ -13,7 +13,6 @@ class_names.txt (background first) that the conversion carries to training; opti
 extra ids have masks only in SegmentationClassAug/ (grayscale, as SBD's converted masks).
 """
 
-
 import cv2
 import numpy as np
 import tensorflow as tf
@@ -33,13 +32,16 @@ def class_names(num_classes: int) -> tuple[str, ...]:
   """The generated classes' names: VOC's for 21 classes (the generator's stand-in for VOC), else the textures'."""
   if num_classes == voc.NUM_CLASSES:
     return voc.CLASS_NAMES
-  names = [f"{pattern}{period}" if index >= len(PATTERNS) else pattern
-           for index, (pattern, period) in enumerate(TEXTURES[:num_classes - 1])]
+  names = [
+    f"{pattern}{period}" if index >= len(PATTERNS) else pattern
+    for index, (pattern, period) in enumerate(TEXTURES[: num_classes - 1])
+  ]
   return ("background", *names)
 
 
-def make_pair(rng: np.random.Generator, height: int, width: int,
-              num_classes: int = voc.NUM_CLASSES) -> tuple[np.ndarray, np.ndarray]:
+def make_pair(
+  rng: np.random.Generator, height: int, width: int, num_classes: int = voc.NUM_CLASSES
+) -> tuple[np.ndarray, np.ndarray]:
   """(RGB image uint8 [H, W, 3], class ids uint8 [H, W] with 255 edges) of one generated scene."""
   if not 2 <= num_classes <= len(TEXTURES) + 1:
     raise ValueError(f"num_classes={num_classes}: the generator draws 2..{len(TEXTURES) + 1} classes")
@@ -106,8 +108,17 @@ def encode_jpeg(rgb: np.ndarray, quality: int = JPEG_QUALITY) -> bytes:
   return data.tobytes()
 
 
-def write_dataset(root: str, *, num_train: int = 24, num_val: int = 8, num_aug_only: int = 0, height: int = 96,
-                  width: int = 128, seed: int = 0, num_classes: int = voc.NUM_CLASSES) -> dict[str, list[str]]:
+def write_dataset(
+  root: str,
+  *,
+  num_train: int = 24,
+  num_val: int = 8,
+  num_aug_only: int = 0,
+  height: int = 96,
+  width: int = 128,
+  seed: int = 0,
+  num_classes: int = voc.NUM_CLASSES,
+) -> dict[str, list[str]]:
   """Writes the dataset under root (local or gs://); returns {split: ids} of the lists written.
 
   num_classes: masks use labels 0..num_classes-1 (and 255), e.g. 3 for a data set of the user's own classes.
@@ -126,10 +137,10 @@ def write_dataset(root: str, *, num_train: int = 24, num_val: int = 8, num_aug_o
       _write(tf.io.gfile.join(root, voc.MASK_DIR, f"{image_id}.png"), voc.encode_palette_png(class_ids))
     else:
       _write(tf.io.gfile.join(root, voc.AUG_MASK_DIR, f"{image_id}.png"), voc.encode_label_png(class_ids))
-  splits = {"train": ids[:num_train], "val": ids[num_train:num_train + num_val]}
+  splits = {"train": ids[:num_train], "val": ids[num_train : num_train + num_val]}
   splits["trainval"] = splits["train"] + splits["val"]
   if num_aug_only:
-    splits["train_aug"] = splits["train"] + ids[num_train + num_val:]
+    splits["train_aug"] = splits["train"] + ids[num_train + num_val :]
   for split, split_ids in splits.items():
     write_split_list(root, split, split_ids)
   if num_classes != voc.NUM_CLASSES:
@@ -148,9 +159,16 @@ def _write(path: str, data: bytes) -> None:
 
 def main(argv: list[str]) -> None:
   del argv
-  splits = write_dataset(FLAGS.root, num_train=FLAGS.num_train, num_val=FLAGS.num_val,
-                         num_aug_only=FLAGS.num_aug_only, height=FLAGS.height, width=FLAGS.width, seed=FLAGS.seed,
-                         num_classes=FLAGS.num_classes)
+  splits = write_dataset(
+    FLAGS.root,
+    num_train=FLAGS.num_train,
+    num_val=FLAGS.num_val,
+    num_aug_only=FLAGS.num_aug_only,
+    height=FLAGS.height,
+    width=FLAGS.width,
+    seed=FLAGS.seed,
+    num_classes=FLAGS.num_classes,
+  )
   print(f"{FLAGS.root}: " + ", ".join(f"{split} {len(ids)}" for split, ids in splits.items()))
 
 
@@ -166,6 +184,11 @@ if __name__ == "__main__":
   flags.DEFINE_integer("height", 96, "Image height.")
   flags.DEFINE_integer("width", 128, "Image width.")
   flags.DEFINE_integer("seed", 0, "Random seed.")
-  flags.DEFINE_integer("num_classes", voc.NUM_CLASSES, "Classes, background included (textures, see TEXTURES).",
-                       lower_bound=2, upper_bound=len(TEXTURES) + 1)
+  flags.DEFINE_integer(
+    "num_classes",
+    voc.NUM_CLASSES,
+    "Classes, background included (textures, see TEXTURES).",
+    lower_bound=2,
+    upper_bound=len(TEXTURES) + 1,
+  )
   app.run(main)

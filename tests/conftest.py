@@ -26,8 +26,10 @@ SHARED_DIR = pathlib.Path(os.environ.get("SEG_SHARED_DIR", REPO_ROOT.parent / "s
 def _shared(relative: str) -> pathlib.Path:
   path = SHARED_DIR / relative
   if not path.exists():
-    message = (f"{path} is missing: these tests read the team's shared data beside the checkout "
-               f"(set SEG_SHARED_DIR to point elsewhere)")
+    message = (
+      f"{path} is missing: these tests read the team's shared data beside the checkout "
+      f"(set SEG_SHARED_DIR to point elsewhere)"
+    )
     if os.environ.get("CI"):
       pytest.fail(message)  # CI always has ../shared: a missing folder is a broken setup, not a skip.
     pytest.skip(message)
@@ -75,7 +77,8 @@ class _Messages(logging.Handler):
 def absl_messages() -> list[str]:
   """The messages absl logs (INFO and up) during the test: absl's logger may not propagate to pytest's caplog
   once an absl app has run."""
-  from absl import logging as absl_logging  # pylint: disable=g-import-not-at-top
+  from absl import logging as absl_logging
+
   handler, absl_logger = _Messages(), absl_logging.get_absl_logger()
   level = absl_logger.level
   absl_logger.addHandler(handler)
@@ -88,7 +91,9 @@ def absl_messages() -> list[str]:
 def convert_generated_voc(tmp_path_factory, **dataset_args) -> str:
   """Generated VOC-format pairs (synthetic_voc.write_dataset's arguments) converted by the real Beam job; the
   records' folder."""
-  from preprocessing import make_tfrecords, synthetic_voc  # pylint: disable=g-import-not-at-top
+  from preprocessing import make_tfrecords
+  from preprocessing import synthetic_voc
+
   root = tmp_path_factory.mktemp("voc")
   out = tmp_path_factory.mktemp("records")
   synthetic_voc.write_dataset(str(root), **dataset_args)
@@ -99,8 +104,11 @@ def convert_generated_voc(tmp_path_factory, **dataset_args) -> str:
 def read_records(output_dir, split: str) -> dict[str, dict]:
   """{filename: parsed features} of every record a conversion wrote for a split (all its shards); a filename
   written twice fails the test."""
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  from contracts import schema, shards  # pylint: disable=g-import-not-at-top
+  import tensorflow as tf
+
+  from contracts import schema
+  from contracts import shards
+
   records = {}
   for record in tf.data.TFRecordDataset(sorted(tf.io.gfile.glob(shards.shard_pattern(str(output_dir), split)))):
     features = {key: value.numpy() for key, value in schema.parse_example(record).items()}
@@ -112,8 +120,10 @@ def read_records(output_dir, split: str) -> dict[str, dict]:
 
 def record_mask(features: dict):
   """A parsed record's class-id mask, uint8 [H, W]."""
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  from contracts import schema  # pylint: disable=g-import-not-at-top
+  import tensorflow as tf
+
+  from contracts import schema
+
   return tf.io.decode_png(features[schema.MASK_ENCODED]).numpy()[..., 0]
 
 
@@ -125,12 +135,15 @@ GENERATED_SIZES = ((90, 120), (121, 83), (77, 131), (103, 97))
 def write_generated_voc(root: pathlib.Path, *, num_train: int = 16, num_val: int = 8, seed: int = 0) -> dict:
   """synthetic_voc.write_dataset's VOC root (JPEGImages, SegmentationClass palette masks, ImageSets/Segmentation
   lists), its pairs redrawn at GENERATED_SIZES in turn (write_dataset draws one size for all); {split: ids}."""
-  import numpy as np  # pylint: disable=g-import-not-at-top
-  from contracts import voc  # pylint: disable=g-import-not-at-top
-  from preprocessing import synthetic_voc  # pylint: disable=g-import-not-at-top
+  import numpy as np
+
+  from contracts import voc
+  from preprocessing import synthetic_voc
+
   height, width = GENERATED_SIZES[0]
-  splits = synthetic_voc.write_dataset(str(root), num_train=num_train, num_val=num_val, height=height, width=width,
-                                       seed=seed)
+  splits = synthetic_voc.write_dataset(
+    str(root), num_train=num_train, num_val=num_val, height=height, width=width, seed=seed
+  )
   rng = np.random.default_rng(seed + 1)
   for index, image_id in enumerate(splits["trainval"]):
     if index % len(GENERATED_SIZES):
@@ -180,7 +193,8 @@ SOFTMAX_RESOLUTION = 1e-6
 def clear_pixels(logits, resolution: float = 0.0):
   """Pixels [..., H, W] whose class (argmax over the last axis) no float32 rounding can change: top two logits more
   than TIE x the logits' spread (and more than `resolution`) apart."""
-  import numpy as np  # pylint: disable=g-import-not-at-top
+  import numpy as np
+
   logits = np.asarray(logits, np.float64)
   top_two = np.sort(logits, axis=-1)[..., -2:]
   return top_two[..., 1] - top_two[..., 0] > max(TIE * float(logits.std()), resolution)
@@ -199,7 +213,8 @@ FLOAT32_STEP_NOISE = 0.2
 
 def direction_and_size(update, reference) -> tuple[float, float]:
   """(cosine, norm ratio) of a weight update against the reference update (float64 arithmetic)."""
-  import numpy as np  # pylint: disable=g-import-not-at-top
+  import numpy as np
+
   update, reference = np.asarray(update, np.float64).ravel(), np.asarray(reference, np.float64).ravel()
   norm, reference_norm = np.linalg.norm(update), np.linalg.norm(reference)
   return float(update @ reference / max(norm * reference_norm, 1e-300)), float(norm / reference_norm)
@@ -208,4 +223,4 @@ def direction_and_size(update, reference) -> tuple[float, float]:
 def same_step(update, reference, noise: float) -> bool:
   """Whether `update` is `reference` up to rounding noise of relative size `noise` (see FLOAT32_STEP_NOISE)."""
   cosine, ratio = direction_and_size(update, reference)
-  return cosine >= (1.0 - noise ** 2) ** 0.5 and abs(ratio - 1.0) <= noise
+  return cosine >= (1.0 - noise**2) ** 0.5 and abs(ratio - 1.0) <= noise

@@ -51,6 +51,7 @@ _START_TIMEOUT_S = 30
 @dataclasses.dataclass
 class GcsEmulator:
   """A running emulator child process; `env()` is what a client process needs to use it for gs://."""
+
   bucket: str
   emulator_url: str  # http://127.0.0.1:PORT, the emulator itself
   proxy_url: str  # http://127.0.0.1:PORT, the HTTPS-intercepting proxy
@@ -59,46 +60,61 @@ class GcsEmulator:
   process: subprocess.Popen
 
   @classmethod
-  def start(cls, workdir: str | os.PathLike, bucket: str = "test-bucket") -> "GcsEmulator":
+  def start(cls, workdir: str | os.PathLike, bucket: str = "test-bucket") -> GcsEmulator:
     workdir = pathlib.Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     with open(workdir / "emulator.log", "wb") as log:
       process = subprocess.Popen(
-          [sys.executable, __file__, f"--workdir={workdir}", f"--bucket={bucket}"], stdin=subprocess.PIPE,
-          stdout=subprocess.PIPE, stderr=log, start_new_session=True)
+        [sys.executable, __file__, f"--workdir={workdir}", f"--bucket={bucket}"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=log,
+        start_new_session=True,
+      )
     ready, _, _ = select.select([process.stdout], [], [], _START_TIMEOUT_S)
     line = process.stdout.readline() if ready else b""
     if not line:
       _stop(process)
       raise RuntimeError(f"the GCS emulator did not start; see {workdir / 'emulator.log'}")
     info = json.loads(line)
-    return cls(bucket=bucket, emulator_url=info["emulator_url"], proxy_url=info["proxy_url"],
-               ca_file=info["ca_file"], credentials_file=info["credentials_file"], process=process)
+    return cls(
+      bucket=bucket,
+      emulator_url=info["emulator_url"],
+      proxy_url=info["proxy_url"],
+      ca_file=info["ca_file"],
+      credentials_file=info["credentials_file"],
+      process=process,
+    )
 
   def env(self) -> dict[str, str]:
     """Environment variables that send every GCS client of a process here, and nothing to the internet."""
     return {
-        "STORAGE_EMULATOR_HOST": self.emulator_url,  # google-cloud-storage (Beam), gcsfs
-        "https_proxy": self.proxy_url, "HTTPS_PROXY": self.proxy_url,  # TF's libcurl; any other HTTPS
-        "http_proxy": self.proxy_url, "HTTP_PROXY": self.proxy_url,  # plain HTTP too: refused unless GCS
-        "no_proxy": "127.0.0.1,localhost", "NO_PROXY": "127.0.0.1,localhost",
-        "CURL_CA_BUNDLE": self.ca_file,  # TF's libcurl trusts the proxy's throwaway CA...
-        "REQUESTS_CA_BUNDLE": self.ca_file,  # ...and Python's requests (google-auth's token refresh)
-        "GOOGLE_AUTH_TOKEN_FOR_TESTING": "emulator-token",  # TF's GCS auth, no metadata server
-        "GOOGLE_APPLICATION_CREDENTIALS": self.credentials_file,  # google.auth.default(), via the proxy
-        "GOOGLE_CLOUD_PROJECT": "emulator-project",
-        "NO_GCE_CHECK": "True",  # never probe a metadata server
-        "CLOUDSDK_CONFIG": str(pathlib.Path(self.credentials_file).parent / "gcloud"),  # not the user's gcloud
-        # gcsfs's default filesystem first asks the Storage Control gRPC API for the bucket's layout (60 s
-        # timeouts against an emulator without it); its plain JSON-API filesystem is the one the emulator serves.
-        "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT": "false",
+      "STORAGE_EMULATOR_HOST": self.emulator_url,  # google-cloud-storage (Beam), gcsfs
+      "https_proxy": self.proxy_url,
+      "HTTPS_PROXY": self.proxy_url,  # TF's libcurl; any other HTTPS
+      "http_proxy": self.proxy_url,
+      "HTTP_PROXY": self.proxy_url,  # plain HTTP too: refused unless GCS
+      "no_proxy": "127.0.0.1,localhost",
+      "NO_PROXY": "127.0.0.1,localhost",
+      "CURL_CA_BUNDLE": self.ca_file,  # TF's libcurl trusts the proxy's throwaway CA...
+      "REQUESTS_CA_BUNDLE": self.ca_file,  # ...and Python's requests (google-auth's token refresh)
+      "GOOGLE_AUTH_TOKEN_FOR_TESTING": "emulator-token",  # TF's GCS auth, no metadata server
+      "GOOGLE_APPLICATION_CREDENTIALS": self.credentials_file,  # google.auth.default(), via the proxy
+      "GOOGLE_CLOUD_PROJECT": "emulator-project",
+      "NO_GCE_CHECK": "True",  # never probe a metadata server
+      "CLOUDSDK_CONFIG": str(pathlib.Path(self.credentials_file).parent / "gcloud"),  # not the user's gcloud
+      # gcsfs's default filesystem first asks the Storage Control gRPC API for the bucket's layout (60 s
+      # timeouts against an emulator without it); its plain JSON-API filesystem is the one the emulator serves.
+      "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT": "false",
     }
 
   def filesystem(self):
     """A gcsfs filesystem on the emulator, for this process (no environment needed), listings uncached."""
     from gcsfs import core as gcsfs_core
-    return gcsfs_core.GCSFileSystem(endpoint_url=self.emulator_url, token="anon", skip_instance_cache=True,
-                                    use_listings_cache=False)
+
+    return gcsfs_core.GCSFileSystem(
+      endpoint_url=self.emulator_url, token="anon", skip_instance_cache=True, use_listings_cache=False
+    )
 
   def refused_hosts(self) -> set[str]:
     """Hosts a client tried to reach through the proxy and was refused (the internet, never reached)."""
@@ -108,7 +124,7 @@ class GcsEmulator:
   def stop(self) -> None:
     _stop(self.process)
 
-  def __enter__(self) -> "GcsEmulator":
+  def __enter__(self) -> GcsEmulator:
     return self
 
   def __exit__(self, *exc) -> None:
@@ -129,6 +145,7 @@ def _stop(process: subprocess.Popen) -> None:
 
 # ------------------------------------------------------------------------------------- the child process
 
+
 def _make_certificates(workdir: pathlib.Path) -> tuple[pathlib.Path, pathlib.Path, pathlib.Path]:
   """A throwaway CA (the clients trust it through CURL_CA_BUNDLE) and a certificate for INTERCEPTED_HOSTS."""
   from cryptography import x509
@@ -141,33 +158,52 @@ def _make_certificates(workdir: pathlib.Path) -> tuple[pathlib.Path, pathlib.Pat
   not_before, not_after = now - datetime.timedelta(hours=1), now + datetime.timedelta(days=1)
   ca_key = ec.generate_private_key(ec.SECP256R1())
   ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "gcs-emulator test CA")])
-  ca_cert = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name).public_key(ca_key.public_key())
-             .serial_number(x509.random_serial_number()).not_valid_before(not_before)
-             .not_valid_after(not_after)
-             .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-             .add_extension(x509.KeyUsage(digital_signature=True, content_commitment=False, key_encipherment=False,
-                                          data_encipherment=False, key_agreement=False, key_cert_sign=True,
-                                          crl_sign=True, encipher_only=False, decipher_only=False), critical=True)
-             .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False)
-             .sign(ca_key, hashes.SHA256()))
+  ca_cert = (
+    x509.CertificateBuilder()
+    .subject_name(ca_name)
+    .issuer_name(ca_name)
+    .public_key(ca_key.public_key())
+    .serial_number(x509.random_serial_number())
+    .not_valid_before(not_before)
+    .not_valid_after(not_after)
+    .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+    .add_extension(
+      x509.KeyUsage(
+        digital_signature=True,
+        content_commitment=False,
+        key_encipherment=False,
+        data_encipherment=False,
+        key_agreement=False,
+        key_cert_sign=True,
+        crl_sign=True,
+        encipher_only=False,
+        decipher_only=False,
+      ),
+      critical=True,
+    )
+    .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False)
+    .sign(ca_key, hashes.SHA256())
+  )
   leaf_key = ec.generate_private_key(ec.SECP256R1())
-  leaf_cert = (x509.CertificateBuilder()
-               .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, GCS_HOSTS[0])]))
-               .issuer_name(ca_name).public_key(leaf_key.public_key()).serial_number(x509.random_serial_number())
-               .not_valid_before(not_before).not_valid_after(not_after)
-               .add_extension(x509.SubjectAlternativeName([x509.DNSName(host) for host in INTERCEPTED_HOSTS]),
-                              critical=False)
-               .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-               .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-               .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),
-                              critical=False)
-               .sign(ca_key, hashes.SHA256()))
+  leaf_cert = (
+    x509.CertificateBuilder()
+    .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, GCS_HOSTS[0])]))
+    .issuer_name(ca_name)
+    .public_key(leaf_key.public_key())
+    .serial_number(x509.random_serial_number())
+    .not_valid_before(not_before)
+    .not_valid_after(not_after)
+    .add_extension(x509.SubjectAlternativeName([x509.DNSName(host) for host in INTERCEPTED_HOSTS]), critical=False)
+    .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+    .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+    .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
+    .sign(ca_key, hashes.SHA256())
+  )
   pem = serialization.Encoding.PEM
   ca_file, cert_file, key_file = workdir / "ca.pem", workdir / "leaf.pem", workdir / "leaf.key"
   ca_file.write_bytes(ca_cert.public_bytes(pem))
   cert_file.write_bytes(leaf_cert.public_bytes(pem))
-  key_file.write_bytes(leaf_key.private_bytes(pem, serialization.PrivateFormat.PKCS8,
-                                              serialization.NoEncryption()))
+  key_file.write_bytes(leaf_key.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
   return ca_file, cert_file, key_file
 
 
@@ -202,8 +238,18 @@ def _start_emulator(bucket: str) -> http.server.ThreadingHTTPServer:
   return httpd
 
 
-_HOP_BY_HOP = {"connection", "keep-alive", "proxy-connection", "proxy-authorization", "te", "trailer",
-               "transfer-encoding", "upgrade", "expect", "content-length"}
+_HOP_BY_HOP = {
+  "connection",
+  "keep-alive",
+  "proxy-connection",
+  "proxy-authorization",
+  "te",
+  "trailer",
+  "transfer-encoding",
+  "upgrade",
+  "expect",
+  "content-length",
+}
 
 
 class _ForwardToEmulator(http.server.BaseHTTPRequestHandler):
@@ -270,13 +316,15 @@ class _ForwardToEmulator(http.server.BaseHTTPRequestHandler):
     """An empty object by uploadType=media (TF's CreateDir writes `dir/` so), which the emulator cannot take
     (it takes len() of the missing body): made as an empty resumable upload instead, which it supports."""
     status, reason, response_headers, data = self._emulator(
-        "POST", self.path.replace("uploadType=media", "uploadType=resumable"), b"", headers)
+      "POST", self.path.replace("uploadType=media", "uploadType=resumable"), b"", headers
+    )
     location = dict((name.lower(), value) for name, value in response_headers).get("location")
     if status != 200 or not location:
       return status, reason, response_headers, data
     session = urllib.parse.urlsplit(location)
-    return self._emulator("PUT", f"{session.path}?{session.query}", b"",
-                          {**headers, "Content-Range": "bytes */0", "Content-Length": "0"})
+    return self._emulator(
+      "PUT", f"{session.path}?{session.query}", b"", {**headers, "Content-Range": "bytes */0", "Content-Length": "0"}
+    )
 
   do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = do_HEAD = _forward
 
@@ -330,8 +378,9 @@ def _start_proxy(emulator_port: int, cert_file: pathlib.Path, key_file: pathlib.
   context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
   context.load_cert_chain(cert_file, key_file)
   forwarder = type("Forwarder", (_ForwardToEmulator,), {"emulator_port": emulator_port})
-  handler = type("Proxy", (_ProxyHandler,), {"tls_context": context, "forwarder": forwarder,
-                                             "emulator_port": emulator_port})
+  handler = type(
+    "Proxy", (_ProxyHandler,), {"tls_context": context, "forwarder": forwarder, "emulator_port": emulator_port}
+  )
   httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
   httpd.daemon_threads = True
   threading.Thread(target=httpd.serve_forever, daemon=True).start()
@@ -345,11 +394,22 @@ def _serve(workdir: pathlib.Path, bucket: str) -> None:
   proxy = _start_proxy(emulator_port, cert_file, key_file)
   proxy_url = f"http://127.0.0.1:{proxy.server_address[1]}"
   credentials_file = workdir / "credentials.json"
-  credentials_file.write_text(json.dumps({
-      "type": "authorized_user", "client_id": "emulator", "client_secret": "emulator",
-      "refresh_token": "emulator"}))
-  sys.stdout.write(json.dumps({"emulator_url": f"http://127.0.0.1:{emulator_port}", "proxy_url": proxy_url,
-                               "ca_file": str(ca_file), "credentials_file": str(credentials_file)}) + "\n")
+  credentials_file.write_text(
+    json.dumps(
+      {"type": "authorized_user", "client_id": "emulator", "client_secret": "emulator", "refresh_token": "emulator"}
+    )
+  )
+  sys.stdout.write(
+    json.dumps(
+      {
+        "emulator_url": f"http://127.0.0.1:{emulator_port}",
+        "proxy_url": proxy_url,
+        "ca_file": str(ca_file),
+        "credentials_file": str(credentials_file),
+      }
+    )
+    + "\n"
+  )
   sys.stdout.flush()
   sys.stdin.read()  # returns at EOF: the parent closed the pipe or died
 

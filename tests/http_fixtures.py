@@ -52,7 +52,7 @@ class ArchiveServer:
         self.end_headers()
         if route.drop_after is not None and route.drops_left > 0:
           route.drops_left -= 1
-          body = body[:route.drop_after]
+          body = body[: route.drop_after]
         self.wfile.write(body)
         self.close_connection = True
 

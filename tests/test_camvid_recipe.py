@@ -16,8 +16,19 @@ from trainer import distribute
 from trainer import losses
 from trainer import train
 
-CAMVID_CLASSES = ("sky", "building", "pole", "road", "pavement", "tree", "signsymbol", "fence", "car", "pedestrian",
-                  "bicyclist")
+CAMVID_CLASSES = (
+  "sky",
+  "building",
+  "pole",
+  "road",
+  "pavement",
+  "tree",
+  "signsymbol",
+  "fence",
+  "car",
+  "pedestrian",
+  "bicyclist",
+)
 
 
 def _names_file(folder, names=CAMVID_CLASSES) -> str:
@@ -40,9 +51,11 @@ def _check_run(report: dict, model_dir, data_dir: str) -> None:
   assert set(report["per_class_accuracy"]) == set(CAMVID_CLASSES) and 0 <= report["mean_class_accuracy"] <= 1
   written = json.loads((model_dir / "config.json").read_text())
   summary = shards.read_summary(data_dir, "train")
-  expected = losses.class_weights_from_pixels([summary["class_pixels"].get(n, 0) for n in CAMVID_CLASSES],
-                                              [summary["class_image_pixels"].get(n, 0) for n in CAMVID_CLASSES],
-                                              "inverse_log")
+  expected = losses.class_weights_from_pixels(
+    [summary["class_pixels"].get(n, 0) for n in CAMVID_CLASSES],
+    [summary["class_image_pixels"].get(n, 0) for n in CAMVID_CLASSES],
+    "inverse_log",
+  )
   assert written["loss"]["class_weights"] == pytest.approx(expected, rel=1e-5)  # rounded to 6 digits in config.json
   assert written["model"]["class_names"] == list(CAMVID_CLASSES)
 
@@ -51,27 +64,43 @@ def test_the_imagenet_recipe_trains_on_generated_data_converted_from_its_folders
   root = tmp_path / "generated"
   synthetic_voc.write_dataset(str(root), num_train=6, num_val=2, height=64, width=96, num_classes=11, seed=3)
   records = tmp_path / "records"
-  make_tfrecords.run(["make_tfrecords", f"--images={root}/JPEGImages/*.jpg",
-                      f"--masks={root}/SegmentationClass/{{stem}}.png", f"--class_names={_names_file(tmp_path)}",
-                      "--splits=all", f"--output_dir={records}"])
+  make_tfrecords.run(
+    [
+      "make_tfrecords",
+      f"--images={root}/JPEGImages/*.jpg",
+      f"--masks={root}/SegmentationClass/{{stem}}.png",
+      f"--class_names={_names_file(tmp_path)}",
+      "--splits=all",
+      f"--output_dir={records}",
+    ]
+  )
   for split in ("train", "val"):  # the same pairs as both splits: enough to train and score a few steps
     for path in records.glob("all-*"):
       (records / path.name.replace("all", split, 1)).write_bytes(path.read_bytes())
   config = _few_steps(camvid_from_imagenet.get_config(), crop=(48, 64))
   config.model.backbone_weights = ""  # random: no download in a test
-  report = train.train_and_evaluate(config, data_dir=str(records), model_dir=str(tmp_path / "run"),
-                                    strategy=distribute.create_strategy("default"))
+  report = train.train_and_evaluate(
+    config, data_dir=str(records), model_dir=str(tmp_path / "run"), strategy=distribute.create_strategy("default")
+  )
   _check_run(report, tmp_path / "run", str(records))
 
 
 def test_the_published_recipe_trains_on_real_camvid_from_its_shards(camvid, reference_tflite, tmp_path):
   records = tmp_path / "records"
-  make_tfrecords.run(["make_tfrecords", f"--images={camvid}/{{split}}/*.png",
-                      f"--masks={camvid}/{{split}}annot/{{stem}}.png", f"--class_names={_names_file(tmp_path)}",
-                      "--void_values=11", f"--output_dir={records}"])
+  make_tfrecords.run(
+    [
+      "make_tfrecords",
+      f"--images={camvid}/{{split}}/*.png",
+      f"--masks={camvid}/{{split}}annot/{{stem}}.png",
+      f"--class_names={_names_file(tmp_path)}",
+      "--void_values=11",
+      f"--output_dir={records}",
+    ]
+  )
   importing.import_model(str(reference_tflite), str(tmp_path / "import"))
   config = _few_steps(camvid_from_published.get_config(), crop=(97, 129))
   config.model.init_from = str(tmp_path / "import")
-  report = train.train_and_evaluate(config, data_dir=str(records), model_dir=str(tmp_path / "run"),
-                                    strategy=distribute.create_strategy("default"))
+  report = train.train_and_evaluate(
+    config, data_dir=str(records), model_dir=str(tmp_path / "run"), strategy=distribute.create_strategy("default")
+  )
   _check_run(report, tmp_path / "run", str(records))

@@ -3,8 +3,8 @@
 import io
 import re
 
-import pytest
 from absl import flags
+import pytest
 
 from contracts import console
 
@@ -65,6 +65,7 @@ def test_errors_are_one_line_with_exit_code_2(capsys):
 def test_op_error_text_drops_tensorflow_decorations():
   class OpError(Exception):
     message = "{{function_node __wrapped__DecodeJpeg}} Invalid JPEG data\n or crop window. [Op:DecodeJpeg] name: x"
+
   assert console.op_error_text(OpError()) == "Invalid JPEG data or crop window."
 
 

@@ -8,11 +8,11 @@ import pathlib
 import subprocess
 import sys
 
+from absl import app
+from apache_beam.options.pipeline_options import StandardOptions
 import distributed
 import pytest
 import tensorflow as tf
-from absl import app
-from apache_beam.options.pipeline_options import StandardOptions
 
 from contracts import schema
 from contracts import shards
@@ -30,8 +30,9 @@ DASK_RUNNER = "apache_beam.runners.dask.dask_runner.DaskRunner"
 
 @pytest.fixture(scope="module")
 def dask_cluster():
-  with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
-                                dashboard_address=None) as cluster:
+  with distributed.LocalCluster(
+    n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address=None
+  ) as cluster:
     yield cluster
 
 
@@ -45,8 +46,13 @@ def voc_root(tmp_path_factory) -> pathlib.Path:
 
 
 def _flags(voc_root: pathlib.Path, output_dir: pathlib.Path) -> list[str]:
-  return [f"--voc_root={voc_root}", f"--output_dir={output_dir}", f"--splits={','.join(SPLITS)}", "--num_shards=2",
-          "--max_rejected_fraction=1"]
+  return [
+    f"--voc_root={voc_root}",
+    f"--output_dir={output_dir}",
+    f"--splits={','.join(SPLITS)}",
+    "--num_shards=2",
+    "--max_rejected_fraction=1",
+  ]
 
 
 @pytest.fixture(scope="module")
@@ -59,9 +65,21 @@ def direct_run(voc_root, tmp_path_factory):
 def dask_run(voc_root, dask_cluster, tmp_path_factory):
   output_dir = tmp_path_factory.mktemp("dask_tfrecords")
   process = subprocess.run(
-      [sys.executable, "-m", "preprocessing.make_tfrecords", *_flags(voc_root, output_dir), "--runner=DaskRunner",
-       f"--dask_client_address={dask_cluster.scheduler_address}", "--dask_npartitions=2"],
-      cwd=REPO_ROOT, env=dict(os.environ, PYTHONPATH=str(REPO_ROOT)), capture_output=True, text=True, timeout=300)
+    [
+      sys.executable,
+      "-m",
+      "preprocessing.make_tfrecords",
+      *_flags(voc_root, output_dir),
+      "--runner=DaskRunner",
+      f"--dask_client_address={dask_cluster.scheduler_address}",
+      "--dask_npartitions=2",
+    ],
+    cwd=REPO_ROOT,
+    env=dict(os.environ, PYTHONPATH=str(REPO_ROOT)),
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
   assert process.returncode == 0, process.stderr
   return output_dir, process
 
@@ -123,12 +141,17 @@ def test_beams_own_runner_names_are_kept():
   assert options.view_as(StandardOptions).runner == "DataflowRunner"
 
 
-@pytest.mark.parametrize("flag, message", [
-    ("--dask_client_adress=tcp://127.0.0.1:1",
-     "unknown flag(s) --dask_client_adress=tcp://127.0.0.1:1: neither a flag of this job nor a pipeline option of "
-     "Beam or of --runner=DaskRunner"),
+@pytest.mark.parametrize(
+  "flag, message",
+  [
+    (
+      "--dask_client_adress=tcp://127.0.0.1:1",
+      "unknown flag(s) --dask_client_adress=tcp://127.0.0.1:1: neither a flag of this job nor a pipeline option of "
+      "Beam or of --runner=DaskRunner",
+    ),
     ("--runner=NoSuchRunner", "unknown --runner=NoSuchRunner: neither one of Beam's runners"),
-])
+  ],
+)
 def test_an_unknown_runner_option_or_runner_is_refused_with_one_line(voc_root, tmp_path, flag, message):
   with pytest.raises(app.UsageError) as refused:
     make_tfrecords.run(["make_tfrecords", *_flags(voc_root, tmp_path / "out"), "--runner=DaskRunner", flag])

@@ -9,11 +9,12 @@ import socket
 import tarfile
 
 import numpy as np
+from PIL import Image
 import pytest
 import scipy.io
-from PIL import Image
 
-from preprocessing.download import DownloadError, ensure_voc
+from preprocessing.download import DownloadError
+from preprocessing.download import ensure_voc
 from tests.http_fixtures import ArchiveServer
 
 pytestmark = pytest.mark.timeout(60)  # a network test that hangs must fail, not stall the suite
@@ -45,7 +46,7 @@ def files_under(root: pathlib.Path) -> dict[str, bytes]:
 
 def sample_ids(voc_sample: pathlib.Path, split: str, count: int, skip: int = 0) -> list[str]:
   ids = (voc_sample / "ImageSets/Segmentation" / f"{split}.txt").read_text().split()
-  return ids[skip:skip + count]
+  return ids[skip : skip + count]
 
 
 def voc_files(voc_sample: pathlib.Path, train: list[str], val: list[str], image_only=()) -> dict[str, bytes]:
@@ -154,13 +155,12 @@ def test_interrupted_download_resumes_with_range_request(tmp_path, server, voc, 
 
 
 @pytest.mark.parametrize("honour_range, part_size", [(False, 100), (True, "beyond the end")])
-def test_download_starts_over_when_part_cannot_be_resumed(tmp_path, server, voc, voc_tar, honour_range,
-                                                         part_size):
+def test_download_starts_over_when_part_cannot_be_resumed(tmp_path, server, voc, voc_tar, honour_range, part_size):
   """A server without Range support answers 200; a .part longer than the file gets 416. Both restart cleanly."""
   url = server.add("/VOCtrainval.tar", body=voc_tar, honour_range=honour_range)
   size = len(voc_tar) + 10 if part_size == "beyond the end" else part_size
   (tmp_path / "downloads").mkdir()
-  (tmp_path / "downloads/VOCtrainval.tar.part").write_bytes(b"\xAA" * size)
+  (tmp_path / "downloads/VOCtrainval.tar.part").write_bytes(b"\xaa" * size)
 
   ensure_voc(str(tmp_path / "voc"), url=url, md5=md5(voc_tar))
 
@@ -230,10 +230,13 @@ def test_malicious_member_is_refused_and_nothing_escapes(tmp_path, server, voc, 
 
 # --- SBD train_aug ---------------------------------------------------------------------------------------
 
+
 def _gtcls(mask: np.ndarray) -> bytes:
   buffer = io.BytesIO()
-  scipy.io.savemat(buffer, {"GTcls": {"Segmentation": mask.astype(np.uint8),
-                                      "CategoriesPresent": np.unique(mask[mask > 0]).astype(np.uint8)}})
+  scipy.io.savemat(
+    buffer,
+    {"GTcls": {"Segmentation": mask.astype(np.uint8), "CategoriesPresent": np.unique(mask[mask > 0]).astype(np.uint8)}},
+  )
   return buffer.getvalue()
 
 
@@ -256,8 +259,13 @@ def sbd_case(voc_sample):
   sbd_files[SBD_PREFIX + "train.txt"] = f"{t1}\n{x1}\n".encode()
   sbd_files[SBD_PREFIX + "val.txt"] = f"{v1}\n{x2}\n".encode()
   sbd_files[SBD_PREFIX + f"img/{x1}.jpg"] = (voc_sample / "JPEGImages" / f"{x1}.jpg").read_bytes()
-  return dict(ids=(t1, t3, v1, x1, x2), voc_tar=voc_tar, sbd_masks=sbd_masks, sbd_files=sbd_files,
-              sbd_tgz=make_tar(sbd_files, mode="w:gz"))
+  return dict(
+    ids=(t1, t3, v1, x1, x2),
+    voc_tar=voc_tar,
+    sbd_masks=sbd_masks,
+    sbd_files=sbd_files,
+    sbd_tgz=make_tar(sbd_files, mode="w:gz"),
+  )
 
 
 def test_sbd_train_aug_split_and_masks(tmp_path, server, voc_sample, sbd_case):
@@ -303,8 +311,14 @@ def test_sbd_file_without_gtcls_fails_without_marking_done(tmp_path, server, sbd
   sbd_url = server.add("/benchmark.tgz", body=sbd_tgz)
 
   with pytest.raises(DownloadError, match=f"{x2}.mat has no GTcls.Segmentation"):
-    ensure_voc(str(tmp_path / "voc"), url=voc_url, md5=md5(sbd_case["voc_tar"]), with_sbd=True,
-               sbd_url=sbd_url, sbd_md5=md5(sbd_tgz))
+    ensure_voc(
+      str(tmp_path / "voc"),
+      url=voc_url,
+      md5=md5(sbd_case["voc_tar"]),
+      with_sbd=True,
+      sbd_url=sbd_url,
+      sbd_md5=md5(sbd_tgz),
+    )
 
   assert not (tmp_path / "voc/ImageSets/Segmentation/train_aug.txt").exists()
   assert not (tmp_path / "voc/SegmentationClassAug").exists()

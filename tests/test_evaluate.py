@@ -1,6 +1,7 @@
 """inference.evaluate: native-size scoring of a finished run, multi-scale and mirrored inference, its files."""
 
 import json
+import pathlib
 import subprocess
 import sys
 
@@ -14,10 +15,10 @@ from deeplab import tfrecords
 from inference import evaluation
 from preprocessing import make_tfrecords
 from preprocessing import synthetic_voc
-from tests.conftest import clear_pixels
 from tests.conftest import REPO_ROOT
 from tests.conftest import SOFTMAX_RESOLUTION
 from tests.conftest import TIE
+from tests.conftest import clear_pixels
 from trainer import distribute
 from trainer import train
 
@@ -34,8 +35,9 @@ def trained_run(tmp_path_factory):
   config.input.eval_pad_to = 128
   config.train.epochs = 1
   config.train.num_triptychs = 0
-  train.train_and_evaluate(config, data_dir=str(records), model_dir=str(model_dir),
-                           strategy=distribute.create_strategy("default"))
+  train.train_and_evaluate(
+    config, data_dir=str(records), model_dir=str(model_dir), strategy=distribute.create_strategy("default")
+  )
   return str(records), str(model_dir)
 
 
@@ -51,7 +53,7 @@ def test_native_size_confusion_counts_every_valid_pixel_of_the_model_prediction(
     logits = model.predict(image, verbose=0)[0]
     predicted = np.argmax(logits, axis=-1)
     truth = label[0].numpy()
-    for t, p in zip(truth[truth != 255], predicted[truth != 255]):
+    for t, p in zip(truth[truth != 255], predicted[truth != 255], strict=True):
       expected[t, p] += 1
     tied += int(((truth != 255) & ~clear_pixels(logits, resolution=SOFTMAX_RESOLUTION)).sum())
   # The scoring takes the argmax of softmax probabilities in its own graph: only pixels whose top two logits tie
@@ -81,20 +83,37 @@ def test_multi_scale_and_flip_average_probabilities_at_the_native_size(trained_r
 
 def test_command_prints_the_table_and_writes_json_and_picture(trained_run):
   records, model_dir = trained_run
-  result = subprocess.run([sys.executable, "-m", "inference.evaluate", f"--model_dir={model_dir}",
-                           f"--data_dir={records}", "--scales=0.75,1.0", "--flip"],
-                          cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+  result = subprocess.run(
+    [
+      sys.executable,
+      "-m",
+      "inference.evaluate",
+      f"--model_dir={model_dir}",
+      f"--data_dir={records}",
+      "--scales=0.75,1.0",
+      "--flip",
+    ],
+    cwd=REPO_ROOT,
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
   assert result.returncode == 0, result.stderr[-2000:]
   assert "mean IoU" in result.stdout and "aeroplane" in result.stdout
-  report = json.loads(open(f"{model_dir}/eval_val.json").read())
+  report = json.loads(pathlib.Path(f"{model_dir}/eval_val.json").read_text())
   assert report["scales"] == [0.75, 1.0] and report["flip"] is True
   assert report["valid_pixels"] > 0 and 0.0 <= report["miou"] <= 1.0
-  picture = tf.io.decode_png(open(f"{model_dir}/eval_val_confusion.png", "rb").read())
+  picture = tf.io.decode_png(pathlib.Path(f"{model_dir}/eval_val_confusion.png").read_bytes())
   assert picture.shape[0] > 300 and picture.shape[2] == 3
 
 
 def test_a_folder_that_is_not_a_run_is_a_one_line_error(tmp_path):
-  result = subprocess.run([sys.executable, "-m", "inference.evaluate", f"--model_dir={tmp_path}",
-                           f"--data_dir={tmp_path}"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+  result = subprocess.run(
+    [sys.executable, "-m", "inference.evaluate", f"--model_dir={tmp_path}", f"--data_dir={tmp_path}"],
+    cwd=REPO_ROOT,
+    capture_output=True,
+    text=True,
+    timeout=120,
+  )
   assert result.returncode == 2
   assert "has no config.json" in result.stderr.strip().splitlines()[-1]

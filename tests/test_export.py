@@ -28,8 +28,8 @@ from inference import exporting
 from inference import int8_ranges
 from inference import tflite_interpreter
 from preprocessing import pairs
-from tests.conftest import clear_pixels
 from tests.conftest import REPO_ROOT
+from tests.conftest import clear_pixels
 
 TRAIN_IDS = 3
 VAL_IDS = 2
@@ -67,10 +67,24 @@ def tiny_run(tmp_path_factory):
 def exported(tiny_run, records, tmp_path_factory):
   output_dir = tmp_path_factory.mktemp("export")
   result = subprocess.run(
-      [sys.executable, "-m", "inference.export", f"--model_dir={tiny_run}", f"--output_dir={output_dir}", "--tflite",
-       "--int8", f"--calibration_data={records}/train-*.tfrecord", f"--num_calibration={TRAIN_IDS}",
-       f"--data_dir={records}", "--num_check_images=0"],
-      cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
+    [
+      sys.executable,
+      "-m",
+      "inference.export",
+      f"--model_dir={tiny_run}",
+      f"--output_dir={output_dir}",
+      "--tflite",
+      "--int8",
+      f"--calibration_data={records}/train-*.tfrecord",
+      f"--num_calibration={TRAIN_IDS}",
+      f"--data_dir={records}",
+      "--num_check_images=0",
+    ],
+    cwd=REPO_ROOT,
+    capture_output=True,
+    text=True,
+    timeout=600,
+  )
   assert result.returncode == 0, result.stderr[-3000:]
   return output_dir, result
 
@@ -91,16 +105,16 @@ def _keras_logits(model, image: np.ndarray) -> np.ndarray:
 MIN_CLEAR = 0.99
 
 
-def test_saved_model_answers_a_jpeg_and_a_png_of_other_sizes_with_the_keras_masks(exported, keras_model,
-                                                                                   voc_data):
+def test_saved_model_answers_a_jpeg_and_a_png_of_other_sizes_with_the_keras_masks(exported, keras_model, voc_data):
   output_dir, _ = exported
   jpeg_path = voc_data / voc.IMAGE_DIR / f"{_split_ids(voc_data, 'val', 1)[0]}.jpg"
   jpeg = jpeg_path.read_bytes()
   jpeg_image = np.asarray(Image.open(jpeg_path).convert("RGB"))  # libjpeg ISLOW, as the pipeline decodes
-  train_image = np.asarray(Image.open(voc_data / voc.IMAGE_DIR / f"{_split_ids(voc_data, 'train', 1)[0]}.jpg")
-                           .convert("RGB"))
+  train_image = np.asarray(
+    Image.open(voc_data / voc.IMAGE_DIR / f"{_split_ids(voc_data, 'train', 1)[0]}.jpg").convert("RGB")
+  )
   # A crop (201x157 of a photo, 10 pixels short of a generated picture), so that it differs from the JPEG in size.
-  png_image = train_image[:min(201, train_image.shape[0] - 10), :min(157, train_image.shape[1] - 10)]
+  png_image = train_image[: min(201, train_image.shape[0] - 10), : min(157, train_image.shape[1] - 10)]
   assert png_image.shape != jpeg_image.shape
   buffer = io.BytesIO()
   Image.fromarray(png_image).save(buffer, format="PNG")
@@ -113,7 +127,7 @@ def test_saved_model_answers_a_jpeg_and_a_png_of_other_sizes_with_the_keras_mask
   assert list(heights) == [jpeg_image.shape[0], png_image.shape[0]]
   assert list(widths) == [jpeg_image.shape[1], png_image.shape[1]]
   assert masks.shape == (2, max(heights), max(widths))
-  for mask, image, height, width in zip(masks, (jpeg_image, png_image), heights, widths):
+  for mask, image, height, width in zip(masks, (jpeg_image, png_image), heights, widths, strict=True):
     logits = _keras_logits(keras_model, image)
     expected, clear = np.argmax(logits, axis=-1), clear_pixels(logits)
     assert clear.mean() > MIN_CLEAR
@@ -126,23 +140,24 @@ def _all_tensor_dtypes(interpreter) -> set:
   return {np.dtype(t["dtype"]) for t in interpreter.get_tensor_details()}
 
 
-@pytest.mark.parametrize("name, input_dtype", [(exporting.FLOAT32_TFLITE, np.float32),
-                                               (exporting.INT8_TFLITE, np.uint8)])
-def test_tflite_models_run_in_the_interpreter_on_a_513_input_and_give_class_ids(exported, keras_model, voc_data,
-                                                                                  name, input_dtype):
+@pytest.mark.parametrize(
+  "name, input_dtype", [(exporting.FLOAT32_TFLITE, np.float32), (exporting.INT8_TFLITE, np.uint8)]
+)
+def test_tflite_models_run_in_the_interpreter_on_a_513_input_and_give_class_ids(
+  exported, keras_model, voc_data, name, input_dtype
+):
   output_dir, _ = exported
   interpreter = tflite_interpreter.make_interpreter(str(output_dir / name), num_threads=2)
   [input_details], [output_details] = interpreter.get_input_details(), interpreter.get_output_details()
   assert list(input_details["shape"]) == [1, 513, 513, 3] and input_details["dtype"] == input_dtype
   assert list(output_details["shape"]) == [1, 513, 513] and output_details["dtype"] == np.uint8
 
-  image = np.asarray(Image.open(voc_data / voc.IMAGE_DIR / f"{_split_ids(voc_data, 'val', 1)[0]}.jpg")
-                     .convert("RGB"))
+  image = np.asarray(Image.open(voc_data / voc.IMAGE_DIR / f"{_split_ids(voc_data, 'val', 1)[0]}.jpg").convert("RGB"))
   classes = exporting.tflite_predict(interpreter, image)
   assert classes.shape == image.shape[:2] and classes.max() < 21
   padded = np.full((513, 513, 3), pixels.MEAN_PIXEL, np.float32)
-  padded[:image.shape[0], :image.shape[1]] = image
-  logits = _keras_logits(keras_model, padded)[:image.shape[0], :image.shape[1]]
+  padded[: image.shape[0], : image.shape[1]] = image
+  logits = _keras_logits(keras_model, padded)[: image.shape[0], : image.shape[1]]
   if input_dtype == np.float32:
     # The conversion changes nothing but float rounding: the same class wherever rounding cannot decide.
     clear = clear_pixels(logits)
@@ -161,8 +176,9 @@ def _tied_pixels(model, records) -> tuple[int, int, int]:
   scored = tied_native = tied_canvas = 0
   for image, label in tfrecords.eval_dataset(f"{records}/val-*.tfrecord", batch_size=1):
     image, valid = image[0].numpy().astype(np.uint8), label[0].numpy() != voc.IGNORE_LABEL
-    canvas, (height, width) = exporting._fit_and_pad(  # pylint: disable=protected-access
-        image, pixels.DEEPLAB_CANVAS, pixels.MEAN_PIXEL)
+    canvas, (height, width) = exporting._fit_and_pad(  # The exporter's own padding, tested directly.
+      image, pixels.DEEPLAB_CANVAS, pixels.MEAN_PIXEL
+    )
     scored += int(valid.sum())
     tied_native += int((valid & ~clear_pixels(_keras_logits(model, image))).sum())
     tied_canvas += int((valid & ~clear_pixels(_keras_logits(model, canvas)[:height, :width])).sum())
@@ -185,22 +201,31 @@ def test_command_checks_every_export_on_the_same_images_and_writes_the_report(ex
     assert exports["saved_model"]["miou"] == exports["keras"]["miou"]  # The same classes: the same score.
   assert exports["tflite_float32"]["agreement_with_keras_513"] >= 1.0 - tied_canvas / scored, (tied_canvas, scored)
   assert report["int8_drop_points"] == pytest.approx(
-      100 * (exports["tflite_float32"]["miou"] - exports["tflite_int8"]["miou"]))
+    100 * (exports["tflite_float32"]["miou"] - exports["tflite_int8"]["miou"])
+  )
   assert report["tflite"]["tflite_int8"]["bytes"] > 0
   for name in exports:
     assert name in result.stdout
   assert "calibration:" in result.stderr or "calibrating" in result.stderr
 
 
-@pytest.mark.parametrize("arguments, message", [
+@pytest.mark.parametrize(
+  "arguments, message",
+  [
     (["--model_dir={tmp}"], "has no config.json"),
     (["--model_dir={run}", "--int8"], "--int8 needs --calibration_data"),
     (["--model_dir={run}", "--int8", "--calibration_data={tmp}/train-*.tfrecord"], "--calibration_data: no file"),
-])
+  ],
+)
 def test_mistakes_are_one_line_errors(tiny_run, tmp_path, arguments, message):
   arguments = [a.format(tmp=tmp_path, run=tiny_run) for a in arguments]
-  result = subprocess.run([sys.executable, "-m", "inference.export", f"--output_dir={tmp_path}/out", *arguments],
-                          cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+  result = subprocess.run(
+    [sys.executable, "-m", "inference.export", f"--output_dir={tmp_path}/out", *arguments],
+    cwd=REPO_ROOT,
+    capture_output=True,
+    text=True,
+    timeout=120,
+  )
   assert result.returncode == 2, result.stderr[-2000:]
   assert message in result.stderr.strip().splitlines()[-1]
 
@@ -211,7 +236,7 @@ def _calibrated(graph, images) -> bytes:
   converter.optimizations = [tf.lite.Optimize.DEFAULT]
   converter.representative_dataset = lambda: ([image] for image in images)
   converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-  converter._experimental_calibrate_only = True  # pylint: disable=protected-access
+  converter._experimental_calibrate_only = True  # Private: no public API gives this.
   return converter.convert()
 
 
@@ -249,13 +274,17 @@ def test_int8_activation_ranges_are_the_mean_of_each_images_min_and_max():
 
 def _first_convolution_weights(model_bytes: bytes) -> tuple[np.ndarray, np.ndarray]:
   """(int8 weights, per-channel scales) of the first CONV_2D of a quantized model."""
-  from tensorflow.lite.python import schema_py_generated as schema_fb  # pylint: disable=g-import-not-at-top
-  from tensorflow.lite.tools import flatbuffer_utils  # pylint: disable=g-import-not-at-top
+  from tensorflow.lite.python import schema_py_generated as schema_fb
+  from tensorflow.lite.tools import flatbuffer_utils
+
   model = flatbuffer_utils.convert_bytearray_to_object(model_bytes)
   subgraph = model.subgraphs[0]
-  op = next(op for op in subgraph.operators
-            if max(model.operatorCodes[op.opcodeIndex].builtinCode,
-                   model.operatorCodes[op.opcodeIndex].deprecatedBuiltinCode) == schema_fb.BuiltinOperator.CONV_2D)
+  op = next(
+    op
+    for op in subgraph.operators
+    if max(model.operatorCodes[op.opcodeIndex].builtinCode, model.operatorCodes[op.opcodeIndex].deprecatedBuiltinCode)
+    == schema_fb.BuiltinOperator.CONV_2D
+  )
   weight = subgraph.tensors[op.inputs[1]]
   ints = np.frombuffer(bytes(bytearray(model.buffers[weight.buffer].data)), np.int8).reshape(weight.shape)
   return ints, np.asarray(weight.quantization.scale)
@@ -301,6 +330,7 @@ def test_int8_keeps_the_quantization_grid_of_imported_weights():
       interpreter.invoke()
       results.append(interpreter.get_tensor(interpreter.get_output_details()[0]["index"]))
     return np.concatenate(results)
+
   exact = np.concatenate([graph(tf.constant(np.round(image))).numpy() for image in images])
   kept_error = np.abs(outputs(kept_model)[..., :3] - exact[..., :3]).mean()
   own_error = np.abs(outputs(tflite_own)[..., :3] - exact[..., :3]).mean()

@@ -44,8 +44,14 @@ def local_voc(tmp_path_factory) -> tuple[pathlib.Path, dict[str, list[str]]]:
 
 
 def run(gcs: GcsEmulator, module: str, *args: str, timeout: int = 300) -> subprocess.CompletedProcess:
-  return subprocess.run([sys.executable, "-m", module, *args], cwd=REPO_ROOT, env=os.environ | gcs.env(),
-                        capture_output=True, text=True, timeout=timeout)
+  return subprocess.run(
+    [sys.executable, "-m", module, *args],
+    cwd=REPO_ROOT,
+    env=os.environ | gcs.env(),
+    capture_output=True,
+    text=True,
+    timeout=timeout,
+  )
 
 
 def convert(gcs: GcsEmulator, voc_root: str, output_dir: str) -> subprocess.CompletedProcess:
@@ -77,8 +83,14 @@ def converted(gcs, local_voc) -> str:
 def test_conversion_writes_shards_and_summaries_to_the_bucket(gcs, local_voc, converted, tmp_path):
   fs = gcs.filesystem()
   names = {path.rsplit("/", 1)[-1] for path in fs.ls(f"{BUCKET}/records")}
-  assert {"train-00000-of-00001.tfrecord", "val-00000-of-00001.tfrecord", "train-summary.json",
-          "val-summary.json", "train-rejected.jsonl", "val-rejected.jsonl"} <= names
+  assert {
+    "train-00000-of-00001.tfrecord",
+    "val-00000-of-00001.tfrecord",
+    "train-summary.json",
+    "val-summary.json",
+    "train-rejected.jsonl",
+    "val-rejected.jsonl",
+  } <= names
   assert not any(name.startswith(".temp") or "beam-temp" in name for name in names), names  # Beam cleaned up
   for split, count in (("train", NUM_TRAIN), ("val", NUM_VAL)):
     summary = json.loads(fs.cat(f"{BUCKET}/records/{split}-summary.json"))
@@ -93,19 +105,26 @@ def test_conversion_reads_a_gs_voc_root(gcs, local_voc, converted, tmp_path):
   convert(gcs, f"gs://{BUCKET}/voc", f"gs://{BUCKET}/records_from_gs")
   for split in ("train", "val"):
     assert bucket_records(gcs, "records_from_gs", split, tmp_path / "gs") == bucket_records(
-        gcs, "records", split, tmp_path / "local")
+      gcs, "records", split, tmp_path / "local"
+    )
 
 
 def test_downloading_voc_into_a_gs_root_is_refused_in_one_line(gcs):
-  result = run(gcs, "preprocessing.make_tfrecords", f"--voc_root=gs://{BUCKET}/no_voc_here",
-               f"--output_dir=gs://{BUCKET}/unused")
+  result = run(
+    gcs, "preprocessing.make_tfrecords", f"--voc_root=gs://{BUCKET}/no_voc_here", f"--output_dir=gs://{BUCKET}/unused"
+  )
   assert result.returncode == 1
   last_line = result.stderr.strip().splitlines()[-1]
   assert last_line.startswith("make_tfrecords: error: download failed") and "local folder" in last_line
 
 
-TRAIN_FLAGS = ("--config=configs/smoke.py", "--config.model.alpha=0.35", "--config.input.crop_size=64",
-               "--config.input.eval_pad_to=128", "--config.train.num_triptychs=1")
+TRAIN_FLAGS = (
+  "--config=configs/smoke.py",
+  "--config.model.alpha=0.35",
+  "--config.input.crop_size=64",
+  "--config.input.eval_pad_to=128",
+  "--config.train.num_triptychs=1",
+)
 
 
 def test_training_on_the_bucket_checkpoints_resumes_and_evaluates(gcs, converted):
@@ -114,14 +133,22 @@ def test_training_on_the_bucket_checkpoints_resumes_and_evaluates(gcs, converted
   run_dir = f"{BUCKET}/runs/smoke"
   steps_per_loop = NUM_TRAIN // 4  # smoke's batch size
 
-  first = run(gcs, "trainer.main", f"--data_dir={converted}", f"--model_dir={model_dir}", *TRAIN_FLAGS,
-              "--config.train.epochs=1", "--mode=train")
+  first = run(
+    gcs,
+    "trainer.main",
+    f"--data_dir={converted}",
+    f"--model_dir={model_dir}",
+    *TRAIN_FLAGS,
+    "--config.train.epochs=1",
+    "--mode=train",
+  )
   assert first.returncode == 0, first.stderr[-3000:]
   assert fs.exists(f"{run_dir}/resume/chief/ckpt-1.index") and fs.exists(f"{run_dir}/checkpoints/final.weights.h5")
   assert json.loads(fs.cat(f"{run_dir}/config.json"))["train"]["epochs"] == 1
 
-  second = run(gcs, "trainer.main", f"--data_dir={converted}", f"--model_dir={model_dir}", *TRAIN_FLAGS,
-               "--config.train.epochs=2")
+  second = run(
+    gcs, "trainer.main", f"--data_dir={converted}", f"--model_dir={model_dir}", *TRAIN_FLAGS, "--config.train.epochs=2"
+  )
   assert second.returncode == 0, second.stderr[-3000:]
   assert "resuming after loop 1 of 2" in second.stderr
   assert "Epoch 2/2" in second.stdout and "Epoch 1/2" not in second.stdout

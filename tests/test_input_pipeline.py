@@ -17,28 +17,31 @@ from PIL import Image
 import pytest
 import tensorflow as tf
 
-from contracts import schema, voc
+from contracts import schema
+from contracts import voc
 from deeplab import metrics
 from deeplab import network
 from deeplab import pixels
 from deeplab import tfrecords
-from tests.conftest import direction_and_size
 from tests.conftest import FLOAT32_STEP_NOISE
+from tests.conftest import direction_and_size
 from tests.conftest import is_voc_sample
 from tests.conftest import same_step
-from trainer import augment, input_pipeline, losses
+from trainer import augment
+from trainer import input_pipeline
+from trainer import losses
 
 
 def _ids(voc_dir: pathlib.Path, split: str) -> list[str]:
   return (voc_dir / voc.SPLIT_DIR / f"{split}.txt").read_text().split()
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _source_rgb(voc_dir: pathlib.Path, image_id: str) -> np.ndarray:
   return cv2.cvtColor(cv2.imread(str(voc_dir / voc.IMAGE_DIR / f"{image_id}.jpg")), cv2.COLOR_BGR2RGB)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _source_mask(voc_dir: pathlib.Path, image_id: str) -> np.ndarray:
   return np.asarray(Image.open(voc_dir / voc.MASK_DIR / f"{image_id}.png"))
 
@@ -58,8 +61,9 @@ def _example(voc_dir: pathlib.Path, image_id: str, *, image_format: str = "jpeg"
     Image.fromarray(_source_mask(voc_dir, image_id)).save(buffer, format="PNG")
     mask = buffer.getvalue()
   width, height = Image.open(jpeg_path).size
-  return schema.make_example(image=image, image_format=image_format, mask_png=mask, filename=image_id,
-                             height=height, width=width).SerializeToString()
+  return schema.make_example(
+    image=image, image_format=image_format, mask_png=mask, filename=image_id, height=height, width=width
+  ).SerializeToString()
 
 
 def _write_shards(directory: pathlib.Path, split: str, records: list[bytes], num_shards: int) -> str:
@@ -76,8 +80,10 @@ def shards(voc_data, tmp_path_factory) -> dict[str, str]:
   """train (2 shards) and val (3 shards) of the whole root: 311 and 201 records of the real sample, 16 and 8
   generated."""
   directory = tmp_path_factory.mktemp("records")
-  return {split: _write_shards(directory, split, [_example(voc_data, i) for i in _ids(voc_data, split)], shards)
-          for split, shards in (("train", 2), ("val", 3))}
+  return {
+    split: _write_shards(directory, split, [_example(voc_data, i) for i in _ids(voc_data, split)], shards)
+    for split, shards in (("train", 2), ("val", 3))
+  }
 
 
 def _one_record_file(directory: pathlib.Path, voc_dir: pathlib.Path, image_id: str, **kwargs) -> str:
@@ -145,11 +151,11 @@ def test_eval_yields_every_val_image_once_at_native_size(voc_data, shards):
 
 def test_eval_pad_to_pads_image_with_mean_and_label_with_ignore(voc_data, shards):
   count = 0
-  for images, labels, meta in tfrecords.eval_dataset(shards["val"], batch_size=8, pad_to=513,
-                                                          with_metadata=True):
+  for images, labels, meta in tfrecords.eval_dataset(shards["val"], batch_size=8, pad_to=513, with_metadata=True):
     assert images.shape[1:] == (513, 513, 3) and labels.shape[1:] == (513, 513)
-    for image, label, image_id, height, width in zip(images.numpy(), labels.numpy(), meta["id"].numpy(),
-                                                     meta["height"].numpy(), meta["width"].numpy()):
+    for image, label, image_id, height, width in zip(
+      images.numpy(), labels.numpy(), meta["id"].numpy(), meta["height"].numpy(), meta["width"].numpy(), strict=True
+    ):
       image_id = image_id.decode()
       np.testing.assert_array_equal(image[:height, :width], _source_rgb(voc_data, image_id))
       np.testing.assert_array_equal(label[:height, :width], _source_mask(voc_data, image_id))
@@ -168,8 +174,9 @@ def test_eval_image_larger_than_pad_to_fails_naming_it(voc_data, shards):
   ids = _ids(voc_data, "val")
   pad_to = min(300, max(_source_mask(voc_data, ids[0]).shape) - 1)
   too_large = [i for i in ids if max(_source_mask(voc_data, i).shape) > pad_to]
-  with pytest.raises(tf.errors.InvalidArgumentError,
-                     match=rf"larger than pad_to[\s\S]*({'|'.join(map(re.escape, too_large))})"):
+  with pytest.raises(
+    tf.errors.InvalidArgumentError, match=rf"larger than pad_to[\s\S]*({'|'.join(map(re.escape, too_large))})"
+  ):
     for _ in tfrecords.eval_dataset(shards["val"], pad_to=pad_to):
       pass
 
@@ -198,7 +205,7 @@ def _reference_crop(source: np.ndarray, mask: np.ndarray, draw: augment.Geometry
   padded_image = np.full((height, width, 3), 127.5, np.float32)
   padded_label = np.full((height, width), 255, np.uint8)
   padded_image[:scaled_h, :scaled_w], padded_label[:scaled_h, :scaled_w] = image, label
-  image, label = padded_image[top:top + crop, left:left + crop], padded_label[top:top + crop, left:left + crop]
+  image, label = padded_image[top : top + crop, left : left + crop], padded_label[top : top + crop, left : left + crop]
   return (image[:, ::-1], label[:, ::-1]) if flipped else (image, label)
 
 
@@ -219,7 +226,7 @@ def test_train_batches_are_uint8_canvases_with_geometry(voc_data, shards):
   assert [tuple(field.shape) for field in geometry] == [(4, 2), (4, 2), (4, 2), (4,)]
   assert [field.dtype for field in geometry] == [tf.int32, tf.int32, tf.int32, tf.bool]
   sources = {_source_mask(voc_data, i).tobytes(): i for i in _ids(voc_data, "train")}
-  for image, label, (height, width) in zip(images, labels, geometry.canvas_size.numpy()):
+  for image, label, (height, width) in zip(images, labels, geometry.canvas_size.numpy(), strict=True):
     image_id = sources[label[:height, :width].tobytes()]  # The mask identifies the picture.
     np.testing.assert_array_equal(image[:height, :width], _source_rgb(voc_data, image_id))
     assert np.all(image[height:] == pixels.MEAN_PIXEL_UINT8) and np.all(label[:, width:] == 255)
@@ -238,11 +245,12 @@ def test_train_crops_are_the_reference_resize_pad_crop_flip(voc_data, shards):
   for batch in dataset.take(6):
     canvases = batch[1].numpy()
     images, labels, geometry = _crops(batch, crop)
-    for canvas, image, label, draw in zip(canvases, images, labels, geometry):
+    for canvas, image, label, draw in zip(canvases, images, labels, geometry, strict=True):
       height, width = draw.canvas_size
       image_id = sources[canvas[:height, :width].tobytes()]
-      expected_image, expected_label = _reference_crop(_source_rgb(voc_data, image_id),
-                                                       _source_mask(voc_data, image_id), draw, crop)
+      expected_image, expected_label = _reference_crop(
+        _source_rgb(voc_data, image_id), _source_mask(voc_data, image_id), draw, crop
+      )
       # tf.image.resize's kernel and our gathers blend the same taps of values <= 255 in another order: a few float32
       # ulps of 255 (~1e-4) apart; a tap or offset off by one moves pixels by whole levels.
       np.testing.assert_allclose(image, expected_image, atol=1e-3, err_msg=image_id)
@@ -276,7 +284,7 @@ def test_the_train_step_crops_on_the_device_as_on_the_host(shards):
       augment.crop_on_device(net, (65, 65))
     before = [w.numpy().copy() for w in net.trainable_weights]
     loss = net.train_on_batch(*data, return_dict=True)["loss"]
-    update = np.concatenate([np.ravel(w.numpy() - old) for w, old in zip(net.trainable_weights, before)])
+    update = np.concatenate([np.ravel(w.numpy() - old) for w, old in zip(net.trainable_weights, before, strict=True)])
     steps.append((loss, miou.confusion_matrix(), update))
   (loss, confusion, update), (host_loss, host_confusion, host_update), (_, _, off_update) = steps
   # The crop is the same float32 ops (gathers, a multiply and an add per tap) in both graphs: bit-identical on this
@@ -342,7 +350,7 @@ def test_train_scale_half_pads_with_mean_pixel_and_ignore_label(voc_data, tmp_pa
   expected_label[:height, :width] = tf.image.resize(mask[..., None], (height, width), method="nearest")[..., 0]
   dataset = input_pipeline.train_dataset(path, batch_size=2, min_scale=0.5, max_scale=0.5, flip=False, seed=0)
   images, labels, _ = _crops(next(iter(dataset)), 513)
-  for image, label in zip(images, labels):
+  for image, label in zip(images, labels, strict=True):
     np.testing.assert_allclose(image, expected_image, atol=1e-3)  # As in the random crops' test: float32 ulps of 255.
     np.testing.assert_array_equal(label, expected_label)
 
@@ -354,14 +362,16 @@ def test_images_larger_than_the_canvas_are_shrunk_to_fit_it(voc_data, tmp_path):
   path = _one_record_file(tmp_path, voc_data, image_id)
   mask = _source_mask(voc_data, image_id)
   canvas, crop = max(mask.shape) // 2, max(mask.shape) * 321 // 500
-  dataset = input_pipeline.train_dataset(path, batch_size=2, crop_size=crop, canvas_size=canvas, min_scale=0.5,
-                                         max_scale=0.5, flip=False, seed=0)
+  dataset = input_pipeline.train_dataset(
+    path, batch_size=2, crop_size=crop, canvas_size=canvas, min_scale=0.5, max_scale=0.5, flip=False, seed=0
+  )
   batch = next(iter(dataset))
   canvases, geometry = batch.images.images.numpy(), _draws(batch.images.geometry)
   factor = min(canvas / n for n in mask.shape)
   shrunk = [int(n * factor) for n in mask.shape]
-  np.testing.assert_array_equal(np.concatenate([geometry[0].canvas_size, geometry[0].scaled_size]),
-                                shrunk + [n // 2 for n in mask.shape])
+  np.testing.assert_array_equal(
+    np.concatenate([geometry[0].canvas_size, geometry[0].scaled_size]), shrunk + [n // 2 for n in mask.shape]
+  )
   assert canvases.shape[1:3] == (canvas, canvas)
   images, labels, _ = _crops(batch, crop)
   expected_image, expected_label = _reference_crop(_source_rgb(voc_data, image_id), mask, geometry[0], crop)
@@ -375,8 +385,9 @@ def test_photometric_jitter_changes_colours_not_padding_or_labels(voc_data, tmp_
   path = _one_record_file(tmp_path, voc_data, image_id)
   options = dict(batch_size=4, min_scale=0.5, max_scale=0.5, flip=False, seed=3, shuffle_buffer=0)
   plain, labels, _ = _crops(next(iter(input_pipeline.train_dataset(path, **options))), 513)
-  jittered, jittered_labels, _ = _crops(next(iter(input_pipeline.train_dataset(path, photometric=True, **options))),
-                                        513)
+  jittered, jittered_labels, _ = _crops(
+    next(iter(input_pipeline.train_dataset(path, photometric=True, **options))), 513
+  )
   np.testing.assert_array_equal(labels, jittered_labels)
   height, width = (n // 2 for n in _source_mask(voc_data, image_id).shape)
   padding = np.ones((4, 513, 513), bool)
@@ -387,25 +398,32 @@ def test_photometric_jitter_changes_colours_not_padding_or_labels(voc_data, tmp_
 
 def test_deterministic_with_seed_repeats_batches_exactly(shards):
   def batches(seed):
-    dataset = input_pipeline.train_dataset(shards["train"], batch_size=4, crop_size=129, seed=seed,
-                                           deterministic=True, shuffle_buffer=64)
-    return [(canvases.images.numpy(), labels.numpy(), np.concatenate([np.reshape(field, [4, -1]) for field in
-                                                                       canvases.geometry], 1))
-            for canvases, labels in dataset.take(3)]
+    dataset = input_pipeline.train_dataset(
+      shards["train"], batch_size=4, crop_size=129, seed=seed, deterministic=True, shuffle_buffer=64
+    )
+    return [
+      (
+        canvases.images.numpy(),
+        labels.numpy(),
+        np.concatenate([np.reshape(field, [4, -1]) for field in canvases.geometry], 1),
+      )
+      for canvases, labels in dataset.take(3)
+    ]
 
   first, second, other = batches(7), batches(7), batches(8)
-  for batch_a, batch_b in zip(first, second):
-    for a, b in zip(batch_a, batch_b):
+  for batch_a, batch_b in zip(first, second, strict=True):
+    for a, b in zip(batch_a, batch_b, strict=True):
       np.testing.assert_array_equal(a, b)
-  assert not all(np.array_equal(a[2], b[2]) for a, b in zip(first, other))
+  assert not all(np.array_equal(a[2], b[2]) for a, b in zip(first, other, strict=True))
 
 
 # --- sharding over input pipelines -----------------------------------------------------------------------------
 
 
 def _context(pipeline_id: int, num_pipelines: int = 2) -> tf.distribute.InputContext:
-  return tf.distribute.InputContext(num_input_pipelines=num_pipelines, input_pipeline_id=pipeline_id,
-                                    num_replicas_in_sync=num_pipelines)
+  return tf.distribute.InputContext(
+    num_input_pipelines=num_pipelines, input_pipeline_id=pipeline_id, num_replicas_in_sync=num_pipelines
+  )
 
 
 def _eval_ids(file_pattern: str, **kwargs) -> list[str]:
@@ -415,8 +433,9 @@ def _eval_ids(file_pattern: str, **kwargs) -> list[str]:
 
 def _train_record_ids(file_pattern: str, **kwargs) -> list[str]:
   """Ids of the records the training pipeline reads (its augmented crops carry no id)."""
-  serialized = tfrecords.serialized_records(tfrecords.list_files(file_pattern), shuffle=True, deterministic=False,
-                                          **kwargs)
+  serialized = tfrecords.serialized_records(
+    tfrecords.list_files(file_pattern), shuffle=True, deterministic=False, **kwargs
+  )
   return [tfrecords.decode_record(r)["id"].numpy().decode() for r in serialized]
 
 

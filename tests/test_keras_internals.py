@@ -25,14 +25,20 @@ def test_fit_builds_through_the_private_methods_that_build_for_fit_replaces():
   assert "self._maybe_symbolic_build(iterator=epoch_iterator)" in fit
   assert "data_batch" in inspect.signature(keras.Model._symbolic_build).parameters
   assert set(inspect.signature(keras_tf_trainer.TensorFlowTrainer._maybe_symbolic_build).parameters) == {
-      "self", "iterator", "data_batch"}
+    "self",
+    "iterator",
+    "data_batch",
+  }
 
 
 def _model():
   keras.utils.set_random_seed(0)
   model = network.build_deeplabv3plus(alpha=0.35, aspp_rates=(), num_classes=3)
-  model.compile(optimizer=keras.optimizers.SGD(0.1), loss=losses.SegmentationLoss(3),
-                metrics=[metrics.MeanIoU(3), metrics.PixelAccuracy()])
+  model.compile(
+    optimizer=keras.optimizers.SGD(0.1),
+    loss=losses.SegmentationLoss(3),
+    metrics=[metrics.MeanIoU(3), metrics.PixelAccuracy()],
+  )
   return model
 
 
@@ -51,8 +57,9 @@ def test_build_for_fit_builds_loss_metrics_and_optimizer_and_fit_trains_on_canva
   labels = rng.integers(0, 3, (2, 48, 48)).astype(np.uint8)
   labels[:, :4] = voc.IGNORE_LABEL
   sizes = tf.constant([[48, 48], [40, 30]])
-  geometry = augment.draw_geometry(sizes, sizes, tf.constant([0, 1], tf.int64), crop=CROP, min_scale=0.5,
-                                   max_scale=2.0, flip=True)
+  geometry = augment.draw_geometry(
+    sizes, sizes, tf.constant([0, 1], tf.int64), crop=CROP, min_scale=0.5, max_scale=2.0, flip=True
+  )
   batch = tfrecords.Batch(augment.Canvases(tf.constant(images), geometry), tf.constant(labels))
   history = model.fit(tf.data.Dataset.from_tensors(batch).repeat(), epochs=1, steps_per_epoch=2, verbose=0)
   assert np.isfinite(history.history["loss"][-1])

@@ -109,9 +109,7 @@ def test_classes_absent_from_truth_and_prediction_are_left_out_of_the_mean():
 
 def test_the_figures_papers_report_from_a_hand_made_confusion_matrix():
   # Rows: truth, columns: prediction. Class "c" is predicted but never true: no accuracy, but an IoU of 0.
-  confusion = np.array([[50, 10, 0],
-                        [5, 20, 15],
-                        [0, 0, 0]])
+  confusion = np.array([[50, 10, 0], [5, 20, 15], [0, 0, 0]])
   report = metrics.summarize_confusion(confusion, ("a", "b", "c"))
   assert report["pixel_accuracy"] == pytest.approx(70 / 100)  # global: the diagonal over every pixel
   assert report["per_class_accuracy"] == pytest.approx({"a": 50 / 60, "b": 20 / 40, "c": None})
@@ -126,9 +124,11 @@ def test_class_weights_from_hand_computed_pixel_counts():
   frequency = np.array([240 / 300, 50 / 200, 10 / 100])  # SegNet's: a class's pixels over its images' pixels
   expected = np.median(frequency) / frequency
   assert losses.class_weights_from_pixels(class_pixels, image_pixels, "median_frequency") == pytest.approx(
-      (*expected, 1.0))
+    (*expected, 1.0)
+  )
   share = np.array([240, 50, 10]) / 300
   assert losses.class_weights_from_pixels(class_pixels, image_pixels, "inverse_log") == pytest.approx(
-      (*(1 / np.log(1.02 + share)), 1.0))
+    (*(1 / np.log(1.02 + share)), 1.0)
+  )
   with pytest.raises(ValueError, match="unknown class weighting"):
     losses.class_weights_from_pixels(class_pixels, image_pixels, "median")

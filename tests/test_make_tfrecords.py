@@ -12,11 +12,11 @@ import subprocess
 import sys
 import tarfile
 
+from absl import app
 import numpy as np
+from PIL import Image
 import pytest
 import tensorflow as tf
-from absl import app
-from PIL import Image
 
 from contracts import schema
 from contracts import shards
@@ -48,6 +48,7 @@ def _rejected(output_dir: pathlib.Path, split: str) -> list[dict]:
 
 # --------------------------------------------------------------------------- a whole root (real or generated)
 
+
 @pytest.fixture(scope="module")
 def real_run(voc_data, tmp_path_factory):
   output_dir = tmp_path_factory.mktemp("voc_tfrecords")
@@ -57,8 +58,14 @@ def real_run(voc_data, tmp_path_factory):
 def test_real_sample_counts_files_and_summaries(real_run, voc_data):
   output_dir, summaries = real_run
   assert sorted(os.listdir(output_dir)) == [
-      "class_names.txt", "train-00000-of-00001.tfrecord", "train-rejected.jsonl", "train-summary.json",
-      "val-00000-of-00001.tfrecord", "val-rejected.jsonl", "val-summary.json"]
+    "class_names.txt",
+    "train-00000-of-00001.tfrecord",
+    "train-rejected.jsonl",
+    "train-summary.json",
+    "val-00000-of-00001.tfrecord",
+    "val-rejected.jsonl",
+    "val-summary.json",
+  ]
   assert (output_dir / "class_names.txt").read_text().split() == list(voc.CLASS_NAMES)
   for split, count in (("train", 311), ("val", 201)) if is_voc_sample(voc_data) else (("train", 16), ("val", 8)):
     assert count == len(voc.read_split_ids(str(voc_data), split))
@@ -86,6 +93,7 @@ def test_real_sample_records_are_the_source_bytes_and_palette_indices(real_run, 
 
 # ---------------------------------------------------------------------------------- generated data + faults
 
+
 def _encode(array: np.ndarray, fmt: str) -> bytes:
   buffer = io.BytesIO()
   Image.fromarray(array).save(buffer, format=fmt)
@@ -108,11 +116,11 @@ def _inject_faults(root: pathlib.Path, train_ids: list[str]) -> tuple[list[str],
   _write(images / "bad_missing_mask.jpg", jpeg)
   _write(images / "bad_corrupt_image.jpg", b"\xff\xd8\xff\xe0 not really a JPEG")
   _write(masks / "bad_corrupt_image.png", voc.encode_palette_png(class_ids))
-  _write(images / "bad_truncated_jpeg.jpg", jpeg[:len(jpeg) * 2 // 3])
+  _write(images / "bad_truncated_jpeg.jpg", jpeg[: len(jpeg) * 2 // 3])
   _write(masks / "bad_truncated_jpeg.png", voc.encode_palette_png(class_ids))
   mask_png = voc.encode_palette_png(class_ids)
   _write(images / "bad_truncated_png.jpg", jpeg)
-  _write(masks / "bad_truncated_png.png", mask_png[:len(mask_png) // 2])
+  _write(masks / "bad_truncated_png.png", mask_png[: len(mask_png) // 2])
   _write(images / "bad_size.jpg", jpeg)
   _write(masks / "bad_size.png", voc.encode_palette_png(class_ids[:, :-5]))
   out_of_range = class_ids.copy()
@@ -134,11 +142,17 @@ def _inject_faults(root: pathlib.Path, train_ids: list[str]) -> tuple[list[str],
   _write(images / "good_gray_mask.jpg", synthetic_voc.encode_jpeg(gray_image))
   _write(masks / "good_gray_mask.png", voc.encode_label_png(gray_ids))
 
-  bad = {"bad_missing_image": pairs.MISSING_IMAGE, "bad_missing_mask": pairs.MISSING_MASK,
-         "bad_corrupt_image": pairs.CORRUPT_IMAGE, "bad_truncated_jpeg": pairs.CORRUPT_IMAGE,
-         "bad_truncated_png": pairs.CORRUPT_MASK, "bad_size": pairs.SIZE_MISMATCH,
-         "bad_label": pairs.LABEL_OUT_OF_RANGE, "bad_colour": pairs.UNKNOWN_MASK_COLOUR,
-         "bad_webp": pairs.CORRUPT_IMAGE}
+  bad = {
+    "bad_missing_image": pairs.MISSING_IMAGE,
+    "bad_missing_mask": pairs.MISSING_MASK,
+    "bad_corrupt_image": pairs.CORRUPT_IMAGE,
+    "bad_truncated_jpeg": pairs.CORRUPT_IMAGE,
+    "bad_truncated_png": pairs.CORRUPT_MASK,
+    "bad_size": pairs.SIZE_MISMATCH,
+    "bad_label": pairs.LABEL_OUT_OF_RANGE,
+    "bad_colour": pairs.UNKNOWN_MASK_COLOUR,
+    "bad_webp": pairs.CORRUPT_IMAGE,
+  }
   good = {"good_rgb_mask": rgb_ids, "good_gray_mask": gray_ids}
   listed = train_ids[:4] + list(bad) + [train_ids[1]] + train_ids[4:] + list(good) + [train_ids[1]]
   return listed, bad, good
@@ -164,15 +178,23 @@ def test_each_bad_pair_is_rejected_with_its_reason(faulty_run):
   rejected = _rejected(output_dir, "train")
   duplicate = splits["train"][1]
   assert sorted((r["id"], r["reason"]) for r in rejected) == sorted(
-      list(bad.items()) + [(duplicate, pairs.DUPLICATE_ID)] * 2)
+    list(bad.items()) + [(duplicate, pairs.DUPLICATE_ID)] * 2
+  )
   assert all(r["split"] == "train" and r["detail"] for r in rejected)
   assert rejected == sorted(rejected, key=lambda r: (r["id"], r["reason"], r["detail"]))
   summary = json.loads((output_dir / "train-summary.json").read_text())
   assert summary["listed"] == len(listed) and summary["rejected"] == len(bad) + 2
   assert summary["written"] == len(listed) - len(bad) - 2 and summary["verified"]
   assert summary["rejected_by_reason"] == {
-      pairs.CORRUPT_IMAGE: 3, pairs.CORRUPT_MASK: 1, pairs.DUPLICATE_ID: 2, pairs.LABEL_OUT_OF_RANGE: 1,
-      pairs.MISSING_IMAGE: 1, pairs.MISSING_MASK: 1, pairs.SIZE_MISMATCH: 1, pairs.UNKNOWN_MASK_COLOUR: 1}
+    pairs.CORRUPT_IMAGE: 3,
+    pairs.CORRUPT_MASK: 1,
+    pairs.DUPLICATE_ID: 2,
+    pairs.LABEL_OUT_OF_RANGE: 1,
+    pairs.MISSING_IMAGE: 1,
+    pairs.MISSING_MASK: 1,
+    pairs.SIZE_MISMATCH: 1,
+    pairs.UNKNOWN_MASK_COLOUR: 1,
+  }
   assert summaries["train"].rejected_by_reason == summary["rejected_by_reason"]
 
 
@@ -203,7 +225,9 @@ def test_shards_of_an_earlier_shard_count_are_deleted(faulty_run):
   _, output_dir, _, _, _, _, _ = faulty_run
   names = sorted(os.listdir(output_dir))
   assert [n for n in names if n.startswith("train-") and n.endswith(".tfrecord")] == [
-      "train-00000-of-00002.tfrecord", "train-00001-of-00002.tfrecord"]
+    "train-00000-of-00002.tfrecord",
+    "train-00001-of-00002.tfrecord",
+  ]
   assert "train_aug-notes.txt" in names
 
 
@@ -220,9 +244,22 @@ def test_too_many_rejected_exits_nonzero_with_one_line_after_writing(small_voc, 
   root, splits = small_voc
   env = dict(os.environ, PYTHONPATH=str(REPO_ROOT))
   process = subprocess.run(
-      [sys.executable, "-m", "preprocessing.make_tfrecords", f"--voc_root={root}", f"--output_dir={tmp_path}",
-       "--splits=train", "--max_rejected_fraction=0.1", "--direct_running_mode=in_memory"],
-      cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
+    [
+      sys.executable,
+      "-m",
+      "preprocessing.make_tfrecords",
+      f"--voc_root={root}",
+      f"--output_dir={tmp_path}",
+      "--splits=train",
+      "--max_rejected_fraction=0.1",
+      "--direct_running_mode=in_memory",
+    ],
+    cwd=REPO_ROOT,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
   assert process.returncode == conversion.EXIT_TOO_MANY_REJECTED, process.stderr
   last_line = process.stderr.strip().splitlines()[-1]
   assert last_line.startswith("make_tfrecords: error: too many rejected pairs"), process.stderr
@@ -287,8 +324,13 @@ def test_a_missing_voc_root_is_downloaded_verified_and_converted(small_voc, tmp_
   archive = _tar_of(root)
   with ArchiveServer() as server:
     url = server.add("/voc.tar", body=archive)
-    summaries = _run(tmp_path / "VOC2012", tmp_path / "out", "--splits=val", f"--voc_url={url}",
-                     f"--voc_md5={hashlib.md5(archive).hexdigest()}")
+    summaries = _run(
+      tmp_path / "VOC2012",
+      tmp_path / "out",
+      "--splits=val",
+      f"--voc_url={url}",
+      f"--voc_md5={hashlib.md5(archive).hexdigest()}",
+    )
     assert summaries["val"].written == len(splits["val"])
     assert (tmp_path / "VOC2012" / "JPEGImages").is_dir()
     _run(tmp_path / "VOC2012", tmp_path / "out2", "--splits=val", f"--voc_url={url}")

@@ -53,8 +53,14 @@ def _random_weights_file(path: pathlib.Path) -> pathlib.Path:
   for layer in net.layers:
     if isinstance(layer, keras.layers.BatchNormalization):
       gamma, beta, mean, variance = layer.get_weights()
-      layer.set_weights([rng.uniform(0.5, 1.5, gamma.shape), rng.normal(0.0, 0.1, beta.shape),
-                         rng.normal(0.0, 0.1, mean.shape), rng.uniform(0.5, 1.5, variance.shape)])
+      layer.set_weights(
+        [
+          rng.uniform(0.5, 1.5, gamma.shape),
+          rng.normal(0.0, 0.1, beta.shape),
+          rng.normal(0.0, 0.1, mean.shape),
+          rng.uniform(0.5, 1.5, variance.shape),
+        ]
+      )
   net.save_weights(str(path))
   return path
 
@@ -69,15 +75,19 @@ def backbone(request, tmp_path_factory) -> Backbone:
     return Backbone(weights, tf.constant(photo, tf.float32), imagenet=False)
   weights, voc_sample = request.getfixturevalue("imagenet_weights"), request.getfixturevalue("voc_sample")
   path = sorted((voc_sample / "JPEGImages").glob("*.jpg"))[0]
-  return Backbone(weights, tf.cast(tf.io.decode_jpeg(tf.io.read_file(str(path)), channels=3), tf.float32),
-                  imagenet=True)
+  return Backbone(
+    weights, tf.cast(tf.io.decode_jpeg(tf.io.read_file(str(path)), channels=3), tf.float32), imagenet=True
+  )
 
 
-@pytest.mark.parametrize("config, batch, height, width", [
+@pytest.mark.parametrize(
+  "config, batch, height, width",
+  [
     (dict(output_stride=16, aspp_rates=(6, 12, 18), separable=True, num_classes=21), 1, 65, 97),
     (dict(output_stride=8, aspp_rates=(12, 24, 36), separable=False, num_classes=5), 2, 40, 57),
     (dict(output_stride=16, aspp_rates=(), separable=True, num_classes=3), 3, 33, 48),
-])
+  ],
+)
 def test_logits_have_the_input_size(config, batch, height, width):
   model = network.build_deeplabv3plus(**SMALL, **config)
   logits = model(_images(batch, height, width))
@@ -93,12 +103,21 @@ def test_513_pixel_input_with_the_lean_head():
   assert model(_images(1, 513, 513)).shape == (1, 513, 513, 21)
 
 
-@pytest.mark.parametrize("output_stride, strided, dilations", [
-    (16, {"block_1": 2, "block_3": 2, "block_6": 2, "block_13": 1},
-     {"block_12": 1, "block_13": 1, "block_14": 2, "block_16": 2}),
-    (8, {"block_1": 2, "block_3": 2, "block_6": 1, "block_13": 1},
-     {"block_5": 1, "block_6": 1, "block_7": 2, "block_12": 2, "block_13": 2, "block_14": 4, "block_16": 4}),
-])
+@pytest.mark.parametrize(
+  "output_stride, strided, dilations",
+  [
+    (
+      16,
+      {"block_1": 2, "block_3": 2, "block_6": 2, "block_13": 1},
+      {"block_12": 1, "block_13": 1, "block_14": 2, "block_16": 2},
+    ),
+    (
+      8,
+      {"block_1": 2, "block_3": 2, "block_6": 1, "block_13": 1},
+      {"block_5": 1, "block_6": 1, "block_7": 2, "block_12": 2, "block_13": 2, "block_14": 4, "block_16": 4},
+    ),
+  ],
+)
 def test_dilation_replaces_stride(output_stride, strided, dilations):
   model = network.build_deeplabv3plus(**SMALL, output_stride=output_stride, aspp_rates=())
   for block, stride in strided.items():
@@ -106,8 +125,9 @@ def test_dilation_replaces_stride(output_stride, strided, dilations):
   for block, rate in dilations.items():
     assert model.get_layer(f"{block}_depthwise").dilation_rate == (rate, rate), block
   # TF SAME padding: each stride-2 layer gives ceil(size / 2).
-  deepest, low_level = _features(model, [mobilenet_v2.HIGH_LEVEL_FEATURE, mobilenet_v2.LOW_LEVEL_FEATURE],
-                                 _images(1, 97, 130))
+  deepest, low_level = _features(
+    model, [mobilenet_v2.HIGH_LEVEL_FEATURE, mobilenet_v2.LOW_LEVEL_FEATURE], _images(1, 97, 130)
+  )
   assert deepest.shape[1:3] == (math.ceil(97 / output_stride), math.ceil(130 / output_stride))
   assert deepest.shape[3] == mobilenet_v2.make_divisible(320 * 0.35)
   assert low_level.shape[1:3] == (math.ceil(97 / 4), math.ceil(130 / 4))
@@ -120,8 +140,7 @@ def test_bad_output_stride_is_refused():
 
 @pytest.fixture(scope="module")
 def keras_mobilenet_v2(backbone):
-  return keras.applications.MobileNetV2(input_shape=(224, 224, 3), include_top=False,
-                                        weights=str(backbone.weights))
+  return keras.applications.MobileNetV2(input_shape=(224, 224, 3), include_top=False, weights=str(backbone.weights))
 
 
 def test_imagenet_weights_are_copied_by_name(backbone, keras_mobilenet_v2):
@@ -136,7 +155,7 @@ def test_imagenet_weights_are_copied_by_name(backbone, keras_mobilenet_v2):
   if not backbone.imagenet:
     fresh = network.build_deeplabv3plus(aspp_rates=())
     for name in ("bn_Conv1", "block_7_depthwise_BN", "block_16_project_BN"):
-      for mine, initial in zip(model.get_layer(name).get_weights(), fresh.get_layer(name).get_weights()):
+      for mine, initial in zip(model.get_layer(name).get_weights(), fresh.get_layer(name).get_weights(), strict=True):
         assert not np.allclose(mine, initial), name
     return
   # ...dequantized uint8 kernels and folded batch norm in ImageNet's.
@@ -150,22 +169,29 @@ def test_features_agree_with_keras_applications_on_a_voc_photo(backbone, size):
   """At output stride 32 our encoder is MobileNetV2; at 16 it is, up to the first stride it replaces."""
   image = tf.image.resize(backbone.photo, (size, size))[None]
   # A static size makes keras.applications pad stride-2 convs as TF's SAME, for odd sizes too.
-  reference = keras.applications.MobileNetV2(input_shape=(size, size, 3), include_top=False,
-                                             weights=str(backbone.weights))
+  reference = keras.applications.MobileNetV2(
+    input_shape=(size, size, 3), include_top=False, weights=str(backbone.weights)
+  )
   names = ["block_2_depthwise_relu", "block_12_add", "block_16_project_BN"]
   expected = _features(reference, names, keras.applications.mobilenet_v2.preprocess_input(image.numpy()))
   for output_stride, compared in ((32, names), (16, names[:2])):
-    model = network.build_deeplabv3plus(output_stride=output_stride, backbone_weights=str(backbone.weights),
-                                          aspp_rates=())
+    model = network.build_deeplabv3plus(
+      output_stride=output_stride, backbone_weights=str(backbone.weights), aspp_rates=()
+    )
     actual = _features(model, compared, image)  # Raw pixels: the model scales them itself.
-    for name, mine, theirs in zip(compared, actual, expected):
+    for name, mine, theirs in zip(compared, actual, expected, strict=True):
       assert mine.shape == theirs.shape, name
       # Other kernels for the same features (our fused batch norm and SAME padding against Keras's separate ops and
       # explicit padding): 2e-7 of the largest feature on generated weights, up to 1.3e-5 on ImageNet's large
       # folded weights (block 2, where sums cancel most); 1e-4 is 8x that, and still sees a batch-norm epsilon
       # off by 1e-3 (~5e-4 a layer).
-      np.testing.assert_allclose(mine, theirs, rtol=1e-4, atol=1e-4 * float(np.abs(theirs).max()),
-                                 err_msg=f"{name} at output stride {output_stride}")
+      np.testing.assert_allclose(
+        mine,
+        theirs,
+        rtol=1e-4,
+        atol=1e-4 * float(np.abs(theirs).max()),
+        err_msg=f"{name} at output stride {output_stride}",
+      )
   # Past the replaced stride the features differ in size (and so in values).
   assert _features(model, names[2:], image)[0].shape[1] == math.ceil(size / 16)
 
@@ -194,8 +220,9 @@ def test_keras_imagenet_download_loads_or_says_what_to_do():
     assert "internet" in str(error) and "backbone_weights=<path" in str(error)
     return
   reference = keras.applications.MobileNetV2(alpha=0.35, include_top=False, weights="imagenet")
-  np.testing.assert_array_equal(model.get_layer("block_5_expand").get_weights()[0],
-                                reference.get_layer("block_5_expand").get_weights()[0])
+  np.testing.assert_array_equal(
+    model.get_layer("block_5_expand").get_weights()[0], reference.get_layer("block_5_expand").get_weights()[0]
+  )
 
 
 def _fit_two_batches(model, seed=0):
@@ -225,14 +252,23 @@ def _moving_stats(layer):
 
 @pytest.mark.parametrize("freeze", [True, False])
 def test_freeze_backbone_bn(freeze):
-  model = network.build_deeplabv3plus(**SMALL, aspp_rates=(), num_classes=3, freeze_backbone_bn=freeze,
-                                        bn_momentum=0.8)
-  backbone_names = {layer.name for layer in keras.applications.MobileNetV2(
-      input_shape=(32, 32, 3), alpha=0.35, include_top=False, weights=None).layers}
-  backbone_bn = [layer for layer in model.layers
-                 if isinstance(layer, keras.layers.BatchNormalization) and layer.name in backbone_names]
-  head_bn = [layer for layer in model.layers
-             if isinstance(layer, keras.layers.BatchNormalization) and layer.name not in backbone_names]
+  model = network.build_deeplabv3plus(**SMALL, aspp_rates=(), num_classes=3, freeze_backbone_bn=freeze, bn_momentum=0.8)
+  backbone_names = {
+    layer.name
+    for layer in keras.applications.MobileNetV2(
+      input_shape=(32, 32, 3), alpha=0.35, include_top=False, weights=None
+    ).layers
+  }
+  backbone_bn = [
+    layer
+    for layer in model.layers
+    if isinstance(layer, keras.layers.BatchNormalization) and layer.name in backbone_names
+  ]
+  head_bn = [
+    layer
+    for layer in model.layers
+    if isinstance(layer, keras.layers.BatchNormalization) and layer.name not in backbone_names
+  ]
   assert len(backbone_bn) == 51 and len(head_bn) == 8
   assert all(layer.momentum == 0.8 for layer in backbone_bn + head_bn)
   assert all(layer.trainable != freeze for layer in backbone_bn)
@@ -242,7 +278,7 @@ def test_freeze_backbone_bn(freeze):
   _fit_two_batches(model)
 
   def changed(layer):
-    return any(not np.allclose(old, new) for old, new in zip(before[layer.name], _moving_stats(layer)))
+    return any(not np.allclose(old, new) for old, new in zip(before[layer.name], _moving_stats(layer), strict=True))
 
   assert all(changed(layer) != freeze for layer in backbone_bn)
   assert all(changed(layer) for layer in head_bn)

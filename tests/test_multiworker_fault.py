@@ -10,9 +10,8 @@ import sys
 import time
 
 import pytest
-
+import test_trainer
 from test_trainer import REPO_ROOT
-from test_trainer import records  # noqa: F401  (the fixture: tiny records made by the real Beam job)
 from test_trainer import trainer_command
 
 STEPS, STEPS_PER_LOOP = 20, 5
@@ -33,23 +32,49 @@ def _wait_for(condition, timeout: float, process: subprocess.Popen, output, what
     time.sleep(0.05)
 
 
+records = test_trainer.records  # The fixture: tiny records made by the real Beam job.
+
+
 @pytest.mark.timeout(600)
 def test_a_killed_worker_is_restarted_and_training_resumes_from_the_last_checkpoint(records, tmp_path):
   model_dir, log_dir = tmp_path / "model", tmp_path / "logs"
-  trainer_flags = trainer_command(records, model_dir, f"--config.train.steps={STEPS}",
-                                  f"--config.train.steps_per_loop={STEPS_PER_LOOP}",
-                                  "--config.train.eval_every_loops=100", "--config.train.eval_steps=1")[3:]
+  trainer_flags = trainer_command(
+    records,
+    model_dir,
+    f"--config.train.steps={STEPS}",
+    f"--config.train.steps_per_loop={STEPS_PER_LOOP}",
+    "--config.train.eval_every_loops=100",
+    "--config.train.eval_steps=1",
+  )[3:]
   launcher_output = tmp_path / "launcher.log"
   with open(launcher_output, "w") as out:  # A file, not a pipe: nobody reads it while the job runs.
     launcher = subprocess.Popen(
-        [sys.executable, "-m", "launch.local_workers", "--num_workers=2", "--max_restarts=2",
-         f"--log_dir={log_dir}", "--", *trainer_flags],
-        cwd=REPO_ROOT, stdout=out, stderr=subprocess.STDOUT)
+      [
+        sys.executable,
+        "-m",
+        "launch.local_workers",
+        "--num_workers=2",
+        "--max_restarts=2",
+        f"--log_dir={log_dir}",
+        "--",
+        *trainer_flags,
+      ],
+      cwd=REPO_ROOT,
+      stdout=out,
+      stderr=subprocess.STDOUT,
+    )
   try:
     # Kill when both workers have committed the same loop: each keeps its own resume checkpoint.
-    _wait_for(lambda: _latest_loop(model_dir, "worker_0") >= 1 and
-              _latest_loop(model_dir, "worker_1") == _latest_loop(model_dir, "worker_0"),
-              300, launcher, launcher_output, "the first checkpoint")
+    _wait_for(
+      lambda: (
+        _latest_loop(model_dir, "worker_0") >= 1
+        and _latest_loop(model_dir, "worker_1") == _latest_loop(model_dir, "worker_0")
+      ),
+      300,
+      launcher,
+      launcher_output,
+      "the first checkpoint",
+    )
     pid = int(re.search(r"started worker 1 \(pid (\d+)\)", launcher_output.read_text()).group(1))
     os.kill(pid, signal.SIGKILL)
     loop_at_kill = _latest_loop(model_dir, "worker_0")

@@ -5,10 +5,10 @@ import json
 import subprocess
 import sys
 
+from absl import app
 import cv2
 import numpy as np
 import pytest
-from absl import app
 
 from configs import smoke
 from contracts import shards
@@ -47,8 +47,9 @@ def own_run(own_voc, tmp_path_factory):
   config.train.epochs = 1
   config.train.num_triptychs = 1
   model_dir = tmp_path_factory.mktemp("own_run")
-  report = train.train_and_evaluate(config, data_dir=str(records), model_dir=str(model_dir),
-                                    strategy=distribute.create_strategy("default"))
+  report = train.train_and_evaluate(
+    config, data_dir=str(records), model_dir=str(model_dir), strategy=distribute.create_strategy("default")
+  )
   return model_dir, report
 
 
@@ -64,8 +65,9 @@ def test_conversion_refuses_a_class_count_that_disagrees_with_the_names(own_voc,
   names_file = tmp_path / "names.txt"
   names_file.write_text("background\nroad\nroad\n")
   with pytest.raises(app.UsageError, match="distinct names"):
-    make_tfrecords.run(["make_tfrecords", f"--voc_root={root}", f"--output_dir={tmp_path}",
-                        f"--class_names={names_file}"])
+    make_tfrecords.run(
+      ["make_tfrecords", f"--voc_root={root}", f"--output_dir={tmp_path}", f"--class_names={names_file}"]
+    )
 
 
 def test_training_names_the_classes_in_its_report_config_and_tensorboard(own_run):
@@ -74,9 +76,14 @@ def test_training_names_the_classes_in_its_report_config_and_tensorboard(own_run
   assert list(json.loads((model_dir / "metrics.json").read_text())["per_class_iou"]) == list(NAMES)
   assert json.loads((model_dir / "config.json").read_text())["model"]["class_names"] == list(NAMES)
   assert json.loads((model_dir / "config.json").read_text())["model"]["class_colours"] == [list(c) for c in COLOURS]
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  tags = {value.tag for path in model_dir.glob("events.out.tfevents.*")
-          for event in tf.compat.v1.train.summary_iterator(str(path)) for value in event.summary.value}
+  import tensorflow as tf
+
+  tags = {
+    value.tag
+    for path in model_dir.glob("events.out.tfevents.*")
+    for event in tf.compat.v1.train.summary_iterator(str(path))
+    for value in event.summary.value
+  }
   assert {f"validation/iou/{name}" for name in NAMES} & tags
   assert not {tag for tag in tags if tag.startswith("validation/iou/")} - {f"validation/iou/{n}" for n in NAMES}
 
@@ -84,10 +91,14 @@ def test_training_names_the_classes_in_its_report_config_and_tensorboard(own_run
 def test_a_config_for_another_class_count_is_refused_naming_the_fix(own_voc, tmp_path):
   _, records = own_voc
   config = smoke.get_config()  # 21 classes
-  with pytest.raises(config_validation.ConfigError, match=r"num_classes=21, but .*class_names.txt names 3 classes .*"
-                                                r"--config.model.num_classes=3"):
-    train.train_and_evaluate(config, data_dir=str(records), model_dir=str(tmp_path),
-                             strategy=distribute.create_strategy("default"))
+  with pytest.raises(
+    config_validation.ConfigError,
+    match=r"num_classes=21, but .*class_names.txt names 3 classes .*"
+    r"--config.model.num_classes=3",
+  ):
+    train.train_and_evaluate(
+      config, data_dir=str(records), model_dir=str(tmp_path), strategy=distribute.create_strategy("default")
+    )
 
 
 def _python(*args) -> subprocess.CompletedProcess:
@@ -102,11 +113,12 @@ def _legend_of(triptych_path, mask_path, truth, names) -> tuple[np.ndarray, np.n
   predicted = np.asarray(voc_mask(mask_path))
   shown = np.unique(np.concatenate([predicted.ravel(), truth.ravel()]))
   expected = visualize.legend(shown, names, picture.shape[1], COLOURS)
-  return picture[-expected.shape[0]:], expected
+  return picture[-expected.shape[0] :], expected
 
 
 def voc_mask(path) -> np.ndarray:
-  from PIL import Image  # pylint: disable=g-import-not-at-top
+  from PIL import Image
+
   return np.asarray(Image.open(path))
 
 
@@ -130,10 +142,17 @@ def test_evaluation_table_predict_legend_and_export_use_the_names(own_voc, own_r
   assert json.loads((exports / "export_report.json").read_text())["class_names"] == list(NAMES)
   for source in (f"--model_dir={model_dir}", f"--saved_model={exports}/saved_model"):
     out = tmp_path / source.split("=")[0].strip("-")
-    _python("inference.predict", source, f"--input={photos}", f"--output_dir={out}", "--format=mask,triptych",
-            f"--voc_root={root}")
+    _python(
+      "inference.predict",
+      source,
+      f"--input={photos}",
+      f"--output_dir={out}",
+      "--format=mask,triptych",
+      f"--voc_root={root}",
+    )
     strip, expected = _legend_of(out / f"{image_id}_triptych.png", out / f"{image_id}.png", truth, NAMES)
     np.testing.assert_array_equal(strip, expected)
-    from PIL import Image  # pylint: disable=g-import-not-at-top
+    from PIL import Image
+
     with Image.open(out / f"{image_id}.png") as mask:  # the mask PNG's palette: the classes' own colours
       assert tuple(map(tuple, np.reshape(mask.getpalette()[:9], (3, 3)).tolist())) == COLOURS

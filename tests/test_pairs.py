@@ -7,9 +7,9 @@ import io
 import pathlib
 
 import numpy as np
+from PIL import Image
 import pytest
 import tensorflow as tf
-from PIL import Image
 
 from contracts import schema
 from contracts import voc
@@ -56,8 +56,9 @@ def scene():
   return image, class_ids
 
 
-def _write_pair(root: pathlib.Path, image_id: str, image: bytes | None, mask: bytes | None,
-                mask_dir: str = voc.MASK_DIR) -> None:
+def _write_pair(
+  root: pathlib.Path, image_id: str, image: bytes | None, mask: bytes | None, mask_dir: str = voc.MASK_DIR
+) -> None:
   if image is not None:
     (root / voc.IMAGE_DIR).mkdir(parents=True, exist_ok=True)
     (root / voc.IMAGE_DIR / f"{image_id}.jpg").write_bytes(image)
@@ -106,9 +107,11 @@ def test_repeated_ids_keep_their_first_occurrence(tmp_path):
   synthetic_voc.write_split_list(str(tmp_path), "train", ["a", "b", "a", "c", "b", "a"])
   listed = sources.voc_pairs(str(tmp_path), "train")
   assert [pair.id for pair in listed.pairs] == ["a", "b", "c"]
-  assert [(image_id, reason) for image_id, reason, _ in listed.refused] == [("a", pairs.DUPLICATE_ID),
-                                                                           ("b", pairs.DUPLICATE_ID),
-                                                                           ("a", pairs.DUPLICATE_ID)]
+  assert [(image_id, reason) for image_id, reason, _ in listed.refused] == [
+    ("a", pairs.DUPLICATE_ID),
+    ("b", pairs.DUPLICATE_ID),
+    ("a", pairs.DUPLICATE_ID),
+  ]
 
 
 def test_rgb_and_rgba_masks_map_voc_colours_to_class_ids(scene):
@@ -153,21 +156,21 @@ def test_bad_pairs_are_rejected_with_their_reason(tmp_path, voc_data, scene):
   real_mask = (voc_data / voc.MASK_DIR / f"{real_id}.png").read_bytes()
   png_image = _png(image)
   cases = {
-      "no_image": (None, mask, pairs.MISSING_IMAGE),
-      "no_mask": (jpeg, None, pairs.MISSING_MASK),
-      "garbage_image": (b"this is not an image at all", mask, pairs.CORRUPT_IMAGE),
-      "empty_image": (b"", mask, pairs.CORRUPT_IMAGE),
-      "truncated_jpeg_half": (real_jpeg[:len(real_jpeg) // 2], real_mask, pairs.CORRUPT_IMAGE),
-      "truncated_jpeg_90": (real_jpeg[:len(real_jpeg) * 9 // 10], real_mask, pairs.CORRUPT_IMAGE),
-      "truncated_png_image": (png_image[:len(png_image) // 2], mask, pairs.CORRUPT_IMAGE),
-      "truncated_png_mask": (real_jpeg, real_mask[:len(real_mask) // 2], pairs.CORRUPT_MASK),
-      "png_mask_without_end": (real_jpeg, real_mask[:-12], pairs.CORRUPT_MASK),  # Pillow alone accepts this one
-      "garbage_mask": (jpeg, b"\x89PNG\r\n\x1a\n" + b"\x00" * 40, pairs.CORRUPT_MASK),
-      "jpeg_as_mask": (jpeg, jpeg, pairs.CORRUPT_MASK),
-      "animated_gif": (_animated_gif(image), mask, pairs.UNSUPPORTED_IMAGE_FORMAT),
-      "float_tiff": (_pillow_bytes(image[..., 0].astype(np.float32), "TIFF"), mask, pairs.UNSUPPORTED_IMAGE_FORMAT),
-      "mask_too_small": (jpeg, voc.encode_palette_png(class_ids[:-1]), pairs.SIZE_MISMATCH),
-      "mask_16bit_values": (jpeg, _png(class_ids.astype(np.uint16) * 300), pairs.LABEL_OUT_OF_RANGE),
+    "no_image": (None, mask, pairs.MISSING_IMAGE),
+    "no_mask": (jpeg, None, pairs.MISSING_MASK),
+    "garbage_image": (b"this is not an image at all", mask, pairs.CORRUPT_IMAGE),
+    "empty_image": (b"", mask, pairs.CORRUPT_IMAGE),
+    "truncated_jpeg_half": (real_jpeg[: len(real_jpeg) // 2], real_mask, pairs.CORRUPT_IMAGE),
+    "truncated_jpeg_90": (real_jpeg[: len(real_jpeg) * 9 // 10], real_mask, pairs.CORRUPT_IMAGE),
+    "truncated_png_image": (png_image[: len(png_image) // 2], mask, pairs.CORRUPT_IMAGE),
+    "truncated_png_mask": (real_jpeg, real_mask[: len(real_mask) // 2], pairs.CORRUPT_MASK),
+    "png_mask_without_end": (real_jpeg, real_mask[:-12], pairs.CORRUPT_MASK),  # Pillow alone accepts this one
+    "garbage_mask": (jpeg, b"\x89PNG\r\n\x1a\n" + b"\x00" * 40, pairs.CORRUPT_MASK),
+    "jpeg_as_mask": (jpeg, jpeg, pairs.CORRUPT_MASK),
+    "animated_gif": (_animated_gif(image), mask, pairs.UNSUPPORTED_IMAGE_FORMAT),
+    "float_tiff": (_pillow_bytes(image[..., 0].astype(np.float32), "TIFF"), mask, pairs.UNSUPPORTED_IMAGE_FORMAT),
+    "mask_too_small": (jpeg, voc.encode_palette_png(class_ids[:-1]), pairs.SIZE_MISMATCH),
+    "mask_16bit_values": (jpeg, _png(class_ids.astype(np.uint16) * 300), pairs.LABEL_OUT_OF_RANGE),
   }
   for image_id, (image_bytes, mask_bytes, _) in cases.items():
     _write_pair(tmp_path, image_id, image_bytes, mask_bytes)

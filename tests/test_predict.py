@@ -11,9 +11,9 @@ import sys
 import cv2
 import keras
 import numpy as np
+from PIL import Image
 import pytest
 import tensorflow as tf
-from PIL import Image
 
 from configs import smoke
 from contracts import run_dir
@@ -22,10 +22,10 @@ from deeplab import building
 from deeplab import run_folder
 from deeplab import visualize
 from inference import prediction
-from tests.conftest import clear_pixels
-from tests.conftest import is_voc_sample
 from tests.conftest import REPO_ROOT
 from tests.conftest import SOFTMAX_RESOLUTION
+from tests.conftest import clear_pixels
+from tests.conftest import is_voc_sample
 
 NUM_REAL = 3  # val ids with a ground-truth mask; one more photo is stored as a PNG under an id the root lacks
 
@@ -57,28 +57,34 @@ def photos(voc_data, tmp_path_factory):
   """A folder of val photos (JPEGs with masks, one PNG without) among a truncated JPEG, a text file and an empty
   file."""
   folder = tmp_path_factory.mktemp("photos")
-  ids = (voc_data / voc.SPLIT_DIR / "val.txt").read_text().split()[:NUM_REAL + 1]
+  ids = (voc_data / voc.SPLIT_DIR / "val.txt").read_text().split()[: NUM_REAL + 1]
   for image_id in ids[:NUM_REAL]:
     shutil.copy(voc_data / voc.IMAGE_DIR / f"{image_id}.jpg", folder)
   cv2.imwrite(str(folder / "no_mask_photo.png"), cv2.imread(str(voc_data / voc.IMAGE_DIR / f"{ids[-1]}.jpg")))
   jpeg = (voc_data / voc.IMAGE_DIR / f"{ids[0]}.jpg").read_bytes()
-  (folder / "truncated.jpg").write_bytes(jpeg[:len(jpeg) // 2])
+  (folder / "truncated.jpg").write_bytes(jpeg[: len(jpeg) // 2])
   (folder / "notes.txt").write_text("not a picture\n")
   (folder / "empty.jpg").write_bytes(b"")
   return folder, ids[:NUM_REAL] + ["no_mask_photo"]
 
 
 def _run(*args, timeout=300):
-  return subprocess.run([sys.executable, "-m", "inference.predict", *args], cwd=REPO_ROOT, capture_output=True,
-                        text=True, timeout=timeout)
+  return subprocess.run(
+    [sys.executable, "-m", "inference.predict", *args], cwd=REPO_ROOT, capture_output=True, text=True, timeout=timeout
+  )
 
 
 @pytest.fixture(scope="module")
 def keras_outputs(tiny_run, photos, voc_data, tmp_path_factory):
   folder, _ = photos
   output_dir = tmp_path_factory.mktemp("predictions")
-  result = _run(f"--model_dir={tiny_run}", f"--input={folder}", f"--output_dir={output_dir}",
-                "--format=mask,overlay,triptych", f"--voc_root={voc_data}")
+  result = _run(
+    f"--model_dir={tiny_run}",
+    f"--input={folder}",
+    f"--output_dir={output_dir}",
+    "--format=mask,overlay,triptych",
+    f"--voc_root={voc_data}",
+  )
   return result, output_dir
 
 
@@ -163,19 +169,18 @@ def test_overlay_and_triptych_sizes_and_the_ground_truth_panel(keras_outputs, ph
     assert triptych.shape[1:] == (panels * width + 4 * (panels - 1), 3) and triptych.shape[0] > panels_height
     if mask_path.exists():
       _, _, truth = _read_palette_png(mask_path)
-      np.testing.assert_array_equal(triptych[24:panels_height, width + 4:2 * width + 4], voc.colorize(truth))
-      np.testing.assert_array_equal(triptych[24:panels_height, 2 * width + 8:], voc.colorize(mask))
+      np.testing.assert_array_equal(triptych[24:panels_height, width + 4 : 2 * width + 4], voc.colorize(truth))
+      np.testing.assert_array_equal(triptych[24:panels_height, 2 * width + 8 :], voc.colorize(mask))
     shown = np.unique(np.concatenate([mask.ravel()] + ([truth.ravel()] if mask_path.exists() else [])))
-    np.testing.assert_array_equal(triptych[panels_height:],
-                                  visualize.legend(shown, voc.CLASS_NAMES, triptych.shape[1]))
+    np.testing.assert_array_equal(triptych[panels_height:], visualize.legend(shown, voc.CLASS_NAMES, triptych.shape[1]))
   assert sum((voc_data / voc.MASK_DIR / f"{i}.png").exists() for i in ids) == NUM_REAL
 
 
 def test_decode_failures_are_named_in_process_and_png_equals_its_jpeg_source(photos, tmp_path):
   folder, ids = photos
-  with pytest.raises(prediction.UnreadableImage, match="corrupt JPEG"):
+  with pytest.raises(prediction.UnreadableImageError, match="corrupt JPEG"):
     prediction.read_image(str(folder / "truncated.jpg"))
-  with pytest.raises(prediction.UnreadableImage, match="cannot read"):
+  with pytest.raises(prediction.UnreadableImageError, match="cannot read"):
     prediction.read_image(str(tmp_path / "missing.jpg"))
   _, decoded = prediction.read_image(str(folder / f"{ids[0]}.jpg"))
   np.testing.assert_array_equal(decoded, cv2.imread(str(folder / f"{ids[0]}.jpg"))[..., ::-1])
@@ -190,7 +195,8 @@ def test_nothing_readable_or_nothing_matched_is_a_one_line_error(tiny_run, photo
   assert result.returncode == 1
   assert "notes.txt: not a JPEG or PNG image" in result.stderr
   assert result.stderr.strip().splitlines()[-1] == (
-      "error: none of the 1 input file(s) could be read (reasons above); nothing written")
+    "error: none of the 1 input file(s) could be read (reasons above); nothing written"
+  )
   result = _run(f"--model_dir={tiny_run}", f"--input={folder}/*.gif", f"--output_dir={tmp_path}/out")
   assert result.returncode == 2
   assert result.stderr.strip().splitlines()[-1] == f"error: no file matches --input={folder}/*.gif"
@@ -200,7 +206,7 @@ def test_nothing_readable_or_nothing_matched_is_a_one_line_error(tiny_run, photo
 
 
 def test_saved_model_answers_with_the_same_masks_as_the_keras_model(keras_outputs, photos, tiny_run, tmp_path):
-  from inference import exporting  # pylint: disable=g-import-not-at-top  (the SavedModel export contract)
+  from inference import exporting  # The SavedModel export contract.
 
   _, keras_dir = keras_outputs
   folder, ids = photos

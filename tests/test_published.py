@@ -44,13 +44,17 @@ def deeplab_scope(layer_name: str) -> str:
   match = re.fullmatch(r"(?:expanded_conv|block_(\d+))_(expand|depthwise|project)(?:_BN)?", layer_name)
   if match:
     return f"MobilenetV2/expanded_conv{'_' + match.group(1) if match.group(1) else ''}/{match.group(2)}"
-  fixed = {"aspp_pooling": "image_pooling", "aspp0": "aspp0", "aspp_projection": "concat_projection",
-           "decoder_low_level": "decoder/feature_projection0", "logits": "logits/semantic"}
+  fixed = {
+    "aspp_pooling": "image_pooling",
+    "aspp0": "aspp0",
+    "aspp_projection": "concat_projection",
+    "decoder_low_level": "decoder/feature_projection0",
+    "logits": "logits/semantic",
+  }
   stem = re.sub(r"_(conv|bn)$", "", layer_name)
   if stem in fixed:
     return fixed[stem]
-  match = re.fullmatch(r"(aspp\d+_(?:depthwise|pointwise)|decoder_conv\d+_(?:depthwise|pointwise))(?:_bn)?",
-                       layer_name)
+  match = re.fullmatch(r"(aspp\d+_(?:depthwise|pointwise)|decoder_conv\d+_(?:depthwise|pointwise))(?:_bn)?", layer_name)
   assert match, layer_name
   return ("decoder/" if layer_name.startswith("decoder") else "") + match.group(1)
 
@@ -68,7 +72,9 @@ def write_deeplab_checkpoint(model, prefix: str, *, extra: dict | None = None, r
       gamma, beta, mean, variance = values
       epsilon = 1e-3 if scope.startswith("MobilenetV2/") else 1e-5
       gamma = gamma * np.sqrt(variance + epsilon) / np.sqrt(variance + mobilenet_v2.BN_EPSILON)
-      for name, value in zip(("gamma", "beta", "moving_mean", "moving_variance"), (gamma, beta, mean, variance)):
+      for name, value in zip(
+        ("gamma", "beta", "moving_mean", "moving_variance"), (gamma, beta, mean, variance), strict=True
+      ):
         tensors[f"{scope}/BatchNorm/{name}"] = value
     else:
       kind = "depthwise_weights" if isinstance(layer, tf.keras.layers.DepthwiseConv2D) else "weights"
@@ -78,15 +84,28 @@ def write_deeplab_checkpoint(model, prefix: str, *, extra: dict | None = None, r
   tensors.update(extra or {})
   tensors.update(replace or {})
   names = sorted(tensors)
-  tf.raw_ops.SaveV2(prefix=prefix, tensor_names=names, shape_and_slices=[""] * len(names),
-                    tensors=[tf.constant(tensors[n]) for n in names])
+  tf.raw_ops.SaveV2(
+    prefix=prefix,
+    tensor_names=names,
+    shape_and_slices=[""] * len(names),
+    tensors=[tf.constant(tensors[n]) for n in names],
+  )
 
 
 def deeplabv3plus_config(**model_fields):
   """A small DeepLabV3+ as research/deeplab builds them (depth 0.5 rounding, ASPP 6/12/18, corner-aligned)."""
   config = smoke.get_config()
-  config.model.update({"alpha": 0.5, "depth_divisor": 1, "aspp_rates": (6, 12, 18), "decoder": True,
-                       "align_corners": True, "freeze_backbone_bn": True, **model_fields})
+  config.model.update(
+    {
+      "alpha": 0.5,
+      "depth_divisor": 1,
+      "aspp_rates": (6, 12, 18),
+      "decoder": True,
+      "align_corners": True,
+      "freeze_backbone_bn": True,
+      **model_fields,
+    }
+  )
   return config
 
 
@@ -95,8 +114,9 @@ def randomize_batch_norm(model, seed: int = 0) -> None:
   for layer in model.layers:
     if isinstance(layer, tf.keras.layers.BatchNormalization):
       size = layer.gamma.shape[0]
-      layer.set_weights([rng.uniform(0.5, 1.5, size), rng.normal(0, 0.2, size), rng.normal(0, 0.2, size),
-                         rng.uniform(0.5, 1.5, size)])
+      layer.set_weights(
+        [rng.uniform(0.5, 1.5, size), rng.normal(0, 0.2, size), rng.normal(0, 0.2, size), rng.uniform(0.5, 1.5, size)]
+      )
 
 
 @pytest.fixture(scope="module")
@@ -128,12 +148,15 @@ def test_a_deeplab_checkpoint_imports_into_the_same_function(deeplab_checkpoint,
   np.testing.assert_allclose(_outputs(model), _outputs(source_model), rtol=1e-4, atol=1e-4)
   # Spot checks of the name mapping, written out by hand.
   checkpoint = tf.train.load_checkpoint(prefix)
-  np.testing.assert_array_equal(model.get_layer("block_3_expand").kernel.numpy(),
-                                checkpoint.get_tensor("MobilenetV2/expanded_conv_3/expand/weights"))
-  np.testing.assert_array_equal(model.get_layer("decoder_conv1_pointwise").kernel.numpy(),
-                                checkpoint.get_tensor("decoder/decoder_conv1_pointwise/weights"))
-  np.testing.assert_array_equal(model.get_layer("logits").bias.numpy(),
-                                checkpoint.get_tensor("logits/semantic/biases"))
+  np.testing.assert_array_equal(
+    model.get_layer("block_3_expand").kernel.numpy(),
+    checkpoint.get_tensor("MobilenetV2/expanded_conv_3/expand/weights"),
+  )
+  np.testing.assert_array_equal(
+    model.get_layer("decoder_conv1_pointwise").kernel.numpy(),
+    checkpoint.get_tensor("decoder/decoder_conv1_pointwise/weights"),
+  )
+  np.testing.assert_array_equal(model.get_layer("logits").bias.numpy(), checkpoint.get_tensor("logits/semantic/biases"))
 
 
 def test_an_archive_served_over_http_imports_like_the_checkpoint(deeplab_checkpoint, tmp_path):
@@ -144,7 +167,7 @@ def test_an_archive_served_over_http_imports_like_the_checkpoint(deeplab_checkpo
     tar.add(folder, arcname="deeplabv3plus_mnv2_dm05_pascal_train_aug")
   with http_fixtures.ArchiveServer() as server:
     url = server.add("/models/deeplabv3plus_dm05.tar.gz", body=archive.read_bytes(), drop_after=5000)
-    with pytest.raises(importing.ImportError_, match="cut off at 5.0 KB .* re-run to resume"):
+    with pytest.raises(importing.SourceModelError, match="cut off at 5.0 KB .* re-run to resume"):
       importing.import_model(url, str(tmp_path / "run"), download_dir=str(tmp_path / "downloads"))
     report = importing.import_model(url, str(tmp_path / "run"), download_dir=str(tmp_path / "downloads"))
     assert len(server.requests) == 2 and server.requests[1][1] == "bytes=5000-"  # The second run resumed.
@@ -156,22 +179,36 @@ def test_an_archive_served_over_http_imports_like_the_checkpoint(deeplab_checkpo
 def test_a_weight_without_a_place_or_of_the_wrong_shape_is_named(deeplab_checkpoint, tmp_path):
   prefix, source_model = deeplab_checkpoint
   unknown = str(tmp_path / "unknown" / "model.ckpt-1")
-  extra = {"decoder/refine_conv/weights": np.zeros([1, 1, 8, 8], np.float32),
-           "decoder/refine_conv/biases": np.zeros([8], np.float32)}
+  extra = {
+    "decoder/refine_conv/weights": np.zeros([1, 1, 8, 8], np.float32),
+    "decoder/refine_conv/biases": np.zeros([8], np.float32),
+  }
   write_deeplab_checkpoint(source_model, unknown, extra=extra)
-  with pytest.raises(importing.ImportError_, match="'decoder/refine_conv' has no counterpart"):
+  with pytest.raises(importing.SourceModelError, match="'decoder/refine_conv' has no counterpart"):
     importing.import_model(unknown, str(tmp_path / "run1"))
 
   misshapen = str(tmp_path / "misshapen" / "model.ckpt-1")
-  write_deeplab_checkpoint(source_model, misshapen,
-                           replace={"MobilenetV2/expanded_conv_3/expand/weights": np.zeros([1, 1, 12, 50], np.float32)})
-  result = subprocess.run([sys.executable, "-m", "inference.import_model", f"--source={misshapen}",
-                           f"--model_dir={tmp_path / 'run2'}"], cwd=REPO_ROOT, capture_output=True, text=True,
-                          timeout=300)
+  write_deeplab_checkpoint(
+    source_model,
+    misshapen,
+    replace={"MobilenetV2/expanded_conv_3/expand/weights": np.zeros([1, 1, 12, 50], np.float32)},
+  )
+  result = subprocess.run(
+    [sys.executable, "-m", "inference.import_model", f"--source={misshapen}", f"--model_dir={tmp_path / 'run2'}"],
+    cwd=REPO_ROOT,
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
   assert result.returncode == 2
-  assert result.stderr.strip().splitlines()[-1].startswith(
+  assert (
+    result.stderr.strip()
+    .splitlines()[-1]
+    .startswith(
       "error: DeepLab scope 'MobilenetV2/expanded_conv_3/expand': weights of shapes [(1, 1, 12, 50)] do not fit "
-      "layer 'block_3_expand'")
+      "layer 'block_3_expand'"
+    )
+  )
   assert not (tmp_path / "run2").exists()
 
 
@@ -196,9 +233,10 @@ def test_pad_to_scores_each_image_on_a_canvas_and_crops_back(tmp_path):
   tolerance = TIE * float(np.std(logits))
   np.testing.assert_allclose(evaluation.make_predictor(model, [1.0], False, pad_to=65)(image), expected, atol=tolerance)
   mirrored = tf.pad(image[:, ::-1], [[0, 15], [0, 28], [0, 0]], constant_values=pixels.MEAN_PIXEL)
-  expected_flip = (expected + tf.nn.softmax(model(mirrored[tf.newaxis], training=False))[0, :50, :37][:, ::-1])
-  np.testing.assert_allclose(evaluation.make_predictor(model, [1.0], True, pad_to=65)(image), expected_flip,
-                             atol=tolerance)
+  expected_flip = expected + tf.nn.softmax(model(mirrored[tf.newaxis], training=False))[0, :50, :37][:, ::-1]
+  np.testing.assert_allclose(
+    evaluation.make_predictor(model, [1.0], True, pad_to=65)(image), expected_flip, atol=tolerance
+  )
   native = evaluation.make_predictor(model, [1.0], False)(image)
   # The canvas changes the result (9.6e-3 measured), far beyond the tolerance.
   assert native.shape == (50, 37, 21) and np.abs(native - expected).max() > 10 * tolerance
@@ -245,21 +283,27 @@ def test_fine_tuning_an_import_to_three_classes(imported_deeplabv3, tmp_path, ab
   root, records, model_dir = tmp_path / "voc", tmp_path / "records", tmp_path / "run"
   synthetic_voc.write_dataset(str(root), num_train=8, num_val=4, height=65, width=81, num_classes=3)
   make_tfrecords.run(["make_tfrecords", f"--voc_root={root}", f"--output_dir={records}", "--num_classes=3"])
-  config = deeplabv3plus_config(aspp_rates=(), residual_decoder=True, init_from=run_dir, trainable_layers="new",
-                                num_classes=3)
+  config = deeplabv3plus_config(
+    aspp_rates=(), residual_decoder=True, init_from=run_dir, trainable_layers="new", num_classes=3
+  )
   config.input.crop_size = 65
   config.input.eval_pad_to = 97
   config.train.steps = 4
   config.train.num_triptychs = 0
-  report = train.train_and_evaluate(config, data_dir=str(records), model_dir=str(model_dir),
-                                    strategy=distribute.create_strategy("default"))
+  report = train.train_and_evaluate(
+    config, data_dir=str(records), model_dir=str(model_dir), strategy=distribute.create_strategy("default")
+  )
   assert report["steps"] == 4 and len(report["per_class_iou"]) == 3
-  assert any(re.search(r"fresh: .*logits \(shape \(1, 1, 256, 3\) here, \(1, 1, 256, 21\) in the source\)", m)
-             for m in absl_messages), absl_messages
+  assert any(
+    re.search(r"fresh: .*logits \(shape \(1, 1, 256, 3\) here, \(1, 1, 256, 21\) in the source\)", m)
+    for m in absl_messages
+  ), absl_messages
   _, tuned, _ = run_folder.load_run(str(model_dir))
   # What was imported stayed as imported; the new logits and the decoder trained.
   for name in ("Conv1", "block_8_expand", "aspp_projection_conv", "aspp_projection_bn"):
-    for ours, theirs in zip(tuned.get_layer(name).get_weights(), source_model.get_layer(name).get_weights()):
+    for ours, theirs in zip(
+      tuned.get_layer(name).get_weights(), source_model.get_layer(name).get_weights(), strict=True
+    ):
       np.testing.assert_array_equal(ours, theirs)
   assert tuned.get_layer("logits").kernel.shape == (1, 1, 256, 3)
   assert np.abs(tuned.get_layer("decoder_logits").kernel.numpy()).max() > 0
@@ -275,8 +319,10 @@ def voc_sample_val(voc_sample, tmp_path_factory):
   """The first 40 val images of the real sample, (uint8 image, label) pairs, through our records."""
   shard_dir = tmp_path_factory.mktemp("voc_sample_records")
   make_tfrecords.run(["make_tfrecords", f"--voc_root={voc_sample}", f"--output_dir={shard_dir}", "--splits=val"])
-  return [(image[0].numpy().astype(np.uint8), label[0].numpy())
-          for image, label in tfrecords.eval_dataset(f"{shard_dir}/val-*.tfrecord", batch_size=1).take(40)]
+  return [
+    (image[0].numpy().astype(np.uint8), label[0].numpy())
+    for image, label in tfrecords.eval_dataset(f"{shard_dir}/val-*.tfrecord", batch_size=1).take(40)
+  ]
 
 
 def test_googles_tflite_model_imports_and_scores_as_the_file_does(reference_tflite, voc_sample_val, tmp_path):
@@ -313,9 +359,20 @@ def test_the_depth_05_file_imports_with_deeplabs_channel_rounding(reference_tfli
 
 def test_import_model_cli_prints_the_agreement(reference_tflite, voc_sample, tmp_path):
   result = subprocess.run(
-      [sys.executable, "-m", "inference.import_model", f"--source={reference_tflite}", f"--model_dir={tmp_path}",
-       f"--check_images={voc_sample}/JPEGImages/2007_0000*.jpg", "--num_check_images=2"],
-      cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+    [
+      sys.executable,
+      "-m",
+      "inference.import_model",
+      f"--source={reference_tflite}",
+      f"--model_dir={tmp_path}",
+      f"--check_images={voc_sample}/JPEGImages/2007_0000*.jpg",
+      "--num_check_images=2",
+    ],
+    cwd=REPO_ROOT,
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
   assert result.returncode == 0, result.stderr[-2000:]
   # 90-99.99%: float against int8 as above (~99%); never all pixels, int8 quantization sees to that.
   assert re.search(r"same class as the TFLite interpreter on (9\d\.\d\d)% of the pixels of 2 images", result.stdout)
@@ -327,8 +384,10 @@ def test_int8_export_of_an_import_keeps_the_files_weight_grids(reference_tflite,
   TFLite's own re-rounding) wherever a channel's multiples fit int8."""
   importing.import_model(str(reference_tflite), str(tmp_path / "run"))
   _, model, _ = run_folder.load_run(str(tmp_path / "run"))
-  images = [exporting._fit_and_pad(image, pixels.DEEPLAB_CANVAS, pixels.MEAN_PIXEL)[0][np.newaxis]
-            for image, _ in voc_sample_val[:2]]
+  images = [
+    exporting._fit_and_pad(image, pixels.DEEPLAB_CANVAS, pixels.MEAN_PIXEL)[0][np.newaxis]
+    for image, _ in voc_sample_val[:2]
+  ]
   capsys.readouterr()
   exporting.convert_tflite(model, lambda: iter(images))
   kept, total = map(int, re.search(r"int8: (\d+) of (\d+) convolution channels keep", capsys.readouterr().err).groups())

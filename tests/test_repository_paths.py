@@ -1,16 +1,15 @@
 """Every file, folder and module of this repository that the README, a docstring or a comment names exists: a path
 left behind by a move is a wrong instruction to the next reader."""
 
-import re
 from pathlib import Path
+import re
 
 import pytest
 
 from tests.conftest import REPO_ROOT
 from tests.conftest import SHARED_DIR
 
-PACKAGES = ("contracts", "preprocessing", "deeplab", "trainer", "inference", "configs", "launch", "tests",
-            "benchmarks")
+PACKAGES = ("contracts", "preprocessing", "deeplab", "trainer", "inference", "configs", "launch", "tests", "benchmarks")
 # A path: a package folder, then path characters; a module: a package, then dotted names ("trainer.train").
 PATH = re.compile(rf"(?<![\w./-])((?:\.\./shared/|(?:{'|'.join(PACKAGES)})/)[\w./*{{}}-]*)")
 MODULE = re.compile(rf"(?<![\w./-])((?:{'|'.join(PACKAGES)})(?:\.[a-z_][a-z0-9_]*)+)")
@@ -21,8 +20,7 @@ def _texts() -> list[Path]:
   texts = [REPO_ROOT / "README.md", REPO_ROOT / "Makefile", REPO_ROOT / "setup.py"]
   texts += [path for package in PACKAGES for path in (REPO_ROOT / package).rglob("*.py")]
   texts += [REPO_ROOT / "launch" / "Dockerfile"]
-  return [path for path in texts
-          if path.exists() and "__pycache__" not in path.parts and path != pathlib_self()]
+  return [path for path in texts if path.exists() and "__pycache__" not in path.parts and path != pathlib_self()]
 
 
 def pathlib_self() -> Path:
@@ -35,7 +33,7 @@ def _exists(name: str) -> bool:
     root = SHARED_DIR
     if not root.exists():
       return True  # A clone without ../shared: nothing to check against (CI has it).
-    name = name[len("../shared/"):]
+    name = name[len("../shared/") :]
   else:
     root = REPO_ROOT
   if "*" in name:
@@ -60,14 +58,19 @@ RENAMED_FROM = re.compile(r"`? ->")  # "`old/path.py` -> `new/path.py`": a renam
 
 
 def _named(pattern: re.Pattern, text: str) -> set[str]:
-  return {match.group(1) for match in pattern.finditer(text)
-          if not PLACEHOLDER.search(match.group(1)) and not RENAMED_FROM.match(text, match.end())}
+  return {
+    match.group(1)
+    for match in pattern.finditer(text)
+    if not PLACEHOLDER.search(match.group(1)) and not RENAMED_FROM.match(text, match.end())
+  }
 
 
 def test_the_scan_finds_what_the_files_name():
   """The patterns see a path in a sentence and a module in a command (a scan that matches nothing passes anything)."""
-  text = ("see trainer/train.py, and run python -m inference.evaluate --flip; configs/NAME.py is a pattern; "
-          "`trainer/old.py` -> `trainer/augment.py`")
+  text = (
+    "see trainer/train.py, and run python -m inference.evaluate --flip; configs/NAME.py is a pattern; "
+    "`trainer/old.py` -> `trainer/augment.py`"
+  )
   assert _named(PATH, text) == {"trainer/train.py", "trainer/augment.py"}
   assert _named(MODULE, text) == {"inference.evaluate"}
   assert not _exists("trainer/no_such_module.py") and _exists("trainer/train.py.")

@@ -30,13 +30,12 @@ def test_training_loss_is_the_mean_of_the_steps_since_the_last_point(tmp_path):
   config.train.log_every_steps = 2
   model = keras.Sequential([keras.Input((1,)), keras.layers.Dense(1)])
   model.compile(optimizer=keras.optimizers.Adam(0.5), loss="mse")
-  log = summaries.TensorBoardLog(str(tmp_path), config=config, class_names=NAMES, miou=None, samples=[],
-                                 write=True)
+  log = summaries.TensorBoardLog(str(tmp_path), config=config, class_names=NAMES, miou=None, samples=[], write=True)
   log.set_model(model)
   step_losses = [4.0, 2.0, 6.0, 0.0, 1.0, 3.0]
   log.on_epoch_begin(0)
   for batch, _ in enumerate(step_losses):
-    log.on_train_batch_end(batch, {"loss": np.mean(step_losses[:batch + 1])})
+    log.on_train_batch_end(batch, {"loss": np.mean(step_losses[: batch + 1])})
   log.writer.flush()
   series = _scalars(tmp_path)
   assert series["train/loss"] == [(2, pytest.approx(3.0)), (4, pytest.approx(3.0)), (6, pytest.approx(2.0))]
@@ -51,7 +50,7 @@ def test_flat_hyperparameters_take_every_config_leaf_as_hparams_accepts():
   assert flat["model.aspp_rates"] == "[]" and flat["train.jit_compile"] == "auto"
   assert all(isinstance(value, (bool, int, float, str)) for value in flat.values())
   table = summaries.config_table(config)
-  assert "| `model.backbone_weights` | `\"\"` |" in table and "| `model.alpha` | `0.35` |" in table
+  assert '| `model.backbone_weights` | `""` |' in table and "| `model.alpha` | `0.35` |" in table
 
 
 def test_confusion_matrix_table_marks_absent_classes_and_gives_row_percentages():
@@ -70,7 +69,7 @@ def test_confusion_matrix_picture_hatches_absent_rows_and_has_a_colour_scale():
   assert np.ptp(present_row[:, 1]) > 100  # Viridis cells from dark to bright.
   grey = absent_row[(absent_row[:, 0] == absent_row[:, 1]) & (absent_row[:, 1] == absent_row[:, 2])]
   assert len(grey) > 0.8 * len(absent_row)  # The absent row is greys only (hatching, its label, white).
-  scale = picture[40:40 + 90, -62 + 8 + 8]  # The colour scale's column: bright at 100% (top), dark at 0%.
+  scale = picture[40 : 40 + 90, -62 + 8 + 8]  # The colour scale's column: bright at 100% (top), dark at 0%.
   assert scale[0].sum() > 2 * scale[-1].sum()
 
 
@@ -84,7 +83,7 @@ def test_triptych_legend_names_the_classes_of_truth_and_prediction():
   picture = visualize.triptych(image, truth, prediction, class_names=NAMES)
   width = picture.shape[1]
   expected = visualize.legend([0, 1, 2, voc.IGNORE_LABEL], NAMES, width)
-  np.testing.assert_array_equal(picture[-expected.shape[0]:], expected)
+  np.testing.assert_array_equal(picture[-expected.shape[0] :], expected)
   assert not np.array_equal(expected, visualize.legend([0, 1, 2, voc.IGNORE_LABEL], voc.CLASS_NAMES, width))
   assert not np.array_equal(expected, visualize.legend([0, 2, voc.IGNORE_LABEL], NAMES, width))
 

@@ -42,21 +42,38 @@ def tiny_config(**train_fields):
 
 
 def trainer_command(data_dir, model_dir, *flags):
-  return [sys.executable, "-m", "trainer.main", "--config=configs/smoke.py", f"--data_dir={data_dir}",
-          f"--model_dir={model_dir}", "--config.model.alpha=0.35", "--config.input.crop_size=64",
-          "--config.input.eval_pad_to=128", "--config.train.num_triptychs=1", *flags]
+  return [
+    sys.executable,
+    "-m",
+    "trainer.main",
+    "--config=configs/smoke.py",
+    f"--data_dir={data_dir}",
+    f"--model_dir={model_dir}",
+    "--config.model.alpha=0.35",
+    "--config.input.crop_size=64",
+    "--config.input.eval_pad_to=128",
+    "--config.train.num_triptychs=1",
+    *flags,
+  ]
 
 
 def run_trainer(data_dir, model_dir, *flags, env=None, timeout=300) -> subprocess.CompletedProcess:
-  return subprocess.run(trainer_command(data_dir, model_dir, *flags), cwd=REPO_ROOT, capture_output=True,
-                        text=True, timeout=timeout, env=env)
+  return subprocess.run(
+    trainer_command(data_dir, model_dir, *flags),
+    cwd=REPO_ROOT,
+    capture_output=True,
+    text=True,
+    timeout=timeout,
+    env=env,
+  )
 
 
 @pytest.mark.parametrize("strategy_name", ["default", "one_device"])
 def test_training_in_process_writes_checkpoints_summaries_and_metrics(records, tmp_path, strategy_name):
   config = tiny_config(epochs=2)
-  report = train.train_and_evaluate(config, data_dir=records, model_dir=str(tmp_path),
-                                    strategy=distribute.create_strategy(strategy_name))
+  report = train.train_and_evaluate(
+    config, data_dir=records, model_dir=str(tmp_path), strategy=distribute.create_strategy(strategy_name)
+  )
   assert report["steps"] == 2 * 4  # 16 examples / batch 4, two epochs
   written = json.loads((tmp_path / "metrics.json").read_text())
   assert 0.0 <= written["miou"] <= 1.0 and written["valid_pixels"] == _valid_pixels(records, "val")
@@ -64,8 +81,9 @@ def test_training_in_process_writes_checkpoints_summaries_and_metrics(records, t
   assert (tmp_path / "checkpoints" / "best.weights.h5").exists()
 
   # --mode=eval on the finished run scores the same weights the same way.
-  again = train.evaluate_checkpoint(config, data_dir=records, model_dir=str(tmp_path),
-                                    strategy=distribute.create_strategy(strategy_name))
+  again = train.evaluate_checkpoint(
+    config, data_dir=records, model_dir=str(tmp_path), strategy=distribute.create_strategy(strategy_name)
+  )
   # The same weights (restored bit for bit) through the same kernels on the same images: the same classes.
   assert again["miou"] == pytest.approx(written["miou"]) and again["weights"] == written["weights"]
 
@@ -73,8 +91,9 @@ def test_training_in_process_writes_checkpoints_summaries_and_metrics(records, t
 def test_tensorboard_has_one_step_axis_sections_config_and_hparams(records, tmp_path):
   config = tiny_config(epochs=3, log_every_steps=2)  # 4 steps a loop: training scalars at steps 2, 4, 6, ...
   config.train.num_triptychs = 2
-  report = train.train_and_evaluate(config, data_dir=records, model_dir=str(tmp_path),
-                                    strategy=distribute.create_strategy("default"))
+  report = train.train_and_evaluate(
+    config, data_dir=records, model_dir=str(tmp_path), strategy=distribute.create_strategy("default")
+  )
   series = _summaries(tmp_path)
   assert not list(tmp_path.glob("*/events.out.tfevents.*")), "one event stream, in the run's folder"
   assert not [tag for tag in series if tag.startswith(("epoch_", "evaluation_", "batch_"))], sorted(series)
@@ -83,9 +102,16 @@ def test_tensorboard_has_one_step_axis_sections_config_and_hparams(records, tmp_
   # Timed from the end of each loop's first execution (which holds the run's compilation), so still at every point.
   assert [step for step, _ in series["train/images_per_second"]] == [2, 4, 6, 8, 10, 12]
   assert all(value > 0 for _, value in series["train/images_per_second"])
-  for tag in ("validation/loss", "validation/miou", "validation/pixel_accuracy", "train/miou",
-              "validation/confusion_matrix", "validation/confusion_table", "validation/triptych/0",
-              "validation/triptych/1"):
+  for tag in (
+    "validation/loss",
+    "validation/miou",
+    "validation/pixel_accuracy",
+    "train/miou",
+    "validation/confusion_matrix",
+    "validation/confusion_table",
+    "validation/triptych/0",
+    "validation/triptych/1",
+  ):
     assert [step for step, _ in series[tag]] == [4, 8, 12], tag  # At loop ends, on the same axis.
   per_class = {tag.rsplit("/", 1)[1] for tag in series if tag.startswith("validation/iou/")}
   assert per_class and per_class <= set(voc.CLASS_NAMES)
@@ -121,8 +147,7 @@ def _valid_pixels(data_dir: str, split: str) -> int:
 
 
 def test_mirrored_over_two_cpu_devices(records, tmp_path):
-  result = run_trainer(records, tmp_path, "--strategy=mirrored", "--num_cpu_devices=2",
-                       "--config.train.epochs=1")
+  result = run_trainer(records, tmp_path, "--strategy=mirrored", "--num_cpu_devices=2", "--config.train.epochs=1")
   assert result.returncode == 0, result.stderr[-3000:]
   assert "mirrored with 2 replicas" in result.stderr
   assert json.loads((tmp_path / "metrics.json").read_text())["steps"] == 4
@@ -144,12 +169,20 @@ def _onednn_float32_conv(mode: str) -> tuple[float, bool, str, str]:
   process: oneDNN reads its fpmath mode once, at its first primitive."""
   env = {k: v for k, v in os.environ.items() if k != "ONEDNN_DEFAULT_FPMATH_MODE"}
   env["ONEDNN_VERBOSE"] = "1"  # oneDNN's own account of which kernel ran each primitive.
-  result = subprocess.run([sys.executable, "-c", _CONV_SCRIPT, mode], cwd=REPO_ROOT, env=env, capture_output=True,
-                          text=True, check=True, timeout=300)
+  result = subprocess.run(
+    [sys.executable, "-c", _CONV_SCRIPT, mode],
+    cwd=REPO_ROOT,
+    env=env,
+    capture_output=True,
+    text=True,
+    check=True,
+    timeout=300,
+  )
   _, error, in_effect = next(line for line in result.stderr.splitlines() if line.startswith("conv-error")).split()
   lines = result.stdout.splitlines() + result.stderr.splitlines()
-  convolutions = [line.split(",") for line in lines
-                  if line.startswith("onednn_verbose") and ",exec,cpu,convolution," in line]
+  convolutions = [
+    line.split(",") for line in lines if line.startswith("onednn_verbose") and ",exec,cpu,convolution," in line
+  ]
   kernel = convolutions[0][convolutions[0].index("convolution") + 1] if convolutions else "(no oneDNN convolution)"
   isa = next((line.split("isa:")[1] for line in lines if "isa:" in line), "(not reported)")
   return float(error), in_effect == "True", kernel, isa
@@ -160,14 +193,18 @@ def onednn_bf16():
   return _onednn_float32_conv("bf16")
 
 
-@pytest.mark.parametrize("flag", ["--mixed_precision=mixed_float16", "--mixed_precision=mixed_bfloat16",
-                                  "--cpu_bf16_math"])
+@pytest.mark.parametrize(
+  "flag", ["--mixed_precision=mixed_float16", "--mixed_precision=mixed_bfloat16", "--cpu_bf16_math"]
+)
 def test_mixed_precision_trains_with_finite_loss(records, tmp_path, flag, onednn_bf16):
   result = run_trainer(records, tmp_path, flag, "--config.train.epochs=1")
   assert result.returncode == 0, result.stderr[-3000:]
   if flag == "--cpu_bf16_math":  # The log says what oneDNN really does on this CPU.
-    logged = ("policy float32, bfloat16 CPU math" if onednn_bf16[1] else
-              "policy float32, --cpu_bf16_math has no effect on this CPU")
+    logged = (
+      "policy float32, bfloat16 CPU math"
+      if onednn_bf16[1]
+      else "policy float32, --cpu_bf16_math has no effect on this CPU"
+    )
   else:
     logged = f"policy {flag.split('=')[1]}"
   assert logged in result.stderr
@@ -185,8 +222,10 @@ def test_cpu_bf16_math_takes_effect_where_onednn_has_bf16_kernels(onednn_bf16):
   assert in_effect == (bf16_error > 1e-5)
   if "amx" not in kernel:
     assert not in_effect, (kernel, bf16_error)  # No bf16 kernel, no bf16 rounding: the mode changes nothing.
-    pytest.skip(f"oneDNN runs float32 convolutions here with its {kernel} kernel (ISA: {isa}), which ignores the "
-                f"bf16 fpmath mode; only its AMX kernels apply it")
+    pytest.skip(
+      f"oneDNN runs float32 convolutions here with its {kernel} kernel (ISA: {isa}), which ignores the "
+      f"bf16 fpmath mode; only its AMX kernels apply it"
+    )
   assert 1e-4 < bf16_error < 2e-2 and in_effect, (kernel, bf16_error)
 
 
@@ -197,14 +236,19 @@ def test_multi_worker_mirrored_with_two_local_workers(records, tmp_path):
     env = dict(os.environ, TF_CONFIG=json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}}))
     logs.append(tmp_path / f"worker_{index}.log")  # Files, not pipes: a full pipe would stall a worker.
     with open(logs[-1], "w") as log:
-      workers.append(subprocess.Popen(
-          trainer_command(records, tmp_path / "model", "--strategy=multi_worker_mirrored",
-                          "--config.train.epochs=1"),
-          cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT))
+      workers.append(
+        subprocess.Popen(
+          trainer_command(records, tmp_path / "model", "--strategy=multi_worker_mirrored", "--config.train.epochs=1"),
+          cwd=REPO_ROOT,
+          env=env,
+          stdout=log,
+          stderr=subprocess.STDOUT,
+        )
+      )
   for worker in workers:
     worker.wait(timeout=300)
   outputs = [log.read_text() for log in logs]
-  for worker, output in zip(workers, outputs):
+  for worker, output in zip(workers, outputs, strict=True):
     assert worker.returncode == 0, output[-3000:]
   assert "multi_worker_mirrored with 2 replicas" in outputs[0]
   assert json.loads((tmp_path / "model" / "metrics.json").read_text())["steps"] == 4  # 16 examples, batch 4
@@ -213,8 +257,9 @@ def test_multi_worker_mirrored_with_two_local_workers(records, tmp_path):
 
 def test_a_run_killed_mid_training_resumes_and_ends_with_the_planned_steps(records, tmp_path):
   flags = ("--config.train.steps=60", "--config.train.steps_per_loop=5", "--config.train.eval_steps=1")
-  process = subprocess.Popen(trainer_command(records, tmp_path, *flags), cwd=REPO_ROOT,
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  process = subprocess.Popen(
+    trainer_command(records, tmp_path, *flags), cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+  )
   deadline = time.time() + 240
   index = tmp_path / "resume" / "chief" / "checkpoint"
   reached = False
@@ -241,12 +286,15 @@ def test_a_run_killed_mid_training_resumes_and_ends_with_the_planned_steps(recor
   assert json.loads((tmp_path / "metrics.json").read_text())["steps"] == 60
 
 
-@pytest.mark.parametrize("flag, message", [
+@pytest.mark.parametrize(
+  "flag, message",
+  [
     ("--config.train.no_such_field=1", "no_such_field"),
     ("--strategy=warp_drive", "warp_drive"),
     ("--config.batch_size=3 --strategy=mirrored --num_cpu_devices=2", "does not split evenly"),
     ("--config.optimizer.name=adagrad", "config.optimizer.name='adagrad': expected one of sgd, adam"),
-])
+  ],
+)
 def test_bad_flags_and_config_fields_are_one_line_errors_with_exit_code_2(records, tmp_path, flag, message):
   result = run_trainer(records, tmp_path, *flag.split())
   assert result.returncode == 2
@@ -263,8 +311,9 @@ def test_a_data_dir_without_shards_is_a_one_line_error(tmp_path):
 
 def test_a_loop_that_ended_in_a_non_finite_loss_is_not_committed_for_resuming(tmp_path):
   """TerminateOnNaN stops fit, which still ends the loop: its weights must not become the resume point."""
-  import keras  # pylint: disable=g-import-not-at-top
-  from trainer import callbacks  # pylint: disable=g-import-not-at-top
+  import keras
+
+  from trainer import callbacks
 
   def resume_callback():
     model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])

@@ -33,29 +33,33 @@ HUE_DELTA = 0.04
 
 class Geometry(NamedTuple):
   """A batch's random geometry, one row per element (int32 [B, 2] sizes and offsets, bool [B] flips)."""
+
   canvas_size: tf.Tensor  # the picture's (height, width) on its canvas (its source size, unless shrunk to fit)
   scaled_size: tf.Tensor  # floor(source size * scale)
-  offset: tf.Tensor       # the crop's top-left corner (y, x) in the scaled, padded image
-  flip: tf.Tensor         # flipped left-right after cropping
+  offset: tf.Tensor  # the crop's top-left corner (y, x) in the scaled, padded image
+  flip: tf.Tensor  # flipped left-right after cropping
 
 
 class Canvases(NamedTuple):
   """A training batch's images before the train step crops them: uint8 canvases [B, C, C', 3] and their
   Geometry (tfrecords.Batch(Canvases(...), labels) is what trainer/input_pipeline.train_dataset yields)."""
+
   images: tf.Tensor
   geometry: Geometry
 
 
 class PipelineSeeds(NamedTuple):
   """One input pipeline's seeds ([2] int64 each), from which every record's and batch's draw is folded."""
+
   photometric: tf.Tensor
   geometry: tf.Tensor
 
 
 def pipeline_seeds(seed: int, pipeline_id: int) -> PipelineSeeds:
   """The seeds of input pipeline `pipeline_id` of a run seeded with `seed`."""
-  return PipelineSeeds(*tf.unstack(tf.random.experimental.stateless_split(
-      tf.constant([seed, pipeline_id], tf.int64), 2)))
+  return PipelineSeeds(
+    *tf.unstack(tf.random.experimental.stateless_split(tf.constant([seed, pipeline_id], tf.int64), 2))
+  )
 
 
 def photometric_seed(seeds: PipelineSeeds, record_index: tf.Tensor) -> tf.Tensor:
@@ -79,8 +83,16 @@ def photometric(image: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
   return tf.cast(tf.clip_by_value(image, 0.0, 255.0) + 0.5, tf.uint8)
 
 
-def draw_geometry(source_sizes: tf.Tensor, canvas_sizes: tf.Tensor, seed: tf.Tensor, *, crop: tuple[int, int],
-                  min_scale: float, max_scale: float, flip: bool) -> Geometry:
+def draw_geometry(
+  source_sizes: tf.Tensor,
+  canvas_sizes: tf.Tensor,
+  seed: tf.Tensor,
+  *,
+  crop: tuple[int, int],
+  min_scale: float,
+  max_scale: float,
+  flip: bool,
+) -> Geometry:
   """The Geometry of a batch of images: a stateless function of `seed` ([2] int).
 
   source_sizes: int32 [B, 2], each image's own (height, width); canvas_sizes: [B, 2], its size on the canvas
@@ -92,8 +104,12 @@ def draw_geometry(source_sizes: tf.Tensor, canvas_sizes: tf.Tensor, seed: tf.Ten
   scaled = tf.maximum(tf.cast(tf.cast(source_sizes, tf.float32) * scale, tf.int32), 1)
   room = tf.maximum(scaled, crop) - tf.constant(crop, tf.int32)  # Padded to the crop, then cropped.
   offset = tf.minimum(tf.cast(u[:, 1:3] * tf.cast(room + 1, tf.float32), tf.int32), room)
-  return Geometry(canvas_size=tf.cast(canvas_sizes, tf.int32), scaled_size=scaled, offset=offset,
-                  flip=tf.logical_and(flip, u[:, 3] < 0.5))
+  return Geometry(
+    canvas_size=tf.cast(canvas_sizes, tf.int32),
+    scaled_size=scaled,
+    offset=offset,
+    flip=tf.logical_and(flip, u[:, 3] < 0.5),
+  )
 
 
 def _axis_taps(positions: tf.Tensor, canvas_length: tf.Tensor, scaled_length: tf.Tensor):
@@ -111,8 +127,9 @@ def _axis_taps(positions: tf.Tensor, canvas_length: tf.Tensor, scaled_length: tf
   return i0, i1, source - lower, nearest, inside
 
 
-def scale_crop_flip(images: tf.Tensor, labels: tf.Tensor, geometry: Geometry,
-                    crop: tuple[int, int] | None = None) -> tuple[tf.Tensor, tf.Tensor]:
+def scale_crop_flip(
+  images: tf.Tensor, labels: tf.Tensor, geometry: Geometry, crop: tuple[int, int] | None = None
+) -> tuple[tf.Tensor, tf.Tensor]:
   """Canvases (uint8 images [B, C, C', 3], labels [B, C, C']) + their Geometry -> crops: float32
   images [B, crop_h, crop_w, 3] (raw pixel values, padding pixels.MEAN_PIXEL) and labels [B, crop_h, crop_w] of the
   labels' dtype (padding voc.IGNORE_LABEL).

@@ -55,8 +55,9 @@ class BestCheckpoint(keras.callbacks.ModelCheckpoint):
     if tf.io.gfile.exists(self._record):
       with tf.io.gfile.GFile(self._record) as f:
         best = json.load(f).get(monitor)
-    super().__init__(filepath, monitor=monitor, mode="max", save_best_only=True, save_weights_only=True,
-                     initial_value_threshold=best)
+    super().__init__(
+      filepath, monitor=monitor, mode="max", save_best_only=True, save_weights_only=True, initial_value_threshold=best
+    )
 
   def on_epoch_end(self, epoch, logs=None):
     before = self.best

@@ -57,13 +57,13 @@ def create_strategy(name: str, *, tpu: str = "") -> tf.distribute.Strategy:
     return tf.distribute.OneDeviceStrategy(gpus[0].name if gpus else "/cpu:0")
   if name == "mirrored":
     # All GPUs; without GPUs, all logical CPUs (one unless split_cpu was called).
-    devices = [d.name for d in tf.config.list_logical_devices("GPU")] or \
-        [d.name for d in tf.config.list_logical_devices("CPU")]
+    devices = [d.name for d in tf.config.list_logical_devices("GPU")] or [
+      d.name for d in tf.config.list_logical_devices("CPU")
+    ]
     return tf.distribute.MirroredStrategy(devices)
   if name == "multi_worker_mirrored":
     if "TF_CONFIG" not in os.environ:
-      raise StrategyError("multi_worker_mirrored needs the cluster in TF_CONFIG "
-                          "(see launch/ for how to start workers)")
+      raise StrategyError("multi_worker_mirrored needs the cluster in TF_CONFIG (see launch/ for how to start workers)")
     # When a worker dies, the others do not hang: TF 2.21's MWMS starts the coordination service, whose missed
     # heartbeats abort their collectives with UnavailableError within seconds (measured: 4-12 s after a
     # SIGKILL of either worker), and they exit; the job is then restarted whole and resumes from the last loop
@@ -90,8 +90,9 @@ def is_chief(strategy: tf.distribute.Strategy) -> bool:
   resolver = getattr(strategy, "cluster_resolver", None)
   if resolver is None or not resolver.task_type:
     return True
-  return resolver.task_type == "chief" or (resolver.task_type == "worker" and resolver.task_id == 0 and
-                                           "chief" not in resolver.cluster_spec().as_dict())
+  return resolver.task_type == "chief" or (
+    resolver.task_type == "worker" and resolver.task_id == 0 and "chief" not in resolver.cluster_spec().as_dict()
+  )
 
 
 def task_name(strategy: tf.distribute.Strategy) -> str:

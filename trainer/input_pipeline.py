@@ -55,11 +55,22 @@ def _prepare_record(serialized: tf.Tensor, photometric_seed: tf.Tensor | None, *
   return image, label, tf.concat([tf.stack([example["height"], example["width"]]), tf.shape(label)], 0)
 
 
-def train_dataset(file_pattern: str, *, batch_size: int, crop_size: int | tuple[int, int] = 513,
-                  canvas_size: int | tuple[int, int] = 512, min_scale: float = 0.5, max_scale: float = 2.0,
-                  flip: bool = True, photometric: bool = False, shuffle_buffer: int = 512, seed: int | None = None,
-                  deterministic: bool = False, input_context: tf.distribute.InputContext | None = None,
-                  repeat: bool = True) -> tf.data.Dataset:
+def train_dataset(
+  file_pattern: str,
+  *,
+  batch_size: int,
+  crop_size: int | tuple[int, int] = 513,
+  canvas_size: int | tuple[int, int] = 512,
+  min_scale: float = 0.5,
+  max_scale: float = 2.0,
+  flip: bool = True,
+  photometric: bool = False,
+  shuffle_buffer: int = 512,
+  seed: int | None = None,
+  deterministic: bool = False,
+  input_context: tf.distribute.InputContext | None = None,
+  repeat: bool = True,
+) -> tf.data.Dataset:
   """Training batches Batch(Canvases(images, geometry), labels) to be scaled, cropped and flipped in the train
   step, forever unless repeat=False.
 
@@ -88,8 +99,9 @@ def train_dataset(file_pattern: str, *, batch_size: int, crop_size: int | tuple[
     seed = random.SystemRandom().randrange(2**31)
   _, pipeline_id = tfrecords.pipeline_position(input_context)
 
-  dataset = tfrecords.serialized_records(files, input_context=input_context, shuffle=True, seed=seed,
-                                       deterministic=deterministic)
+  dataset = tfrecords.serialized_records(
+    files, input_context=input_context, shuffle=True, seed=seed, deterministic=deterministic
+  )
   if shuffle_buffer > 1:
     dataset = dataset.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
   if repeat:
@@ -98,21 +110,32 @@ def train_dataset(file_pattern: str, *, batch_size: int, crop_size: int | tuple[
 
   if photometric:  # Per image, before padding, so that the padding stays at the mean pixel.
     dataset = dataset.enumerate().map(
-        lambda index, serialized: _prepare_record(serialized, augment.photometric_seed(seeds, index), canvas=canvas),
-        num_parallel_calls=AUTOTUNE)
+      lambda index, serialized: _prepare_record(serialized, augment.photometric_seed(seeds, index), canvas=canvas),
+      num_parallel_calls=AUTOTUNE,
+    )
   else:
-    dataset = dataset.map(lambda serialized: _prepare_record(serialized, None, canvas=canvas),
-                          num_parallel_calls=AUTOTUNE)
+    dataset = dataset.map(
+      lambda serialized: _prepare_record(serialized, None, canvas=canvas), num_parallel_calls=AUTOTUNE
+    )
   # One copy per picture, straight into the padded batch.
   dataset = dataset.padded_batch(
-      batch_size, padded_shapes=([canvas[0], canvas[1], 3], [canvas[0], canvas[1]], [4]),
-      padding_values=(tf.constant(pixels.MEAN_PIXEL_UINT8, tf.uint8), tf.constant(voc.IGNORE_LABEL, tf.uint8), 0),
-      drop_remainder=True)
+    batch_size,
+    padded_shapes=([canvas[0], canvas[1], 3], [canvas[0], canvas[1]], [4]),
+    padding_values=(tf.constant(pixels.MEAN_PIXEL_UINT8, tf.uint8), tf.constant(voc.IGNORE_LABEL, tf.uint8), 0),
+    drop_remainder=True,
+  )
 
   def draw_geometry(index, batch):
     images, labels, sizes = batch
-    geometry = augment.draw_geometry(sizes[:, :2], sizes[:, 2:], augment.geometry_seed(seeds, index), crop=crop,
-                                     min_scale=min_scale, max_scale=max_scale, flip=flip)
+    geometry = augment.draw_geometry(
+      sizes[:, :2],
+      sizes[:, 2:],
+      augment.geometry_seed(seeds, index),
+      crop=crop,
+      min_scale=min_scale,
+      max_scale=max_scale,
+      flip=flip,
+    )
     return tfrecords.Batch(augment.Canvases(images, geometry), labels)
 
   dataset = dataset.enumerate().map(draw_geometry)

@@ -14,11 +14,14 @@ import keras
 import tensorflow as tf
 
 
-def build_for_fit(model: keras.Model, strategy: tf.distribute.Strategy, batch_size: int,
-                  crop: tuple[int, int]) -> None:
+def build_for_fit(model: keras.Model, strategy: tf.distribute.Strategy, batch_size: int, crop: tuple[int, int]) -> None:
   """Builds `model`'s compiled loss, metrics and optimizer in `strategy`'s scope on (images [batch_size, *crop, 3],
   labels [batch_size, *crop]) of zeros; fit() then builds nothing from its first batch."""
   with strategy.scope():
-    model._symbolic_build(data_batch=(tf.zeros([batch_size, *crop, 3]),  # pylint: disable=protected-access
-                                      tf.zeros([batch_size, *crop], tf.int32)))
-  model._maybe_symbolic_build = lambda iterator=None, data_batch=None: None  # pylint: disable=protected-access
+    model._symbolic_build(
+      data_batch=(
+        tf.zeros([batch_size, *crop, 3]),  # Private: no public API gives this.
+        tf.zeros([batch_size, *crop], tf.int32),
+      )
+    )
+  model._maybe_symbolic_build = lambda iterator=None, data_batch=None: None  # Private: no public API gives this.

@@ -8,12 +8,12 @@ import tensorflow as tf
 
 from contracts import voc
 
-
 CLASS_WEIGHTINGS = ("", "median_frequency", "inverse_log")
 
 
-def class_weights_from_pixels(class_pixels: Sequence[int], image_pixels: Sequence[int],
-                              method: str) -> tuple[float, ...]:
+def class_weights_from_pixels(
+  class_pixels: Sequence[int], image_pixels: Sequence[int], method: str
+) -> tuple[float, ...]:
   """Class weights from a training split's pixel counts: `class_pixels[c]`, the pixels of class c;
   `image_pixels[c]`, the labelled pixels of the images holding class c.
 
@@ -43,8 +43,16 @@ class SegmentationLoss(keras.losses.Loss):
   Padding and object boundaries carry the ignore label and so never contribute, whatever the crop.
   """
 
-  def __init__(self, num_classes: int, *, class_weights: Sequence[float] = (), top_k_percent_pixels: float = 1.0,
-               ignore_label: int = voc.IGNORE_LABEL, name: str = "segmentation_loss", **kwargs):
+  def __init__(
+    self,
+    num_classes: int,
+    *,
+    class_weights: Sequence[float] = (),
+    top_k_percent_pixels: float = 1.0,
+    ignore_label: int = voc.IGNORE_LABEL,
+    name: str = "segmentation_loss",
+    **kwargs,
+  ):
     super().__init__(name=name, **kwargs)
     if class_weights and len(class_weights) != num_classes:
       raise ValueError(f"class_weights has {len(class_weights)} values, expected num_classes={num_classes}")
@@ -76,5 +84,10 @@ class SegmentationLoss(keras.losses.Loss):
     return losses * tf.math.divide_no_nan(tf.cast(tf.size(losses), tf.float32), num_valid)
 
   def get_config(self):
-    return {**super().get_config(), "num_classes": self.num_classes, "class_weights": self.class_weights,
-            "top_k_percent_pixels": self.top_k_percent_pixels, "ignore_label": self.ignore_label}
+    return {
+      **super().get_config(),
+      "num_classes": self.num_classes,
+      "class_weights": self.class_weights,
+      "top_k_percent_pixels": self.top_k_percent_pixels,
+      "ignore_label": self.ignore_label,
+    }

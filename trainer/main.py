@@ -24,28 +24,46 @@ from trainer import distribute
 from trainer import train
 
 try:  # ml_collections loads the config and applies --config.FIELD overrides here, at definition.
-  _CONFIG = config_flags.DEFINE_config_file("config", "configs/smoke.py", "Config file (a get_config() module).",
-                                            lock_config=True)
+  _CONFIG = config_flags.DEFINE_config_file(
+    "config", "configs/smoke.py", "Config file (a get_config() module).", lock_config=True
+  )
 except (AttributeError, KeyError) as _error:
   console.exit_with(f"the config has no field {str(_error).strip(chr(34))} (configs/base.py lists them all)")
 except (TypeError, ValueError, OSError) as _error:
   console.exit_with(f"bad --config or --config.FIELD override: {_error}")
-_DATA_DIR = flags.DEFINE_string("data_dir", None, "Folder (or gs:// path) with the {split}-*.tfrecord shards.",
-                                required=True)
-_MODEL_DIR = flags.DEFINE_string("model_dir", None, "Where checkpoints, TensorBoard logs and metrics.json go; "
-                                 "local or gs://.", required=True)
+_DATA_DIR = flags.DEFINE_string(
+  "data_dir", None, "Folder (or gs:// path) with the {split}-*.tfrecord shards.", required=True
+)
+_MODEL_DIR = flags.DEFINE_string(
+  "model_dir", None, "Where checkpoints, TensorBoard logs and metrics.json go; local or gs://.", required=True
+)
 _STRATEGY = flags.DEFINE_enum("strategy", "default", distribute.STRATEGIES, "tf.distribute strategy.")
 _TPU = flags.DEFINE_string("tpu", "", "TPU name or 'local' (with --strategy=tpu).")
-_MIXED_PRECISION = flags.DEFINE_enum("mixed_precision", "float32", ["float32", "mixed_float16", "mixed_bfloat16"],
-                                     "Keras dtype policy: mixed_float16 on GPUs, mixed_bfloat16 on TPUs.")
+_MIXED_PRECISION = flags.DEFINE_enum(
+  "mixed_precision",
+  "float32",
+  ["float32", "mixed_float16", "mixed_bfloat16"],
+  "Keras dtype policy: mixed_float16 on GPUs, mixed_bfloat16 on TPUs.",
+)
 _CPU_BF16_MATH = flags.DEFINE_bool(
-    "cpu_bf16_math", False, "Let oneDNN round the inputs of float32 convolutions and matmuls to bfloat16 (float32 "
-    "sums), as TF32 does on GPUs. Takes effect where oneDNN has such kernels (its AMX ones, i.e. Intel CPUs with "
-    "AMX; not AVX512-BF16 alone); the log says whether it did. No effect on GPUs and TPUs.")
-_MODE = flags.DEFINE_enum("mode", "train_and_eval", ["train", "eval", "train_and_eval"],
-                          "train_and_eval trains, then evaluates the best checkpoint; eval only evaluates.")
-_NUM_CPU_DEVICES = flags.DEFINE_integer("num_cpu_devices", 0, "Split the CPU into N logical devices "
-                                        "(so that --strategy=mirrored has N replicas without GPUs).", lower_bound=0)
+  "cpu_bf16_math",
+  False,
+  "Let oneDNN round the inputs of float32 convolutions and matmuls to bfloat16 (float32 "
+  "sums), as TF32 does on GPUs. Takes effect where oneDNN has such kernels (its AMX ones, i.e. Intel CPUs with "
+  "AMX; not AVX512-BF16 alone); the log says whether it did. No effect on GPUs and TPUs.",
+)
+_MODE = flags.DEFINE_enum(
+  "mode",
+  "train_and_eval",
+  ["train", "eval", "train_and_eval"],
+  "train_and_eval trains, then evaluates the best checkpoint; eval only evaluates.",
+)
+_NUM_CPU_DEVICES = flags.DEFINE_integer(
+  "num_cpu_devices",
+  0,
+  "Split the CPU into N logical devices (so that --strategy=mirrored has N replicas without GPUs).",
+  lower_bound=0,
+)
 
 
 def _parse_flags(argv):
@@ -78,19 +96,33 @@ def main(argv):
     distribute.split_cpu(_NUM_CPU_DEVICES.value)
   cpu_math = ""
   if _CPU_BF16_MATH.value:  # After split_cpu: the check runs an op, which initialises the devices.
-    cpu_math = (", bfloat16 CPU math" if distribute.bf16_cpu_math_in_effect() else
-                ", --cpu_bf16_math has no effect on this CPU (oneDNN keeps float32 convolutions)")
+    cpu_math = (
+      ", bfloat16 CPU math"
+      if distribute.bf16_cpu_math_in_effect()
+      else ", --cpu_bf16_math has no effect on this CPU (oneDNN keeps float32 convolutions)"
+    )
   keras.mixed_precision.set_global_policy(_MIXED_PRECISION.value)
   with console.exit_on_user_error(FloatingPointError):  # A loss that became NaN or infinite.
     strategy = distribute.create_strategy(_STRATEGY.value, tpu=_TPU.value)
-    logging.info("strategy %s with %d replicas, policy %s%s", _STRATEGY.value, strategy.num_replicas_in_sync,
-                 _MIXED_PRECISION.value, cpu_math)
+    logging.info(
+      "strategy %s with %d replicas, policy %s%s",
+      _STRATEGY.value,
+      strategy.num_replicas_in_sync,
+      _MIXED_PRECISION.value,
+      cpu_math,
+    )
     if _MODE.value == "eval":
-      report = train.evaluate_checkpoint(config, data_dir=_DATA_DIR.value, model_dir=_MODEL_DIR.value,
-                                         strategy=strategy)
+      report = train.evaluate_checkpoint(
+        config, data_dir=_DATA_DIR.value, model_dir=_MODEL_DIR.value, strategy=strategy
+      )
     else:
-      report = train.train_and_evaluate(config, data_dir=_DATA_DIR.value, model_dir=_MODEL_DIR.value,
-                                        strategy=strategy, evaluate_at_end=_MODE.value == "train_and_eval")
+      report = train.train_and_evaluate(
+        config,
+        data_dir=_DATA_DIR.value,
+        model_dir=_MODEL_DIR.value,
+        strategy=strategy,
+        evaluate_at_end=_MODE.value == "train_and_eval",
+      )
   if report:
     print(json.dumps({k: report[k] for k in ("miou", "pixel_accuracy") if k in report}))
     print(f"TensorBoard: tensorboard --logdir={_MODEL_DIR.value}")

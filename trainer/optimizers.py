@@ -32,7 +32,8 @@ def learning_rate(config: ml_collections.ConfigDict, total_steps: int):
   decay_steps = max(1, total_steps - config.warmup_steps)
   if config.schedule == "poly":
     schedule = keras.optimizers.schedules.PolynomialDecay(
-        config.learning_rate, decay_steps, end_learning_rate=0.0, power=config.power)
+      config.learning_rate, decay_steps, end_learning_rate=0.0, power=config.power
+    )
   elif config.schedule == "cosine":
     schedule = keras.optimizers.schedules.CosineDecay(config.learning_rate, decay_steps)
   elif config.schedule == "constant":

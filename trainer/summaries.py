@@ -1,13 +1,13 @@
 """What a run shows in TensorBoard: one event stream in the run's folder, every value against the optimizer step.
 
-  train/       every config.train.log_every_steps steps: loss (the mean over those steps), learning_rate,
-               images_per_second (compilation excluded), loss_scale (mixed float16); at each loop's end the
-               loop's miou and pixel_accuracy
-  validation/  after each validation: loss, miou, pixel_accuracy, iou/<class>, confusion_matrix (a picture with
-               its colour scale), confusion_table (the same as a table), triptych/<i> with a legend
-  final/       miou and pixel_accuracy of the weights the run kept (its best), scored at the end
-  config       the run's config as a table (Text) and as hyperparameters (HParams, with the final mIoU), so that
-               the runs under one --logdir compare.
+train/       every config.train.log_every_steps steps: loss (the mean over those steps), learning_rate,
+             images_per_second (compilation excluded), loss_scale (mixed float16); at each loop's end the
+             loop's miou and pixel_accuracy
+validation/  after each validation: loss, miou, pixel_accuracy, iou/<class>, confusion_matrix (a picture with
+             its colour scale), confusion_table (the same as a table), triptych/<i> with a legend
+final/       miou and pixel_accuracy of the weights the run kept (its best), scored at the end
+config       the run's config as a table (Text) and as hyperparameters (HParams, with the final mIoU), so that
+             the runs under one --logdir compare.
 """
 
 import json
@@ -16,8 +16,8 @@ import time
 import keras
 import ml_collections
 import numpy as np
-import tensorflow as tf
 from tensorboard.plugins.hparams import api as hparams
+import tensorflow as tf
 
 from deeplab import metrics as metrics_lib
 from deeplab import visualize
@@ -38,14 +38,16 @@ def flat_hyperparameters(config: ml_collections.ConfigDict) -> dict:
         flat[prefix + key] = value
       else:
         flat[prefix + key] = json.dumps(value if not isinstance(value, tuple) else list(value))
+
   visit(config.to_dict() if isinstance(config, ml_collections.ConfigDict) else config, "")
   return flat
 
 
 def config_table(config: ml_collections.ConfigDict) -> str:
   """The config as a Markdown table (TensorBoard's Text dashboard renders it)."""
-  rows = [f"| `{name}` | `{value if value != '' else chr(34) * 2}` |"
-          for name, value in flat_hyperparameters(config).items()]
+  rows = [
+    f"| `{name}` | `{value if value != '' else chr(34) * 2}` |" for name, value in flat_hyperparameters(config).items()
+  ]
   return "\n".join(["| field | value |", "|---|---|", *rows])
 
 
@@ -53,8 +55,17 @@ class TensorBoardLog(keras.callbacks.Callback):
   """Writes the summaries listed in this module's docstring, and puts each loop's images/s into its logs (the
   console line). Every worker reads the validation confusion matrix (a collective); only the chief writes."""
 
-  def __init__(self, log_dir: str, *, config: ml_collections.ConfigDict, class_names, miou: metrics_lib.MeanIoU,
-               samples, write: bool, class_colours=()):
+  def __init__(
+    self,
+    log_dir: str,
+    *,
+    config: ml_collections.ConfigDict,
+    class_names,
+    miou: metrics_lib.MeanIoU,
+    samples,
+    write: bool,
+    class_colours=(),
+  ):
     super().__init__()
     self.config = config
     self.class_names = tuple(class_names)
@@ -77,9 +88,13 @@ class TensorBoardLog(keras.callbacks.Callback):
     with self.writer.as_default(step=step):
       if step == 0:  # A resumed run has written these already.
         tf.summary.text("config", config_table(self.config))
-        hparams.hparams_config(hparams=[hparams.HParam(name) for name in flat_hyperparameters(self.config)],
-                               metrics=[hparams.Metric(FINAL_MIOU, display_name="final mIoU"),
-                                        hparams.Metric(VALIDATION_MIOU, display_name="last validation mIoU")])
+        hparams.hparams_config(
+          hparams=[hparams.HParam(name) for name in flat_hyperparameters(self.config)],
+          metrics=[
+            hparams.Metric(FINAL_MIOU, display_name="final mIoU"),
+            hparams.Metric(VALIDATION_MIOU, display_name="last validation mIoU"),
+          ],
+        )
         hparams.hparams(flat_hyperparameters(self.config), trial_id=self.run_name)
 
   def _step(self) -> int:
@@ -155,9 +170,12 @@ class TensorBoardLog(keras.callbacks.Callback):
     for index, (image, label) in enumerate(self.samples):
       logits = self.model(tf.constant(image[None], tf.float32), training=False)
       prediction = np.argmax(keras.ops.convert_to_numpy(logits)[0], axis=-1).astype(np.uint8)
-      tf.summary.image(f"validation/triptych/{index}",
-                       visualize.triptych(image, label, prediction, class_names=self.class_names,
-                                          class_colours=self.class_colours)[None])
+      tf.summary.image(
+        f"validation/triptych/{index}",
+        visualize.triptych(image, label, prediction, class_names=self.class_names, class_colours=self.class_colours)[
+          None
+        ],
+      )
 
   def write_final(self, report: dict) -> None:
     """The figures of the weights the run kept (scored after training), at the last step."""

@@ -38,9 +38,11 @@ from trainer.config_validation import ConfigError
 # Keras says this at the end of every pass over a finite, distributed validation set, where it is expected.
 warnings.filterwarnings("ignore", message="Your input ran out of data")
 
+
 @dataclasses.dataclass(frozen=True)
 class Plan:
   """How many steps, loops and images a run makes; derived once from the config and the data."""
+
   num_train_examples: int
   global_batch_size: int
   steps_per_loop: int
@@ -61,6 +63,7 @@ def make_plan(config: ml_collections.ConfigDict, num_train_examples: int) -> Pla
 @dataclasses.dataclass(frozen=True)
 class Execution:
   """How the steps run on the devices; derived once from the config and the strategy (`plan_execution`)."""
+
   jit_compile: bool | str  # compile()'s argument: True, False or "auto" (Keras decides).
   steps_per_execution: int
   # Every batch of the same shape, the last evaluation batches padded with void images: what TPUs need.
@@ -71,8 +74,9 @@ MAX_TPU_STEPS_PER_EXECUTION = 100
 DEFAULT_EXECUTION = Execution(jit_compile="auto", steps_per_execution=1, fixed_batch_shapes=False)
 
 
-def plan_execution(config: ml_collections.ConfigDict, strategy, steps_per_loop: int, *, tpu: bool | None = None
-                   ) -> Execution:
+def plan_execution(
+  config: ml_collections.ConfigDict, strategy, steps_per_loop: int, *, tpu: bool | None = None
+) -> Execution:
   """`tpu` (default: whether `strategy` is a TPUStrategy) chooses the TPU settings: XLA always, several steps
   per execution, fixed batch shapes. Tests set it to run the TPU path under the default strategy."""
   tpu = distribute.is_tpu(strategy) if tpu is None else tpu
@@ -81,20 +85,28 @@ def plan_execution(config: ml_collections.ConfigDict, strategy, steps_per_loop: 
     raise ConfigError(f"config.train.jit_compile={jit_compile!r}: use auto, True or False")
   steps = config.train.steps_per_execution
   if steps < 0 or (steps and steps_per_loop % steps):
-    raise ConfigError(f"config.train.steps_per_execution={steps}: must divide the {steps_per_loop} steps of a loop "
-                      f"(config.train.steps_per_loop), or 0 for automatic")
+    raise ConfigError(
+      f"config.train.steps_per_execution={steps}: must divide the {steps_per_loop} steps of a loop "
+      f"(config.train.steps_per_loop), or 0 for automatic"
+    )
   if config.train.eval_steps and steps and config.train.eval_steps % steps:
-    raise ConfigError(f"config.train.eval_steps={config.train.eval_steps}: must be a multiple of "
-                      f"config.train.steps_per_execution={steps} (Keras runs whole executions)")
+    raise ConfigError(
+      f"config.train.eval_steps={config.train.eval_steps}: must be a multiple of "
+      f"config.train.steps_per_execution={steps} (Keras runs whole executions)"
+    )
   if not steps:
-    steps = max(d for d in range(1, min(steps_per_loop, MAX_TPU_STEPS_PER_EXECUTION) + 1)
-                if steps_per_loop % d == 0) if tpu else 1
+    steps = (
+      max(d for d in range(1, min(steps_per_loop, MAX_TPU_STEPS_PER_EXECUTION) + 1) if steps_per_loop % d == 0)
+      if tpu
+      else 1
+    )
   if tpu:
     if jit_compile is False:
       raise ConfigError("config.train.jit_compile=False: TPUs run only XLA-compiled steps")
     if not config.input.eval_pad_to:
-      raise ConfigError("config.input.eval_pad_to=0: TPUs need fixed evaluation shapes; set it to your largest "
-                        "image side")
+      raise ConfigError(
+        "config.input.eval_pad_to=0: TPUs need fixed evaluation shapes; set it to your largest image side"
+      )
   return Execution(jit_compile=True if tpu else jit_compile, steps_per_execution=steps, fixed_batch_shapes=tpu)
 
 
@@ -107,10 +119,11 @@ def with_class_names(config: ml_collections.ConfigDict, data_dir: str) -> ml_col
     source = shards.class_names_path(data_dir)
     names = shards.read_class_names(source) or voc.default_class_names(config.model.num_classes)
   if len(names) != config.model.num_classes:
-    raise ConfigError(f"config.model.num_classes={config.model.num_classes}, but {source} names {len(names)} "
-                      f"classes ({', '.join(names)}): set --config.model.num_classes={len(names)}")
-  colours = tuple(config.model.class_colours) or \
-      shards.read_class_colours(shards.class_colours_path(data_dir)) or ()
+    raise ConfigError(
+      f"config.model.num_classes={config.model.num_classes}, but {source} names {len(names)} "
+      f"classes ({', '.join(names)}): set --config.model.num_classes={len(names)}"
+    )
+  colours = tuple(config.model.class_colours) or shards.read_class_colours(shards.class_colours_path(data_dir)) or ()
   config = copy.deepcopy(config)
   config.model.class_names = names
   config.model.class_colours = tuple(tuple(colour) for colour in colours) if len(colours) == len(names) else ()
@@ -126,13 +139,22 @@ def with_class_weights(config: ml_collections.ConfigDict, data_dir: str) -> ml_c
   summary = shards.read_summary(data_dir, config.train_split)
   names = run_folder.class_names_of(config)
   if not summary or "class_image_pixels" not in summary:
-    raise ConfigError(f"config.loss.class_weighting={method!r} needs the pixel counts of "
-                      f"{shards.summary_path(data_dir, config.train_split)}, which a conversion by this version "
-                      f"writes: convert the data again, or give config.loss.class_weights")
-  weights = losses.class_weights_from_pixels([summary["class_pixels"].get(name, 0) for name in names],
-                                             [summary["class_image_pixels"].get(name, 0) for name in names], method)
-  logging.info("class weights (%s, from %s's pixel counts): %s", method, config.train_split,
-               ", ".join(f"{name} {weight:.3f}" for name, weight in zip(names, weights)))
+    raise ConfigError(
+      f"config.loss.class_weighting={method!r} needs the pixel counts of "
+      f"{shards.summary_path(data_dir, config.train_split)}, which a conversion by this version "
+      f"writes: convert the data again, or give config.loss.class_weights"
+    )
+  weights = losses.class_weights_from_pixels(
+    [summary["class_pixels"].get(name, 0) for name in names],
+    [summary["class_image_pixels"].get(name, 0) for name in names],
+    method,
+  )
+  logging.info(
+    "class weights (%s, from %s's pixel counts): %s",
+    method,
+    config.train_split,
+    ", ".join(f"{name} {weight:.3f}" for name, weight in zip(names, weights, strict=True)),
+  )
   config = copy.deepcopy(config)
   config.loss.class_weights = tuple(round(weight, 6) for weight in weights)
   return config
@@ -143,8 +165,9 @@ def _source_run(init_from: str) -> tuple[str, str]:
   if tf.io.gfile.isdir(init_from):
     weights = run_dir.trained_weights(init_from)
     if weights is None:
-      raise ConfigError(f"config.model.init_from={init_from}: no {run_dir.BEST_WEIGHTS} or {run_dir.FINAL_WEIGHTS} "
-                        f"in it")
+      raise ConfigError(
+        f"config.model.init_from={init_from}: no {run_dir.BEST_WEIGHTS} or {run_dir.FINAL_WEIGHTS} in it"
+      )
     return init_from, weights
   if not tf.io.gfile.exists(init_from):
     raise ConfigError(f"config.model.init_from={init_from}: no such run directory or weights file")
@@ -193,23 +216,35 @@ def set_trainable_layers(model: keras.Model, which: str, initialized: set[str]) 
   for layer in model.layers:
     if layer.weights and (layer.name in initialized if which == "new" else not layer.name.startswith(HEAD_PREFIXES)):
       layer.trainable = False
-  logging.info("trainable layers (%s): %s", which,
-               ", ".join(layer.name for layer in model.layers if layer.trainable_weights) or "none")
+  logging.info(
+    "trainable layers (%s): %s",
+    which,
+    ", ".join(layer.name for layer in model.layers if layer.trainable_weights) or "none",
+  )
 
 
-def compile_model(model: keras.Model, config: ml_collections.ConfigDict, total_steps: int,
-                  execution: Execution = DEFAULT_EXECUTION) -> metrics_lib.MeanIoU:
+def compile_model(
+  model: keras.Model, config: ml_collections.ConfigDict, total_steps: int, execution: Execution = DEFAULT_EXECUTION
+) -> metrics_lib.MeanIoU:
   """Compiles in place, with the train step cropping the input pipeline's canvases to config.input.crop_size
   (trainer/augment.py); returns the mIoU metric, whose confusion matrix the reports read."""
   try:
     optimizer = optimizers.create_optimizer(config.optimizer, total_steps)
-    loss = losses.SegmentationLoss(config.model.num_classes, class_weights=tuple(config.loss.class_weights),
-                                   top_k_percent_pixels=config.loss.top_k_percent_pixels)
+    loss = losses.SegmentationLoss(
+      config.model.num_classes,
+      class_weights=tuple(config.loss.class_weights),
+      top_k_percent_pixels=config.loss.top_k_percent_pixels,
+    )
   except ValueError as error:
     raise ConfigError(str(error)) from None
   miou = metrics_lib.MeanIoU(config.model.num_classes)
-  model.compile(optimizer=optimizer, loss=loss, metrics=[miou, metrics_lib.PixelAccuracy()],
-                jit_compile=execution.jit_compile, steps_per_execution=execution.steps_per_execution)
+  model.compile(
+    optimizer=optimizer,
+    loss=loss,
+    metrics=[miou, metrics_lib.PixelAccuracy()],
+    jit_compile=execution.jit_compile,
+    steps_per_execution=execution.steps_per_execution,
+  )
   miou.xla_compatible = bool(model.jit_compile)  # Keras has resolved "auto" by now.
   augment.crop_on_device(model, building.crop_size(config))
   return miou
@@ -224,10 +259,16 @@ def _wait_for_all_workers(strategy) -> None:
 def _eval_dataset(strategy, config, files, execution: Execution):
   per_replica = _per_replica_eval_batch(config, strategy)
   return strategy.distribute_datasets_from_function(
-      lambda context: tfrecords.eval_dataset(
-          files, batch_size=per_replica, pad_to=config.input.eval_pad_to, input_context=context,
-          fixed_shape_replicas=(context.num_replicas_in_sync // context.num_input_pipelines
-                                if execution.fixed_batch_shapes else 0)))
+    lambda context: tfrecords.eval_dataset(
+      files,
+      batch_size=per_replica,
+      pad_to=config.input.eval_pad_to,
+      input_context=context,
+      fixed_shape_replicas=(
+        context.num_replicas_in_sync // context.num_input_pipelines if execution.fixed_batch_shapes else 0
+      ),
+    )
+  )
 
 
 def _per_replica_eval_batch(config, strategy) -> int:
@@ -241,23 +282,38 @@ def _validation_samples(files: str, count: int) -> list:
   return samples
 
 
-def evaluate(model: keras.Model, miou: metrics_lib.MeanIoU, config: ml_collections.ConfigDict, strategy,
-             data_dir: str, execution: Execution = DEFAULT_EXECUTION) -> dict:
+def evaluate(
+  model: keras.Model,
+  miou: metrics_lib.MeanIoU,
+  config: ml_collections.ConfigDict,
+  strategy,
+  data_dir: str,
+  execution: Execution = DEFAULT_EXECUTION,
+) -> dict:
   """Validation figures over the whole eval split (padding never scored)."""
   dataset = _eval_dataset(strategy, config, shards.split_files(data_dir, config.eval_split), execution)
   results = model.evaluate(dataset, steps=config.train.eval_steps or None, verbose=0, return_dict=True)
-  return {"loss": float(results["loss"]),
-          **metrics_lib.summarize_confusion(miou.confusion_matrix(), run_folder.class_names_of(config))}
+  return {
+    "loss": float(results["loss"]),
+    **metrics_lib.summarize_confusion(miou.confusion_matrix(), run_folder.class_names_of(config)),
+  }
 
 
-def evaluate_checkpoint(config: ml_collections.ConfigDict, *, data_dir: str, model_dir: str,
-                        strategy: tf.distribute.Strategy, tpu: bool | None = None) -> dict:
+def evaluate_checkpoint(
+  config: ml_collections.ConfigDict,
+  *,
+  data_dir: str,
+  model_dir: str,
+  strategy: tf.distribute.Strategy,
+  tpu: bool | None = None,
+) -> dict:
   """Evaluates the best (else the final) weights of a finished run and rewrites its metrics.json."""
   config_validation.validate(config)  # Not the batch against the replicas: only training splits it.
   weights = run_dir.trained_weights(model_dir)
   if weights is None:
-    raise run_dir.RunFolderError(f"no trained weights in {model_dir} (looked for {run_dir.BEST_WEIGHTS} and "
-                           f"{run_dir.FINAL_WEIGHTS})")
+    raise run_dir.RunFolderError(
+      f"no trained weights in {model_dir} (looked for {run_dir.BEST_WEIGHTS} and {run_dir.FINAL_WEIGHTS})"
+    )
   config = with_class_names(config, data_dir)
   execution = plan_execution(config, strategy, steps_per_loop=config.train.steps_per_execution or 1, tpu=tpu)
   with strategy.scope():
@@ -276,9 +332,15 @@ def _write_json(path: str, value) -> None:
     json.dump(value, f, indent=2)
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, *, data_dir: str, model_dir: str,
-                       strategy: tf.distribute.Strategy, evaluate_at_end: bool = True,
-                       tpu: bool | None = None) -> dict:
+def train_and_evaluate(
+  config: ml_collections.ConfigDict,
+  *,
+  data_dir: str,
+  model_dir: str,
+  strategy: tf.distribute.Strategy,
+  evaluate_at_end: bool = True,
+  tpu: bool | None = None,
+) -> dict:
   """`tpu`: see plan_execution."""
   config_validation.validate(config, strategy.num_replicas_in_sync)
   chief = distribute.is_chief(strategy)
@@ -286,13 +348,23 @@ def train_and_evaluate(config: ml_collections.ConfigDict, *, data_dir: str, mode
   train_files = shards.split_files(data_dir, config.train_split)
   eval_files = shards.split_files(data_dir, config.eval_split)
   plan = make_plan(config, shards.count_examples(data_dir, config.train_split))
-  logging.info("plan: %d training examples, global batch %d over %d replicas, %d loops x %d steps = %d steps",
-               plan.num_train_examples, plan.global_batch_size, strategy.num_replicas_in_sync, plan.num_loops,
-               plan.steps_per_loop, plan.total_steps)
+  logging.info(
+    "plan: %d training examples, global batch %d over %d replicas, %d loops x %d steps = %d steps",
+    plan.num_train_examples,
+    plan.global_batch_size,
+    strategy.num_replicas_in_sync,
+    plan.num_loops,
+    plan.steps_per_loop,
+    plan.total_steps,
+  )
   config = with_class_weights(with_class_names(config, data_dir), data_dir)
   execution = plan_execution(config, strategy, plan.steps_per_loop, tpu=tpu)
-  logging.info("execution: jit_compile=%s, %d steps per execution%s", execution.jit_compile,
-               execution.steps_per_execution, ", fixed batch shapes" if execution.fixed_batch_shapes else "")
+  logging.info(
+    "execution: jit_compile=%s, %d steps per execution%s",
+    execution.jit_compile,
+    execution.steps_per_execution,
+    ", fixed batch shapes" if execution.fixed_batch_shapes else "",
+  )
   if chief:
     tf.io.gfile.makedirs(run_dir.path(model_dir, run_dir.CHECKPOINTS))
     with tf.io.gfile.GFile(run_dir.path(model_dir, run_dir.CONFIG), "w") as f:
@@ -305,15 +377,24 @@ def train_and_evaluate(config: ml_collections.ConfigDict, *, data_dir: str, mode
     set_trainable_layers(model, config.model.trainable_layers, initialized)
     miou = compile_model(model, config, plan.total_steps, execution)
   train_data = strategy.distribute_datasets_from_function(
-      lambda context: input_pipeline.train_dataset(
-          train_files, batch_size=per_replica_batch, crop_size=building.crop_size(config),
-          canvas_size=config.input.canvas_size,
-          min_scale=config.input.min_scale, max_scale=config.input.max_scale, flip=config.input.flip,
-          photometric=config.input.photometric, shuffle_buffer=config.input.shuffle_buffer, seed=config.seed,
-          input_context=context))
+    lambda context: input_pipeline.train_dataset(
+      train_files,
+      batch_size=per_replica_batch,
+      crop_size=building.crop_size(config),
+      canvas_size=config.input.canvas_size,
+      min_scale=config.input.min_scale,
+      max_scale=config.input.max_scale,
+      flip=config.input.flip,
+      photometric=config.input.photometric,
+      shuffle_buffer=config.input.shuffle_buffer,
+      seed=config.seed,
+      input_context=context,
+    )
+  )
 
-  keras_internals.build_for_fit(model, strategy, config.batch_size // strategy.num_replicas_in_sync,
-                                building.crop_size(config))
+  keras_internals.build_for_fit(
+    model, strategy, config.batch_size // strategy.num_replicas_in_sync, building.crop_size(config)
+  )
 
   # Every worker keeps its own resume checkpoint (identical weights); only the chief writes what users read. All
   # restore the chief's, so that they resume at the same loop even when a failure struck between two saves.
@@ -322,29 +403,44 @@ def train_and_evaluate(config: ml_collections.ConfigDict, *, data_dir: str, mode
   resume.set_model(model)
   completed_loops = resume.restore(from_directory=os.path.join(resume_dir, distribute.chief_task_name(strategy)))
   if completed_loops:
-    logging.info("resuming after loop %d of %d (step %d)", completed_loops, plan.num_loops,
-                 int(model.optimizer.iterations.numpy()))
+    logging.info(
+      "resuming after loop %d of %d (step %d)", completed_loops, plan.num_loops, int(model.optimizer.iterations.numpy())
+    )
   tensorboard = summaries.TensorBoardLog(
-      model_dir, config=config, class_names=run_folder.class_names_of(config),
-      class_colours=run_folder.class_colours_of(config), miou=miou,
-      samples=_validation_samples(eval_files, config.train.num_triptychs) if chief else [], write=chief)
+    model_dir,
+    config=config,
+    class_names=run_folder.class_names_of(config),
+    class_colours=run_folder.class_colours_of(config),
+    miou=miou,
+    samples=_validation_samples(eval_files, config.train.num_triptychs) if chief else [],
+    write=chief,
+  )
   callbacks = [tensorboard, keras.callbacks.TerminateOnNaN()]
   if chief:
     callbacks.append(callbacks_lib.BestCheckpoint(run_dir.path(model_dir, run_dir.BEST_WEIGHTS)))
   if config.train.early_stopping_patience:
-    callbacks.append(keras.callbacks.EarlyStopping(monitor="val_miou", mode="max",
-                                                   patience=config.train.early_stopping_patience))
+    callbacks.append(
+      keras.callbacks.EarlyStopping(monitor="val_miou", mode="max", patience=config.train.early_stopping_patience)
+    )
   callbacks.append(resume)  # Last: a loop is committed only after everything else has seen it.
 
   history = model.fit(
-      train_data, epochs=plan.num_loops, initial_epoch=completed_loops, steps_per_epoch=plan.steps_per_loop,
-      validation_data=_eval_dataset(strategy, config, eval_files, execution),
-      validation_steps=config.train.eval_steps or None, validation_freq=config.train.eval_every_loops,
-      callbacks=callbacks, shuffle=False, verbose=2 if chief else 0)
+    train_data,
+    epochs=plan.num_loops,
+    initial_epoch=completed_loops,
+    steps_per_epoch=plan.steps_per_loop,
+    validation_data=_eval_dataset(strategy, config, eval_files, execution),
+    validation_steps=config.train.eval_steps or None,
+    validation_freq=config.train.eval_every_loops,
+    callbacks=callbacks,
+    shuffle=False,
+    verbose=2 if chief else 0,
+  )
   losses_seen = history.history.get("loss", [])
   if losses_seen and not np.isfinite(losses_seen[-1]):
-    raise FloatingPointError(f"training stopped: the loss became {losses_seen[-1]} "
-                             f"at step {int(model.optimizer.iterations.numpy())}")
+    raise FloatingPointError(
+      f"training stopped: the loss became {losses_seen[-1]} at step {int(model.optimizer.iterations.numpy())}"
+    )
 
   steps = int(model.optimizer.iterations.numpy())
   if chief:

@@ -7,10 +7,10 @@ interleave models (ours in-process, peers in their own venv through `serve`) and
 busy machine evenly.
 """
 
+from collections.abc import Callable
 import json
 import sys
 import time
-from typing import Callable
 
 import numpy as np
 import tensorflow as tf
@@ -40,7 +40,7 @@ class StepTimer:
       trainable = variables()
       gradients = tape.gradient(loss, trainable)
       # Official's backbone holds a layer its model does not use (MobileNetV2's Conv_1): no gradient.
-      optimizer.apply_gradients([(g, v) for g, v in zip(gradients, trainable) if g is not None])
+      optimizer.apply_gradients([(g, v) for g, v in zip(gradients, trainable, strict=True) if g is not None])
       return loss
 
     @tf.function
@@ -72,6 +72,7 @@ class StepTimer:
 
 def serve(timer: StepTimer, info: dict) -> None:
   """Answers {"setting": ..., "count": ...} lines on stdin with step_times() lines; `info` first."""
+
   def reply(message: dict) -> None:
     print(PROTOCOL_PREFIX + json.dumps(message), flush=True)
 
@@ -86,7 +87,8 @@ def count_flops(forward: Callable[..., tf.Tensor], height: int, width: int) -> i
   from tensorflow.python.framework import convert_to_constants  # No public API freezes a concrete function.
 
   concrete = tf.function(lambda images: forward(images, training=False)).get_concrete_function(
-      tf.TensorSpec([1, height, width, 3], tf.float32))
+    tf.TensorSpec([1, height, width, 3], tf.float32)
+  )
   graph = convert_to_constants.convert_variables_to_constants_v2(concrete).graph
   builder = tf.compat.v1.profiler.ProfileOptionBuilder
   options = builder(builder.float_operation()).with_empty_output().build()

@@ -17,11 +17,11 @@ import sys
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-import harness  # noqa: E402
-import tensorflow as tf  # noqa: E402
-import tf_keras  # noqa: E402
-from official.core import exp_factory  # noqa: E402
-from official.vision.modeling import factory  # noqa: E402
+import harness
+from official.core import exp_factory
+from official.vision.modeling import factory
+import tensorflow as tf
+import tf_keras
 
 
 def build_model(aspp_rates: list[int], freeze_backbone_bn: bool = False) -> tf_keras.Model:
@@ -52,8 +52,12 @@ def main() -> None:
     return tf.image.resize(logits, tf.shape(images)[1:3], method="bilinear")
 
   forward(tf.zeros([1, 64, 64, 3]), training=False)  # Builds the variables.
-  info = {"model": "official mnv2_deeplabv3plus", "tensorflow": tf.__version__,
-          "params": int(model.count_params()), "flops_512": harness.count_flops(forward, 512, 512)}
+  info = {
+    "model": "official mnv2_deeplabv3plus",
+    "tensorflow": tf.__version__,
+    "params": int(model.count_params()),
+    "flops_512": harness.count_flops(forward, 512, 512),
+  }
   timer = harness.StepTimer(forward, lambda: model.trainable_variables, tf_keras.optimizers.SGD(0.01, momentum=0.9))
   harness.serve(timer, info)
 
