@@ -18,6 +18,8 @@ the contenders take turns each round (--rounds), so that other load on the machi
 The figures are in the README's results.
 """
 
+from collections.abc import Callable
+import functools
 import json
 import os
 import pathlib
@@ -103,7 +105,7 @@ def latencies(interpreters: dict, image: np.ndarray, rounds: int) -> dict[str, f
     padded[0, : image.shape[0], : image.shape[1]] = image
     interpreter.set_tensor(input_details["index"], padded.astype(input_details["dtype"]))
     interpreter.invoke()  # Warm-up: XNNPACK packs its weights on the first run.
-  times = {name: [] for name in interpreters}
+  times: dict[str, list[float]] = {name: [] for name in interpreters}
   for _ in range(rounds):
     for name, interpreter in interpreters.items():
       start = time.perf_counter()
@@ -119,8 +121,8 @@ def main(argv):
   interpreters = {
     name: tflite_interpreter.make_interpreter(content, FLAGS.num_threads) for name, content in contents.items()
   }
-  predictors = {
-    name: (lambda image, i=interpreter: exporting.tflite_predict(i, image))
+  predictors: dict[str, Callable[[np.ndarray], np.ndarray]] = {  # image -> class ids
+    name: functools.partial(exporting.tflite_predict, interpreter)
     for name, interpreter in interpreters.items()
     if name != "reference"
   }

@@ -174,8 +174,11 @@ class SequenceLoader(keras.utils.PyDataset):
   def __getitem__(self, index):
     images, masks = [], []
     for image_id in self.ids[index * self.batch_size : (index + 1) * self.batch_size]:
-      image = cv2.imread(str(self.voc_dir / voc.IMAGE_DIR / f"{image_id}.jpg"))
-      image = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+      path = self.voc_dir / voc.IMAGE_DIR / f"{image_id}.jpg"
+      bgr = cv2.imread(str(path))
+      if bgr is None:  # imread returns None for a missing or unreadable file.
+        raise OSError(f"cannot read {path}")
+      image = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
       image = cv2.resize(image, (self.size, self.size)).astype(np.float32) / 255.0
       mask = np.asarray(Image.open(self.voc_dir / voc.MASK_DIR / f"{image_id}.png"))
       mask = cv2.resize(mask, (self.size, self.size), interpolation=cv2.INTER_NEAREST)
@@ -233,7 +236,7 @@ def main(argv):
     crop = (FLAGS.crop_size, FLAGS.crop_size)
     resample = tf.function(augment.crops_of(crop))  # As in the train step.
     plain = functools.partial(scale_then_crop, pattern, FLAGS.batch_size, FLAGS.crop_size)
-    results = {
+    results: dict[str, list[tuple[float, float]]] = {
       key: [] for key in ("ceiling", "copy bound", "ours", "ours + resampling", "sequence", "lean sequence", "plain")
     }
     for round_ in range(FLAGS.rounds):

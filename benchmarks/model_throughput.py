@@ -29,6 +29,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+from typing import IO
 
 from benchmarks.peers import harness
 
@@ -67,22 +68,26 @@ class Served:
     self._process = subprocess.Popen(
       command, cwd=REPO_ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._stderr, text=True
     )
+    self._command = command
+    assert self._process.stdin is not None and self._process.stdout is not None  # Both are PIPEs.
+    self._stdin: IO[str] = self._process.stdin
+    self._stdout: IO[str] = self._process.stdout
     self.info = self._receive()
 
   def _receive(self) -> dict:
-    for line in self._process.stdout:
+    for line in self._stdout:
       if line.startswith(harness.PROTOCOL_PREFIX):
         return json.loads(line[len(harness.PROTOCOL_PREFIX) :])
     self._stderr.seek(0)
-    raise RuntimeError(f"{self._process.args} exited ({self._process.wait()}):\n{self._stderr.read()[-4000:]}")
+    raise RuntimeError(f"{self._command} exited ({self._process.wait()}):\n{self._stderr.read()[-4000:]}")
 
   def step_times(self, setting: str, count: int) -> dict[str, list[float]]:
-    self._process.stdin.write(json.dumps({"setting": setting, "count": count}) + "\n")
-    self._process.stdin.flush()
+    self._stdin.write(json.dumps({"setting": setting, "count": count}) + "\n")
+    self._stdin.flush()
     return self._receive()
 
   def close(self) -> None:
-    self._process.stdin.close()
+    self._stdin.close()
     self._process.wait()
     self._stderr.close()
 
@@ -121,7 +126,7 @@ def measure(contenders: dict, warmup: int, rounds: int, steps_per_round: int) ->
   for setting, (_, batch, _) in harness.SETTINGS.items():
     for contender in contenders.values():
       contender.step_times(setting, warmup)
-    times = {name: {"wall": [], "cpu": []} for name in contenders}
+    times: dict[str, dict[str, list[float]]] = {name: {"wall": [], "cpu": []} for name in contenders}
     for _ in range(rounds):
       for name, contender in contenders.items():
         for kind, values in contender.step_times(setting, steps_per_round).items():

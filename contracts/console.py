@@ -46,9 +46,10 @@ def exit_on_user_error(*also: type[Exception], first_line: bool = False, program
   """Ends the program with one line (`exit_with`) on a contracts.errors.UserError raised inside, or on one of the
   exception types `also` names (e.g. a library's ValueError for a bad argument), with the error's exit_code (2 by
   default). first_line: only the first line of the message. Every command line catches its errors so."""
+  caught: tuple[type[Exception], ...] = (errors.UserError, *also)
   try:
     yield
-  except (errors.UserError, *also) as error:
+  except caught as error:
     message = str(error).splitlines()[0] if first_line and str(error) else str(error) or type(error).__name__
     exit_with(message, getattr(error, "exit_code", EXIT_USAGE), program=program)
 

@@ -63,8 +63,12 @@ def fetch(url: str, path: str, md5: str | None, *, option: str = "url", progress
 
 
 def file_md5(path: str) -> str:
+  # hashlib.file_digest is Python 3.11+; setup.py allows 3.10.
+  digest = hashlib.md5(usedforsecurity=False)
   with open(path, "rb") as f:
-    return hashlib.file_digest(f, lambda: hashlib.md5(usedforsecurity=False)).hexdigest()
+    for chunk in iter(lambda: f.read(1 << 20), b""):
+      digest.update(chunk)
+  return digest.hexdigest()
 
 
 def archive_name(url: str) -> str:

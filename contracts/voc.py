@@ -96,7 +96,8 @@ def encode_palette_png(class_ids: np.ndarray, class_colours=()) -> bytes:
 def mask_paths(voc_root: str, image_id: str) -> tuple[str, str]:
   """Where an id's mask may be, in the order to look: SegmentationClass/ (official, with void edges), then SBD's
   SegmentationClassAug/."""
-  return tuple(f"{voc_root.rstrip('/')}/{folder}/{image_id}.png" for folder in (MASK_DIR, AUG_MASK_DIR))
+  root = voc_root.rstrip("/")
+  return f"{root}/{MASK_DIR}/{image_id}.png", f"{root}/{AUG_MASK_DIR}/{image_id}.png"
 
 
 def decode_class_ids(data: bytes) -> np.ndarray:
@@ -112,7 +113,7 @@ def decode_class_ids(data: bytes) -> np.ndarray:
   if mode not in ("RGB", "RGBA"):
     raise ValueError(f"a mode {mode} mask; VOC's are palette (P), grayscale (L) or VOC-coloured RGB")
   class_ids, unknown = colours_to_ids(values[..., :3])
-  if unknown:
+  if class_ids is None:  # Exactly when there are unknown colours.
     raise ValueError(f"an RGB mask with {len(unknown)} colour(s) outside VOC's colour map")
   return class_ids
 

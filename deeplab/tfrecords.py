@@ -135,7 +135,7 @@ def decode_record(serialized) -> dict:
 
 def size_pair(value: int | Sequence[int], name: str) -> tuple[int, int]:
   """An int or (height, width) as (height, width), both positive."""
-  pair = (value, value) if isinstance(value, numbers.Integral) else tuple(value)
+  pair = (value, value) if isinstance(value, (int, numbers.Integral)) else tuple(value)
   if len(pair) != 2 or min(pair) < 1:
     raise ValueError(f"{name} must be a positive int or (height, width), got {value!r}")
   return int(pair[0]), int(pair[1])

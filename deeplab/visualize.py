@@ -37,15 +37,17 @@ def triptych(
     names.append(titles[1])
   panels.append(voc.colorize(prediction, class_colours))
   names.append(titles[2])
-  row = []
+  pieces = []  # Each titled panel, then a white gap.
   for panel, name in zip(panels, names, strict=True):
-    row += [_titled(panel, name), np.full((panel.shape[0] + 24, 4, 3), 255, np.uint8)]
-  row = np.concatenate(row[:-1], axis=1)
+    pieces += [_titled(panel, name), np.full((panel.shape[0] + 24, 4, 3), 255, np.uint8)]
+  row = np.concatenate(pieces[:-1], axis=1)
   shown = np.unique(np.concatenate([np.ravel(prediction)] + ([np.ravel(truth)] if truth is not None else [])))
   return np.concatenate([row, legend(shown, class_names, row.shape[1], class_colours)], axis=0)
 
 
-def legend(class_ids: Sequence[int], class_names: Sequence[str], width: int, class_colours=()) -> np.ndarray:
+def legend(
+  class_ids: Sequence[int] | np.ndarray, class_names: Sequence[str], width: int, class_colours=()
+) -> np.ndarray:
   """A white strip `width` wide: a swatch and the name of each class id (and void), wrapped into rows."""
   colours = voc.class_palette(class_colours)
   entries = [
@@ -55,7 +57,8 @@ def legend(class_ids: Sequence[int], class_names: Sequence[str], width: int, cla
   ]
   if voc.IGNORE_LABEL in set(int(c) for c in class_ids):
     entries.append((colours[voc.IGNORE_LABEL], "void (not scored)"))
-  row_height, x, y, lines = 20, 4, 0, [[]]
+  row_height, x, y = 20, 4, 0
+  lines: list[list[tuple[int, np.ndarray, str]]] = [[]]  # Per row of the strip: (x, colour, name) of its entries.
   for colour, name in entries:
     entry_width = 24 + cv2.getTextSize(name, _FONT, 0.45, 1)[0][0] + 12
     if x + entry_width > width and lines[-1]:

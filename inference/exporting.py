@@ -9,6 +9,7 @@ import json
 import os
 import sys
 import tempfile
+from typing import Any
 
 import cv2
 import keras
@@ -315,6 +316,8 @@ def export_run(
   """Writes a run's exports into output_dir (and, with check_data or data_dir's eval split, the check's report);
   returns the report."""
   if int8:
+    if calibration_data is None:
+      raise ValueError("--calibration_data: int8 needs TFRecord glob(s) of images to calibrate on")
     try:
       tfrecords.list_files(calibration_data)
     except ValueError as error:
@@ -338,12 +341,13 @@ def export_run(
     with console.step(f"writing {tflite_files['tflite_float32']}"):
       _write_bytes(tflite_files["tflite_float32"], convert_tflite(model))
   if int8:
+    assert calibration_data is not None  # Checked at the start.
     tflite_files["tflite_int8"] = os.path.join(output_dir, INT8_TFLITE)
     with console.step(f"writing {tflite_files['tflite_int8']} (calibrating on up to {num_calibration} images)"):
       representative = calibration_images(calibration_data, num_calibration)
       _write_bytes(tflite_files["tflite_int8"], convert_tflite(model, representative, ranges=ranges))
 
-  report = {
+  report: dict[str, Any] = {
     "model_dir": model_dir,
     "weights": found,
     "class_names": list(run_folder.class_names_of(config)),

@@ -10,6 +10,7 @@ beta = bias, mean 0, variance 1 - eps, i.e. the identity plus a bias in inferenc
 checkpoint's BN statistics are kept, with gamma rescaled for our epsilon so that inference is unchanged.
 """
 
+from collections.abc import Sequence
 import dataclasses
 import json
 import os
@@ -51,7 +52,7 @@ class Weights:
   batch_norm: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None = None
 
 
-def _folded_batch_norm(bias: np.ndarray) -> tuple[np.ndarray, ...]:
+def _folded_batch_norm(bias: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
   ones = np.ones_like(bias)
   return ones, bias, np.zeros_like(bias), ones - mobilenet_v2.BN_EPSILON
 
@@ -350,7 +351,7 @@ def import_model(
   source: str,
   model_dir: str,
   *,
-  check_images: list[np.ndarray] = (),
+  check_images: Sequence[np.ndarray] = (),
   aspp_rates: tuple[int, ...] = (6, 12, 18),
   output_stride: int = 16,
   download_dir: str | None = None,

@@ -51,7 +51,8 @@ def mean_of_per_image_ranges(
   interpreter = tf.lite.Interpreter(model_content=calibrated, experimental_preserve_all_tensors=True)
   interpreter.allocate_tensors()
   [input_details] = interpreter.get_input_details()
-  minima, maxima = {i: [] for i in indices}, {i: [] for i in indices}
+  minima: dict[int, list[float]] = {i: [] for i in indices}
+  maxima: dict[int, list[float]] = {i: [] for i in indices}
   for image in images():
     interpreter.set_tensor(input_details["index"], image.astype(np.float32))
     interpreter.invoke()

@@ -64,6 +64,8 @@ def main(argv):
       class_names = prediction.saved_model_class_names(_SAVED_MODEL.value)
       class_colours = prediction.saved_model_class_colours(_SAVED_MODEL.value)
     else:
+      if _MODEL_DIR.value is None:  # An empty --saved_model= passes the one-of check but is not a folder.
+        raise ValueError("--saved_model is empty: give a SavedModel folder, or --model_dir")
       config, model, _ = run_folder.load_run(_MODEL_DIR.value, _WEIGHTS.value)
       segment = prediction.keras_segmenter(model, [float(s) for s in _SCALES.value], _FLIP.value)
       class_names, class_colours = run_folder.class_names_of(config), run_folder.class_colours_of(config)

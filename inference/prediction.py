@@ -199,7 +199,9 @@ def predict_files(
   report = (
     console.Progress("predict", len(paths), unit="images", stream=sys.stdout) if progress and len(paths) > 1 else None
   )
-  written, skipped, seen = [], [], {}
+  written: list[str] = []
+  skipped: list[tuple[str, str]] = []
+  seen: dict[str, str] = {}  # id -> the path it was first read from
   for count, path in enumerate(paths, start=1):
     name = image_id(path)
     try:

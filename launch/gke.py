@@ -42,7 +42,8 @@ console.register_check("image", console.matching(common.IMAGE), common.IMAGE_ACC
 def manifest(trainer_args: list[str]) -> dict:
   common.require_gcs(trainer_args, ("data_dir", "model_dir"), "a Kubernetes job")
   args = common.with_flag(trainer_args, "strategy", "multi_worker_mirrored")
-  container = {"name": "tensorflow", "image": _IMAGE.value, "args": args}  # The operator wants this name.
+  # The operator wants the container named "tensorflow".
+  container: dict[str, object] = {"name": "tensorflow", "image": _IMAGE.value, "args": args}
   if _GPUS_PER_WORKER.value:
     container["resources"] = {"limits": {"nvidia.com/gpu": _GPUS_PER_WORKER.value}}
   return {

@@ -84,6 +84,7 @@ class Worker:
     print(f"started worker {self.index} (pid {self.process.pid}), log {log_path}", flush=True)
 
   def _copy_output(self) -> None:
+    assert self.process.stdout is not None  # Popen(stdout=PIPE) in __init__.
     for line in self.process.stdout:  # Read continuously: a full pipe would stall the worker.
       self.log.write(line)
       sys.stdout.write(f"[worker {self.index}] {line}")

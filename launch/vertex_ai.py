@@ -14,6 +14,8 @@ multi_worker_mirrored for several workers, mirrored for several GPUs in one, els
 restarts restarts the whole job (restartJobOnWorkerRestart), which resumes from the last loop checkpoint.
 """
 
+from typing import Any
+
 from absl import app
 from absl import flags
 
@@ -60,7 +62,7 @@ def job_spec(trainer_args: list[str]) -> dict:
       "--accelerator_count, or train in float32"
     )
   args = common.with_flag(trainer_args, "strategy", strategy_for(_NUM_WORKERS.value, _ACCELERATOR_COUNT.value))
-  machine = {"machineType": _MACHINE_TYPE.value}
+  machine: dict[str, object] = {"machineType": _MACHINE_TYPE.value}
   if _ACCELERATOR_COUNT.value:
     machine.update(acceleratorType=_ACCELERATOR_TYPE.value, acceleratorCount=_ACCELERATOR_COUNT.value)
 
@@ -71,7 +73,7 @@ def job_spec(trainer_args: list[str]) -> dict:
       "containerSpec": {"imageUri": _IMAGE.value, "args": list(args)},
     }
 
-  spec = {"workerPoolSpecs": [pool(1)]}
+  spec: dict[str, Any] = {"workerPoolSpecs": [pool(1)]}
   if _NUM_WORKERS.value > 1:
     spec["workerPoolSpecs"].append(pool(_NUM_WORKERS.value - 1))
     spec["scheduling"] = {"restartJobOnWorkerRestart": True}

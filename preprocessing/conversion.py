@@ -3,6 +3,7 @@ TFRecords with Apache Beam (what python -m preprocessing.make_tfrecords runs; it
 and its exit codes).
 """
 
+from collections.abc import Sequence
 import dataclasses
 import importlib
 import logging
@@ -72,7 +73,7 @@ class JobFailed(errors.UserError):
     self.exit_code = exit_code
 
 
-def convert(job: Job, beam_args: list[str] = ()) -> dict[str, split_outputs.SplitSummary]:
+def convert(job: Job, beam_args: Sequence[str] = ()) -> dict[str, split_outputs.SplitSummary]:
   """Runs the job with Beam's options `beam_args` (a runner and its flags); returns each split's summary.
 
   Raises JobFailed (after writing all it could) or app.UsageError (bad arguments).
@@ -83,7 +84,7 @@ def convert(job: Job, beam_args: list[str] = ()) -> dict[str, split_outputs.Spli
   _check_data_flags(job, splits)
   options = _pipeline_options(list(beam_args))
 
-  voc_root = _voc_root_ready(job) if job.voc_root else None
+  voc_root = _voc_root_ready(job, job.voc_root) if job.voc_root else None
   class_names, class_colours, encoding = _classes(job, voc_root)
   listings = {split: _listing(job, voc_root, split) for split in splits}
   plans = [
@@ -190,7 +191,9 @@ def _listing(job: Job, voc_root: str | None, split: str) -> sources.Listed:
         )
       return sources.voc_pairs(voc_root, split)
     if job.images:
+      assert job.masks  # _check_data_flags: --images goes with --masks.
       return sources.folder_pairs(job.images, job.masks, split)
+    assert job.pair_lists  # _check_data_flags: one source of data is given.
     return sources.list_pairs(job.pair_lists, split, sources.parse_reroot(job.reroot))
   except sources.SourceError as e:
     raise JobFailed(str(e)) from None
@@ -217,7 +220,8 @@ def _classes(job: Job, voc_root: str | None) -> tuple[tuple[str, ...], tuple | N
         )
     else:
       names = _class_names(job, voc_root)
-    label_map, by_colour = (), table is not None
+    label_map: tuple[tuple[int, int], ...] = ()  # (raw value, class id or 255)
+    by_colour = table is not None
     if job.label_map:  # without a colour table, a map of colours makes the masks colour masks
       by_colour, label_map = mask_encoding.parse_label_map(
         _read_text(job.label_map, "--label_map"), job.label_map, by_colour=True if table else None, class_names=names
@@ -363,9 +367,8 @@ def _import_runner(runner: str) -> str:
   return f"{module_name}.{name}"
 
 
-def _voc_root_ready(job: Job) -> str:
-  """voc_root, after downloading VOC2012 into it when it has none (or --download), and SBD with --with_sbd."""
-  voc_root = job.voc_root
+def _voc_root_ready(job: Job, voc_root: str) -> str:
+  """voc_root (job's), after downloading VOC2012 into it when it has none (or --download), and SBD with --with_sbd."""
   has_images = tf.io.gfile.isdir(tf.io.gfile.join(voc_root, voc.IMAGE_DIR))
   has_aug = tf.io.gfile.exists(voc.split_list_path(voc_root, "train_aug")) and tf.io.gfile.isdir(
     tf.io.gfile.join(voc_root, voc.AUG_MASK_DIR)

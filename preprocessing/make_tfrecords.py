@@ -46,16 +46,18 @@ from preprocessing import split_outputs
 # them): `run` parses only these, so another module's required flags (imported in the same process, as in a test
 # session) do not break it.
 JOB_FLAGS = flags.FlagValues()
-_OURS = {"flag_values": JOB_FLAGS}
 flags.DEFINE_string(
-  "voc_root", None, "VOC2012 folder (JPEGImages/, SegmentationClass/, ImageSets/); local or gs://.", **_OURS
+  "voc_root",
+  None,
+  "VOC2012 folder (JPEGImages/, SegmentationClass/, ImageSets/); local or gs://.",
+  flag_values=JOB_FLAGS,
 )
 flags.DEFINE_string(
   "images",
   None,
   "Your own layout: a glob of the photos ('**' descends into sub-folders; "
   "{split} is each split's name), e.g. 'camvid/{split}/*.png'. Goes with --masks.",
-  **_OURS,
+  flag_values=JOB_FLAGS,
 )
 flags.DEFINE_string(
   "masks",
@@ -63,27 +65,27 @@ flags.DEFINE_string(
   "Where each photo's mask is: a template of {split}, {dir} (the photo's folder "
   "below the glob's fixed part), {stem} (what the file name's first * matched) and {name} (the "
   "file name), e.g. 'camvid/{split}annot/{stem}.png' or 'photos/{dir}/{stem}_mask.png'.",
-  **_OURS,
+  flag_values=JOB_FLAGS,
 )
 flags.DEFINE_string(
   "pair_lists",
   None,
   "Your own lists: one file per split of `image mask` lines (paths "
   "relative to the list, or absolute), e.g. 'camvid/{split}.txt'.",
-  **_OURS,
+  flag_values=JOB_FLAGS,
 )
 flags.DEFINE_string(
   "reroot",
   None,
   "OLD=NEW: absolute paths in --pair_lists that start with OLD (another "
   "machine's) are read under NEW instead, e.g. /SegNet/CamVid=data/camvid.",
-  **_OURS,
+  flag_values=JOB_FLAGS,
 )
 flags.DEFINE_list(
   "void_values",
   None,
   "Mask values that mean 'not labelled' (never scored), e.g. 11 for CamVid, 0 where 0 means unlabelled; default 255.",
-  **_OURS,
+  flag_values=JOB_FLAGS,
 )
 flags.DEFINE_string(
   "colour_table",
@@ -91,7 +93,7 @@ flags.DEFINE_string(
   "Colour masks: a text, CSV or JSON file of a name and a colour (r g b) "
   "per class, in class-id order; rows named void/ignore/unlabeled mark void colours. Names the "
   "classes; palette PNGs are read by their colours.",
-  **_OURS,
+  flag_values=JOB_FLAGS,
 )
 flags.DEFINE_string(
   "label_map",
@@ -99,27 +101,27 @@ flags.DEFINE_string(
   "A JSON object or `RAW TARGET` lines: each raw mask value (or colour "
   "r,g,b / #rrggbb) -> a class id, a class name or void. Merges, reorders, drops; a value it "
   "does not name is unknown.",
-  **_OURS,
+  flag_values=JOB_FLAGS,
 )
 flags.DEFINE_bool(
   "unknown_to_void",
   False,
   "A mask value outside the classes (or colour outside the table) "
   "becomes void, counted in the summary, instead of rejecting its pair.",
-  **_OURS,
+  flag_values=JOB_FLAGS,
 )
 flags.DEFINE_string(
-  "output_dir", None, "Where the TFRecords, rejected.jsonl and summary.json go; local or gs://.", **_OURS
+  "output_dir", None, "Where the TFRecords, rejected.jsonl and summary.json go; local or gs://.", flag_values=JOB_FLAGS
 )
 flags.DEFINE_list(
   "splits",
   ["train", "val"],
   "The splits to convert: VOC's lists under ImageSets/Segmentation "
   "(e.g. train_aug), or the names {split} takes in --images / --pair_lists.",
-  **_OURS,
+  flag_values=JOB_FLAGS,
 )
 flags.DEFINE_integer(
-  "num_shards", None, "Shards per split; default ceil(ids / 1000), ~100 MB each.", lower_bound=1, **_OURS
+  "num_shards", None, "Shards per split; default ceil(ids / 1000), ~100 MB each.", lower_bound=1, flag_values=JOB_FLAGS
 )
 flags.DEFINE_float(
   "max_rejected_fraction",
@@ -127,7 +129,7 @@ flags.DEFINE_float(
   "Exit non-zero (after writing) when more than this fraction of a split's listed ids is rejected.",
   lower_bound=0.0,
   upper_bound=1.0,
-  **_OURS,
+  flag_values=JOB_FLAGS,
 )
 flags.DEFINE_integer(
   "num_classes",
@@ -135,7 +137,7 @@ flags.DEFINE_integer(
   "Labels must be 0..num_classes-1 or 255; default: the count of the class names when there are some, else VOC's 21.",
   lower_bound=1,
   upper_bound=255,
-  **_OURS,
+  flag_values=JOB_FLAGS,
 )
 flags.DEFINE_string(
   "class_names",
@@ -144,41 +146,43 @@ flags.DEFINE_string(
   f"default voc_root/{shards.CLASS_NAMES_FILE} when there is one, else VOC's names for 21 "
   f"classes. Written beside the shards as {shards.CLASS_NAMES_FILE}, where training and "
   f"evaluation take them from.",
-  **_OURS,
+  flag_values=JOB_FLAGS,
 )
 flags.DEFINE_bool(
   "download",
   False,
   "Download (or re-extract from a kept archive) VOC2012 into voc_root even "
   "when it has data; without it, only a voc_root with no JPEGImages/ is downloaded into.",
-  **_OURS,
+  flag_values=JOB_FLAGS,
 )
 flags.DEFINE_bool(
-  "with_sbd", False, "Add SBD's SegmentationClassAug masks and the train_aug list (downloads).", **_OURS
+  "with_sbd", False, "Add SBD's SegmentationClassAug masks and the train_aug list (downloads).", flag_values=JOB_FLAGS
 )
 flags.DEFINE_string(
-  "download_dir", None, "Where downloaded archives are kept; default downloads/ beside voc_root.", **_OURS
+  "download_dir", None, "Where downloaded archives are kept; default downloads/ beside voc_root.", flag_values=JOB_FLAGS
 )
-flags.DEFINE_string("voc_url", download.VOC_URL, "VOC2012 trainval tar (a mirror may be given).", **_OURS)
-flags.DEFINE_string("voc_md5", download.VOC_MD5, "md5 of the VOC tar.", **_OURS)
-flags.DEFINE_string("sbd_url", download.SBD_URL, "SBD benchmark.tgz (a mirror may be given).", **_OURS)
-flags.DEFINE_string("sbd_md5", download.SBD_MD5, "md5 of the SBD archive.", **_OURS)
+flags.DEFINE_string("voc_url", download.VOC_URL, "VOC2012 trainval tar (a mirror may be given).", flag_values=JOB_FLAGS)
+flags.DEFINE_string("voc_md5", download.VOC_MD5, "md5 of the VOC tar.", flag_values=JOB_FLAGS)
+flags.DEFINE_string("sbd_url", download.SBD_URL, "SBD benchmark.tgz (a mirror may be given).", flag_values=JOB_FLAGS)
+flags.DEFINE_string("sbd_md5", download.SBD_MD5, "md5 of the SBD archive.", flag_values=JOB_FLAGS)
 console.register_check(
   "splits",
   console.each(console.matching(console.SPLIT)),
   "comma-separated split names of letters, digits, '_', '.' or '-', e.g. train_aug,val",
-  **_OURS,
+  flag_values=JOB_FLAGS,
 )
 for _name in ("voc_url", "sbd_url"):
-  console.register_check(_name, console.matching(r"(https?|file)://\S+"), "an http(s):// or file:// URL", **_OURS)
+  console.register_check(
+    _name, console.matching(r"(https?|file)://\S+"), "an http(s):// or file:// URL", flag_values=JOB_FLAGS
+  )
 console.register_check(
   "void_values",
   console.each(lambda v: v.isdigit() and int(v) < 1 << 16),
   "comma-separated mask values 0..65535, e.g. 11 or 0,255",
-  **_OURS,
+  flag_values=JOB_FLAGS,
 )
 for _name in ("voc_md5", "sbd_md5"):
-  console.register_check(_name, console.matching(console.MD5), console.MD5_ACCEPTS, **_OURS)
+  console.register_check(_name, console.matching(console.MD5), console.MD5_ACCEPTS, flag_values=JOB_FLAGS)
 flags.FLAGS.append_flag_values(JOB_FLAGS)
 for _name in JOB_FLAGS:
   flags.declare_key_flag(_name)  # listed by --helpshort, as this module's own flags

@@ -86,7 +86,7 @@ class MaskEncoding:
     """Raw value (id, or packed colour) -> class id or 255, for every raw value the encoding knows."""
     if self.label_map:  # its own entries win over the void values
       return {value: voc.IGNORE_LABEL for value in self.void_values} | dict(self.label_map)
-    if self.by_colour:
+    if self.colours is not None:  # by_colour
       table = {pack(colour): class_id for class_id, colour in enumerate(self.colours)}
     else:
       table = {value: value for value in range(self.num_classes)}
@@ -169,7 +169,7 @@ def _unknown_message(values: np.ndarray, encoding: MaskEncoding) -> str:
 def voc_colours_to_ids(rgb: np.ndarray) -> np.ndarray:
   """[H, W, 3] VOC colours -> [H, W] VOC palette indices; MaskValueError naming any colour outside VOC's map."""
   class_ids, unknown = voc.colours_to_ids(rgb)
-  if unknown:
+  if class_ids is None:  # Exactly when there are unknown colours.
     shown = ", ".join(str(colour) for colour in unknown[:5])
     raise MaskValueError(
       f"{len(unknown)} RGB colour(s) not in the VOC colour map: {shown} (a colour mask of "
@@ -289,7 +289,9 @@ def parse_label_map(
       if not match:
         raise EncodingError(f"{source}:{number}: {line.strip()!r} is not `RAW TARGET`")
       entries.append((f"{source}:{number}", match.group(1), match.group(2)))
-  if entries and by_colour is None:
+  if not entries:
+    raise EncodingError(f"{source}: an empty label map")
+  if by_colour is None:
     by_colour = _parse_raw(entries[0][1], False) is None and _parse_raw(entries[0][1], True) is not None
   mapping: dict[int, int] = {}
   for where, raw_text, target_text in entries:
@@ -300,9 +302,7 @@ def parse_label_map(
     if raw in mapping:
       raise EncodingError(f"{where}: {raw_text} is mapped twice")
     mapping[raw] = _parse_target(target_text, class_names, where)
-  if not mapping:
-    raise EncodingError(f"{source}: an empty label map")
-  return bool(by_colour), tuple(sorted(mapping.items()))
+  return by_colour, tuple(sorted(mapping.items()))
 
 
 def _parse_raw(text: str, by_colour: bool) -> int | None:

@@ -112,7 +112,7 @@ def convert_pair_or_raise(pair: sources.PairFiles, encoding: mask_encoding.MaskE
   image_bytes = _read_or_none(pair.image)
   if image_bytes is None:
     raise PairError(MISSING_IMAGE, f"no {pair.image}")
-  mask_bytes, mask_path = None, None
+  mask_bytes, mask_path = None, ""  # mask_path: the one read, once mask_bytes is not None.
   for mask_path in pair.masks:
     if (mask_bytes := _read_or_none(mask_path)) is not None:
       break
@@ -148,8 +148,9 @@ def convert_pair_or_raise(pair: sources.PairFiles, encoding: mask_encoding.MaskE
 def stored_image(data: bytes) -> tuple[str, bytes, tuple[int, int]]:
   """(format, the bytes a record stores, (height, width)): JPEG and PNG as they are, other formats Pillow reads
   (TIFF, BMP, WebP, GIF) as a lossless RGB PNG; PairError when the trainer could not decode it."""
-  if schema.image_format(data) is None and schema.other_image_format(data) is not None:
-    data = _as_png(data, schema.other_image_format(data))
+  other_format = schema.other_image_format(data)
+  if schema.image_format(data) is None and other_format is not None:
+    data = _as_png(data, other_format)
   image_format, size = validate_image(data)
   return image_format, data, size
 
@@ -157,8 +158,9 @@ def stored_image(data: bytes) -> tuple[str, bytes, tuple[int, int]]:
 def _as_png(data: bytes, name: str) -> bytes:
   try:
     with Image.open(io.BytesIO(data)) as image:
-      if getattr(image, "n_frames", 1) > 1:
-        raise PairError(UNSUPPORTED_IMAGE_FORMAT, f"an animated {name} of {image.n_frames} frames")
+      frames = getattr(image, "n_frames", 1)  # Only multi-frame formats have it.
+      if frames > 1:
+        raise PairError(UNSUPPORTED_IMAGE_FORMAT, f"an animated {name} of {frames} frames")
       if image.mode not in ("RGB", "RGBA", "L", "LA", "P", "PA", "CMYK", "YCbCr", "1"):
         raise PairError(
           UNSUPPORTED_IMAGE_FORMAT,

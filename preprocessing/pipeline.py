@@ -45,13 +45,16 @@ def rejected_counter_name(reason: str) -> str:
   return f"{REJECTED}.{reason}"
 
 
+_Rejection = pairs.Rejection  # In SplitPlan's body its field `pairs` hides the module (to mypy).
+
+
 @dataclasses.dataclass(frozen=True)
 class SplitPlan:
   """One split's work, decided before the pipeline starts (from its layout's listing)."""
 
   split: str
   pairs: tuple[sources.PairFiles, ...]  # distinct ids, listing order
-  refused: tuple[pairs.Rejection, ...]  # rejected before conversion: repeated ids, unreadable list lines
+  refused: tuple[_Rejection, ...]  # rejected before conversion: repeated ids, unreadable list lines
   num_shards: int
 
   @property

@@ -209,6 +209,7 @@ def folder_pairs(images: str, masks: str, split: str) -> Listed:
   for relative in found:
     folder, name = posixpath.split(relative)
     match = glob.regex.match(relative)
+    assert match is not None  # find() returns only the paths its regex matches.
     stem = match.groupdict().get("stem")
     if stem is None or match.end("stem") == len(relative):  # no `*`, or one that took the extension too
       stem = _without_extension(name if stem is None else stem)

@@ -119,17 +119,20 @@ def verify_and_summarise(
   input and rejected.jsonl instead, which still catches lost records. `listed - distinct` pairs were refused
   before conversion (repeated ids, unreadable list lines) and are among the rejected.
   """
-  problems, shard_counts = [], []
+  problems: list[str] = []
+  shard_counts: list[dict[str, str | int]] = []  # {"file": its name, "records": how many it holds}
+  written = 0
   for path in shards.shard_paths(output_dir, split, num_shards):
     name = path.rsplit("/", 1)[-1]
     if not tf.io.gfile.exists(path):
       problems.append(f"shard {name} is missing")
       continue
     try:
-      shard_counts.append({"file": name, "records": shards.count_records(path)})
+      records = shards.count_records(path)
+      shard_counts.append({"file": name, "records": records})
+      written += records
     except tf.errors.OpError as e:
       problems.append(f"shard {name} is unreadable ({type(e).__name__}: {e.message[:200]})")
-  written = sum(shard["records"] for shard in shard_counts)
   rejected = rewrite_rejected_sorted(output_dir, split, read_rejected(output_dir, split))
   repeats = listed - distinct
   if read is None:

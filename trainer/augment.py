@@ -174,4 +174,5 @@ def crop_on_device(model, crop: tuple[int, int]) -> None:
   """Makes `model`'s train step (deeplab/network.SegmentationModel) crop each training batch of Canvases to
   `crop` on the device, before the forward pass. The trainer calls it when it compiles the model: the crop size
   is the run's config's, not the model's (a saved model does not carry it)."""
-  model.prepare_training_batch = crops_of(tuple(crop))
+  height, width = crop  # Also a list, from a config.
+  model.prepare_training_batch = crops_of((height, width))

@@ -20,27 +20,29 @@ class ResumeFromCheckpoint(keras.callbacks.Callback):
     super().__init__()
     self.directory = directory
     self.max_to_keep = max_to_keep
-    self._manager = None
-    self._loop = None
+    self._manager: tf.train.CheckpointManager | None = None  # Both set by restore().
+    self._loop: tf.Variable | None = None
 
   def restore(self, from_directory: str | None = None) -> int:
     """Restores the latest checkpoint (of `from_directory` when given, else of its own directory) if any; returns
     the number of loops already done. Call before fit."""
     with self.model.distribute_strategy.scope():
-      self._loop = tf.Variable(0, dtype=tf.int64, trainable=False, name="completed_loops")
+      self._loop = loop = tf.Variable(0, dtype=tf.int64, trainable=False, name="completed_loops")
       if not self.model.optimizer.built:  # Its slots must exist to be restored into.
         self.model.optimizer.build(self.model.trainable_variables)
-    checkpoint = tf.train.Checkpoint(model=self.model, optimizer=self.model.optimizer, completed_loops=self._loop)
-    self._manager = tf.train.CheckpointManager(checkpoint, self.directory, max_to_keep=self.max_to_keep)
-    latest = tf.train.latest_checkpoint(from_directory) if from_directory else self._manager.latest_checkpoint
+    checkpoint = tf.train.Checkpoint(model=self.model, optimizer=self.model.optimizer, completed_loops=loop)
+    self._manager = manager = tf.train.CheckpointManager(checkpoint, self.directory, max_to_keep=self.max_to_keep)
+    latest = tf.train.latest_checkpoint(from_directory) if from_directory else manager.latest_checkpoint
     if latest:
       checkpoint.restore(latest).assert_existing_objects_matched()
-    return int(self._loop.numpy())
+    return int(loop.numpy())
 
   def on_epoch_end(self, epoch, logs=None):
     loss = (logs or {}).get("loss")
     if loss is not None and not np.isfinite(loss):
       return  # TerminateOnNaN stopped the run: a rerun resumes from the last loop whose weights were sound.
+    if self._loop is None or self._manager is None:
+      raise RuntimeError("ResumeFromCheckpoint.restore() must be called before fit")
     self._loop.assign(epoch + 1)
     self._manager.save(checkpoint_number=epoch + 1)
 

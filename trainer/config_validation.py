@@ -11,6 +11,7 @@ import dataclasses
 import functools
 import math
 import numbers
+from typing import Any
 
 import ml_collections
 
@@ -36,7 +37,9 @@ class Rule:
   formatted with the config as `c` (e.g. "{c.model.num_classes} weights")."""
 
   field: str
-  check: Callable[[object, ml_collections.ConfigDict], bool]
+  # The value is whatever the config holds there: a field rule tests its kind first (is_int, ...) and the
+  # cross-field rules run only once every field rule has passed, so they may use the values as those accept.
+  check: Callable[[Any, ml_collections.ConfigDict], bool]
   accepts: str
 
 

@@ -85,7 +85,9 @@ def main(argv):
     # Before any device or data is touched; train_and_evaluate checks again with the strategy's replicas.
     config_validation.validate(config)
   except OSError as error:
-    console.exit_with(f"--config={flags.FLAGS['config'].config_filename}: {' '.join(str(error).split())}")
+    console.exit_with(
+      f"--config={config_flags.get_config_filename(flags.FLAGS['config'])}: {' '.join(str(error).split())}"
+    )
   except errors.UserError as error:  # config_validation.ConfigError
     console.exit_with(str(error))
   # TF's checkpointing logs a timing line through absl at every save; it would interleave with the epoch lines.

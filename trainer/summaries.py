@@ -76,10 +76,14 @@ class TensorBoardLog(keras.callbacks.Callback):
     self.samples = samples  # [(image uint8 HxWx3, label uint8 HxW)] at native size.
     self.writer = tf.summary.create_file_writer(log_dir) if write else None
     self.run_name = log_dir.rstrip("/").rsplit("/", 1)[-1]  # What HParams lists the run as.
-    self.last_report = None
+    self.last_report: dict | None = None  # metrics.summarize_confusion's, of the last validation.
     self._loop_start_step = 0
-    self._logged = (0, 0, 0.0)  # (step, steps done in the loop, their summed loss) at the last log point.
-    self._clock = self._first = self._latest = None  # (step, time): last timed, the loop's first and latest.
+    # (step, steps done in the loop, their summed loss or None without a loss) at the last log point.
+    self._logged: tuple[int, int, float | None] = (0, 0, 0.0)
+    # (step, time): last timed, the loop's first and latest; all None until the loop's first batch ends.
+    self._clock: tuple[int, float] | None = None
+    self._first: tuple[int, float] | None = None
+    self._latest: tuple[int, float] | None = None
 
   def on_train_begin(self, logs=None):
     if self.writer is None:
@@ -124,6 +128,7 @@ class TensorBoardLog(keras.callbacks.Callback):
       if loss_sum is not None and last_sum is not None:  # Keras's running mean over the loop, differenced.
         tf.summary.scalar("train/loss", (loss_sum - last_sum) / (done - last_done))
       tf.summary.scalar("train/learning_rate", float(keras.ops.convert_to_numpy(optimizer.learning_rate)))
+      assert self._clock is not None  # Set with self._first, at the loop's first batch.
       if step > self._clock[0]:
         tf.summary.scalar("train/images_per_second", self._images_per_second(self._clock, (step, now)))
         self._clock = (step, now)
@@ -137,7 +142,9 @@ class TensorBoardLog(keras.callbacks.Callback):
     if logs is None:
       return
     step = self._step()
-    if self._first and self._latest[0] > self._first[0]:  # From the first execution to the last, validation out.
+    if (
+      self._first is not None and self._latest is not None and self._latest[0] > self._first[0]
+    ):  # From the first execution to the last, validation out.
       logs["images_per_second"] = self._images_per_second(self._first, self._latest)
     validated = "val_miou" in logs
     if validated:  # Every worker reads it (reading the replica-summed variable is a collective).
@@ -155,6 +162,7 @@ class TensorBoardLog(keras.callbacks.Callback):
 
   def _write_validation(self, logs, confusion: np.ndarray) -> None:
     report = self.last_report
+    assert report is not None  # on_epoch_end sets it before it calls this.
     for name in ("loss", "miou", "pixel_accuracy"):
       tf.summary.scalar(f"validation/{name}", logs[f"val_{name}"])
     tf.summary.scalar("validation/mean_class_accuracy", report["mean_class_accuracy"])

@@ -49,7 +49,7 @@ class StepTimer:
       return tf.argmax(forward(images, training=False), axis=-1)
 
     self._steps = {"train": train_step, "infer": predict}
-    self._data = {}
+    self._data: dict[tuple[int, int], tuple[tf.Tensor, tf.Tensor]] = {}
 
   def step_times(self, setting: str, count: int) -> dict[str, list[float]]:
     """Wall and process-CPU seconds of `count` consecutive steps of `setting` (the first call also traces).
@@ -61,7 +61,7 @@ class StepTimer:
     if (batch, size) not in self._data:
       self._data[batch, size] = synthetic_batch(batch, size)
     images, labels = self._data[batch, size]
-    times = {"wall": [], "cpu": []}
+    times: dict[str, list[float]] = {"wall": [], "cpu": []}
     for _ in range(count):
       wall, cpu = time.perf_counter(), time.process_time()
       self._steps[mode](images, labels).numpy()  # .numpy() waits for the step to finish.
