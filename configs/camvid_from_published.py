@@ -14,10 +14,10 @@
 The import gives the encoder and ASPP; the logits (11 classes instead of VOC's 21) start fresh, and a DeepLabV3+
 decoder joins the stride-4 features, where poles, signs and pedestrians are still a few pixels wide. Everything
 trains. Crops of 193x257 at scales 0.5-1.25 (a whole frame at half size, a quarter of one at full size; 3.4x
-cheaper per step than whole frames, what lets 1000 steps fit a 2-core CPU's half hour), weights from the
-training split's pixel counts (ENet's inverse-log: small classes weigh up to ~40x more, not the hundreds median
-frequency gives them). Validation and evaluation at the photos' own 360x480: on a padded 480x480 canvas the
-image pooling averages over padding, and scores ~3 points lower.
+cheaper per step than whole frames, what lets 1000 steps fit a 2-core CPU's half hour), class weights from the
+training split's pixel counts by median frequency, as SegNet weighed CamVid (ENet's inverse_log, the other choice,
+and larger scales scored lower: README, "CamVid"). Validation and evaluation at the photos' own 360x480: on a
+padded 480x480 canvas the image pooling averages over padding, and scores ~3 points lower.
 """
 
 from configs import base
@@ -41,7 +41,7 @@ def get_config():
   config.input.eval_pad_to = (360, 480)  # CamVid's frames: validation at their own size
   config.batch_size = 8
   config.eval_batch_size = 8
-  config.loss.class_weighting = "inverse_log"
+  config.loss.class_weighting = "median_frequency"
   config.optimizer.update(name="adam", learning_rate=5e-4, weight_decay=0.0, schedule="poly", warmup_steps=50)
   config.train.update(epochs=0, steps=1000, steps_per_loop=200, num_triptychs=4)
   return config

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from deeplab import metrics
 from trainer import losses
-from trainer import metrics
 
 
 def _logits(labels, num_classes, confidence=4.0, wrong=()):
