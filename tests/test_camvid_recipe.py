@@ -12,23 +12,10 @@ from contracts import shards
 from inference import importing
 from preprocessing import make_tfrecords
 from preprocessing import synthetic_voc
+from tests.conftest import CAMVID_CLASSES
 from trainer import distribute
 from trainer import losses
 from trainer import train
-
-CAMVID_CLASSES = (
-  "sky",
-  "building",
-  "pole",
-  "road",
-  "pavement",
-  "tree",
-  "signsymbol",
-  "fence",
-  "car",
-  "pedestrian",
-  "bicyclist",
-)
 
 
 def _names_file(folder, names=CAMVID_CLASSES) -> str:

@@ -21,23 +21,11 @@ from preprocessing import make_tfrecords
 from preprocessing import mask_encoding
 from preprocessing import pairs
 from preprocessing import sources
+from tests.conftest import CAMVID_CLASSES
 from tests.conftest import read_records
 from tests.conftest import record_mask
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
-CAMVID_CLASSES = (
-  "sky",
-  "building",
-  "pole",
-  "road",
-  "pavement",
-  "tree",
-  "signsymbol",
-  "fence",
-  "car",
-  "pedestrian",
-  "bicyclist",
-)
 CAMVID_VOID = 11
 
 
