@@ -40,6 +40,7 @@ setuptools.setup(
     "test": [
       "pytest>=8",
       "pytest-timeout>=2.3",
+      "pytest-xdist>=3.5",  # pytest.ini runs the suite in two processes.
       "gcp-storage-emulator>=2026.7",
       "cryptography>=42",
       *DASK,

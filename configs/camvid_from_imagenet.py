@@ -3,7 +3,7 @@
   python -m trainer.main --config=configs/camvid_from_imagenet.py --data_dir=data/camvid \
       --model_dir=runs/camvid_from_imagenet \
       --config.model.backbone_weights=../shared/weights/mobilenet_v2_1.0_imagenet_no_top.weights.h5
-  python -m inference.evaluate --model_dir=runs/camvid_from_imagenet --data_dir=data/camvid
+  python -m inference.evaluate --model_dir=runs/camvid_from_imagenet --data_dir=data/camvid --scales=1.0,1.5,2.0 --flip
 """
 
 from configs import camvid_from_published

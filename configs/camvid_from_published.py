@@ -8,7 +8,8 @@
       --model_dir=runs/deeplabv3_mnv2_pascal
   python -m trainer.main --config=configs/camvid_from_published.py --data_dir=data/camvid \
       --model_dir=runs/camvid_from_published
-  python -m inference.evaluate --model_dir=runs/camvid_from_published --data_dir=data/camvid
+  python -m inference.evaluate --model_dir=runs/camvid_from_published --data_dir=data/camvid --scales=1.0,1.5,2.0 \
+      --flip
   python -m inference.export --model_dir=runs/camvid_from_published --output_dir=exports/camvid --tflite
 
 The import gives the encoder and ASPP; the logits (11 classes instead of VOC's 21) start fresh, and a DeepLabV3+
@@ -17,7 +18,8 @@ trains. Crops of 193x257 at scales 0.5-1.25 (a whole frame at half size, a quart
 cheaper per step than whole frames, what lets 1000 steps fit a 2-core CPU's half hour), class weights from the
 training split's pixel counts by median frequency, as SegNet weighed CamVid (ENet's inverse_log, the other choice,
 and larger scales scored lower: README, "CamVid"). Validation and evaluation at the photos' own 360x480: on a
-padded 480x480 canvas the image pooling averages over padding, and scores ~3 points lower.
+padded 480x480 canvas the image pooling averages over padding, and scores ~3 points lower. The evaluation adds the
+frame at 1.5 and 2x and mirrored, where poles and signs are wide enough to be found (README, "CamVid").
 """
 
 from configs import base
